@@ -1,0 +1,40 @@
+//! Calibration of early-exit heads, as pure computation over feature matrices the caller
+//! extracted (no ONNX Runtime here).
+//!
+//! An exit head after layer L maps the RMS-normalised state `n` through a [`Translator`]
+//! (`z = n·W + b`), re-normalises with the model's final-norm gain and projects through the LM
+//! head. [`fit_least_squares`] gives a closed-form start, [`fit_kl`] fine-tunes it against the
+//! full model's distribution, and [`tradeoff`] turns held-out predictions into exit thresholds.
+//! [`sharegpt`] supplies the prompts the features come from.
+
+pub mod sharegpt;
+
+pub use sharegpt::{Conversation, ShareGptReader, StreamEnd, first_prompts};
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("ShareGPT record {index} (byte {offset}) is not a valid record: {source}")]
+    Record { index: usize, offset: u64, source: serde_json::Error },
+    #[error("ShareGPT file does not start with a JSON array ('[') at byte {offset}")]
+    NotAnArray { offset: u64 },
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error(
+        "the normal equations are not positive definite at pivot {pivot}: too few positions for the hidden size, or use ridge > 0"
+    )]
+    NotPositiveDefinite { pivot: usize },
+    #[error("no training positions")]
+    Empty,
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
