@@ -7,9 +7,25 @@
 //! full model's distribution, and [`tradeoff`] turns held-out predictions into exit thresholds.
 //! [`sharegpt`] supplies the prompts the features come from.
 
+mod adam;
+mod features;
+mod gemm;
+mod head;
+mod kl;
+mod least_squares;
+mod rng;
 pub mod sharegpt;
+mod softmax;
+pub mod tradeoff;
+mod translator;
 
+pub use features::Features;
+pub use head::{HeadWeights, head_predictions};
+pub use kl::{KlEpoch, KlOptions, KlProgress, KlReport, fit_kl};
+pub use least_squares::fit_least_squares;
 pub use sharegpt::{Conversation, ShareGptReader, StreamEnd, first_prompts};
+pub use tradeoff::{AgreementThreshold, ExitPrediction, TradeoffRow};
+pub use translator::Translator;
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +43,8 @@ pub enum Error {
         "the normal equations are not positive definite at pivot {pivot}: too few positions for the hidden size, or use ridge > 0"
     )]
     NotPositiveDefinite { pivot: usize },
-    #[error("no training positions")]
-    Empty,
+    #[error("no {0} positions")]
+    Empty(&'static str),
 }
 
 impl Error {
