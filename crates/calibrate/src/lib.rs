@@ -24,7 +24,10 @@ pub use head::{HeadWeights, head_predictions};
 pub use kl::{KlEpoch, KlOptions, KlProgress, KlReport, fit_kl};
 pub use least_squares::fit_least_squares;
 pub use sharegpt::{Conversation, ShareGptReader, StreamEnd, first_prompts};
-pub use tradeoff::{AgreementThreshold, ExitPrediction, TradeoffRow};
+pub use tradeoff::{
+    AGREEMENT_TARGETS, AgreementThreshold, ExitPrediction, NEVER_EXIT, THETAS, TradeoffRow,
+    agreement_thresholds, threshold_for_agreement, tradeoff_rows,
+};
 pub use translator::Translator;
 
 use std::path::{Path, PathBuf};
