@@ -1,1 +1,18 @@
-//! placeholder
+//! The format-independent Llama checkpoint (config, weights, tokenizer) and its loaders from
+//! GGUF and Hugging Face directories, plus a tiny seeded random model for tests.
+
+// Tests unwrap freely: a panic there is a failed assertion, not a crash on a user path.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod convert;
+mod error;
+mod gguf_load;
+mod gguf_tokenizer;
+mod model;
+mod shapes;
+mod weight;
+
+pub use convert::weight_from_gguf;
+pub use error::{Error, Result};
+pub use gguf_tokenizer::{GgufTokenizer, tokenizer_from_gguf};
+pub use model::{Checkpoint, LayerWeights, LlamaConfig, SpecialTokens, Weight};
