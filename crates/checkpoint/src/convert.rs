@@ -39,7 +39,7 @@ pub fn weight_from_gguf(
     let n = rows * cols;
     let nblocks = n / QK;
     let expect = |block_bytes: usize| -> Result<()> {
-        if cols % QK != 0 || bytes.len() != nblocks * block_bytes {
+        if !cols.is_multiple_of(QK) || bytes.len() != nblocks * block_bytes {
             return Err(Error::tensor(
                 name,
                 format!("{} bytes do not hold {rows}x{cols} {ty} values", bytes.len()),

@@ -8,11 +8,17 @@ mod convert;
 mod error;
 mod gguf_load;
 mod gguf_tokenizer;
+mod hf_load;
 mod model;
+pub mod rope_layout;
+mod safetensors;
 mod shapes;
+pub mod tiny;
 mod weight;
 
 pub use convert::weight_from_gguf;
 pub use error::{Error, Result};
 pub use gguf_tokenizer::{GgufTokenizer, tokenizer_from_gguf};
 pub use model::{Checkpoint, LayerWeights, LlamaConfig, SpecialTokens, Weight};
+pub use rope_layout::{from_interleaved_rope, interleaved_rope_row_order, to_interleaved_rope};
+pub use safetensors::{DenseTensor, read_safetensors, write_safetensors};

@@ -66,7 +66,10 @@ impl Weight {
     /// the caller's code, not by input data.
     pub fn quantize(&self, bits: u8, block: usize) -> Weight {
         assert!(bits == 4 || bits == 8, "bits must be 4 or 8, got {bits}");
-        assert!(block > 0 && block % 2 == 0, "block must be positive and even, got {block}");
+        assert!(
+            block > 0 && block.is_multiple_of(2),
+            "block must be positive and even, got {block}"
+        );
         let (rows, cols) = (self.rows(), self.cols());
         let dense = self.to_dense();
         let blocks_per_row = cols.div_ceil(block);
