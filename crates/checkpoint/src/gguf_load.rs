@@ -19,7 +19,7 @@ fn config_from_gguf(md: &Metadata, vocab_size: usize) -> Result<LlamaConfig> {
     let u = |k: &str| -> Result<usize> { Ok(md.get_u32(&format!("llama.{k}"))? as usize) };
     let hidden_size = u("embedding_length")?;
     let num_heads = u("attention.head_count")?;
-    if num_heads == 0 || hidden_size % num_heads != 0 {
+    if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
         return Err(Error::Config(format!(
             "embedding_length {hidden_size} is not a multiple of head_count {num_heads}"
         )));
@@ -28,7 +28,7 @@ fn config_from_gguf(md: &Metadata, vocab_size: usize) -> Result<LlamaConfig> {
         Some(n) => n as usize,
         None => num_heads,
     };
-    if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+    if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
         return Err(Error::Config(format!(
             "head_count {num_heads} is not a multiple of head_count_kv {num_kv_heads}"
         )));

@@ -142,3 +142,51 @@ pub fn tokenizer_from_gguf(md: &Metadata) -> Result<GgufTokenizer> {
         vocab_size: tokens.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use collm_gguf::Value;
+
+    use super::*;
+    use crate::tiny::{build_vocab, tokenizer_metadata};
+
+    fn tiny_metadata() -> Metadata {
+        tokenizer_metadata(&build_vocab(50))
+    }
+
+    #[test]
+    fn non_bpe_and_unknown_pre_tokenizers_are_refused_by_name() {
+        let mut md = tiny_metadata();
+        md.insert("tokenizer.ggml.model", Value::String("llama".into()));
+        let e = tokenizer_from_gguf(&md).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.model \"llama\""), "{e}");
+        let mut md = tiny_metadata();
+        md.insert("tokenizer.ggml.pre", Value::String("qwen2".into()));
+        let e = tokenizer_from_gguf(&md).unwrap_err().to_string();
+        assert!(e.contains("pre-tokenizer \"qwen2\""), "{e}");
+    }
+
+    #[test]
+    fn gpt2_and_llama3_pre_tokenizers_load() {
+        for pre in ["gpt2", "default", "llama-bpe"] {
+            let mut md = tiny_metadata();
+            md.insert("tokenizer.ggml.pre", Value::String(pre.into()));
+            let tok = tokenizer_from_gguf(&md).unwrap();
+            let t = tokenizers::Tokenizer::from_str(&tok.tokenizer_json).unwrap();
+            let enc = t.encode("the 123", false).unwrap();
+            assert_eq!(t.decode(enc.get_ids(), false).unwrap(), "the 123", "{pre}");
+        }
+    }
+
+    #[test]
+    fn add_bos_token_prepends_bos() {
+        let mut md = tiny_metadata();
+        md.insert("tokenizer.ggml.add_bos_token", Value::Bool(true));
+        let tok = tokenizer_from_gguf(&md).unwrap();
+        let t = tokenizers::Tokenizer::from_str(&tok.tokenizer_json).unwrap();
+        assert_eq!(t.encode("hi", true).unwrap().get_ids()[0], 1);
+        assert_ne!(t.encode("hi", false).unwrap().get_ids()[0], 1);
+    }
+}

@@ -49,7 +49,7 @@ fn resolve_config(path: &Path) -> Result<LlamaConfig> {
     }
     let heads = raw.num_attention_heads;
     let kv = raw.num_key_value_heads.unwrap_or(heads);
-    if heads == 0 || kv == 0 || heads % kv != 0 {
+    if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
         return Err(Error::Config(format!(
             "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
         )));
