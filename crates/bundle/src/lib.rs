@@ -1,1 +1,39 @@
-//! placeholder
+//! The model bundle: `manifest.json`, `edge.onnx`, `cloud.onnx`, `tokenizer.json`.
+//! [`export()`] writes one from a checkpoint; [`Bundle::open`] verifies one before use.
+
+pub mod calibration;
+mod export;
+pub mod graph;
+pub mod manifest;
+mod verify;
+
+use std::path::{Path, PathBuf};
+
+pub use export::{ExportPlan, convert_weights, export, write_manifest};
+pub use graph::GraphOptions;
+pub use manifest::{Manifest, WeightFormat};
+pub use verify::{Bundle, Parts, read_manifest, sha256_file};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid export plan: {0}")]
+    Plan(String),
+    #[error("invalid bundle manifest: {0}")]
+    Manifest(String),
+    #[error("bundle file {path} is missing")]
+    MissingFile { path: PathBuf },
+    #[error(
+        "bundle file {path} does not match its manifest (sha256 {actual}, expected {expected}): the bundle is corrupt or was modified"
+    )]
+    Checksum { path: PathBuf, expected: String, actual: String },
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

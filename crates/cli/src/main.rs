@@ -1,1 +1,66 @@
-fn main() {}
+//! `collm`: the model tooling of ce-collm.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "collm",
+    version,
+    about = "Split LLM tooling: export, generate, score, calibrate, bench"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Turn a GGUF or Hugging Face checkpoint into a partitioned bundle.
+    Export(cmd::export::Args),
+    /// Generate text with the split model (in-process edge + cloud).
+    Generate(cmd::generate::Args),
+    /// Teacher-forced scoring of a known continuation.
+    Score(cmd::score::Args),
+    /// Benchmarks (decode speed against llama.cpp).
+    Bench(cmd::bench::Args),
+    /// Write a small seeded random checkpoint of the Llama architecture (for tests).
+    Tiny(cmd::tiny::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Export(a) => cmd::export::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Score(a) => cmd::score::run(a),
+        Command::Tiny(a) => cmd::tiny::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes a message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}

@@ -110,7 +110,8 @@ impl GraphBuilder {
         self.scope = scope.to_string();
     }
 
-    fn fresh(&mut self, hint: &str) -> String {
+    /// A new unique value name (for nodes declared with [`GraphBuilder::node`]).
+    pub fn fresh_name(&mut self, hint: &str) -> String {
         self.next_id += 1;
         format!("{}{}_{}", self.scope, hint, self.next_id)
     }
@@ -136,18 +137,18 @@ impl GraphBuilder {
     }
 
     pub fn const_i64(&mut self, values: &[i64]) -> String {
-        let name = self.fresh("const");
+        let name = self.fresh_name("const");
         self.initializer(TensorProto::i64(&name, &[values.len() as i64], values))
     }
 
     pub fn const_f32_scalar(&mut self, value: f32) -> String {
-        let name = self.fresh("const");
+        let name = self.fresh_name("const");
         self.initializer(TensorProto::f32(&name, &[], &[value]))
     }
 
     /// Appends a standard-domain node with one output and returns the output's name.
     pub fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
-        let out = self.fresh(&op_type.to_ascii_lowercase());
+        let out = self.fresh_name(&op_type.to_ascii_lowercase());
         self.node(op_type, "", inputs, &[&out], attrs);
         out
     }
@@ -161,7 +162,7 @@ impl GraphBuilder {
         outputs: &[&str],
         attrs: Vec<(&str, Attr)>,
     ) {
-        let name = self.fresh(op_type);
+        let name = self.fresh_name(op_type);
         self.graph.node.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
@@ -182,7 +183,7 @@ impl GraphBuilder {
         attrs: Vec<(&str, Attr)>,
     ) -> Vec<String> {
         let outs: Vec<String> =
-            (0..n_outputs).map(|_| self.fresh(&op_type.to_ascii_lowercase())).collect();
+            (0..n_outputs).map(|_| self.fresh_name(&op_type.to_ascii_lowercase())).collect();
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.node(op_type, domain, inputs, &refs, attrs);
         outs

@@ -1,1 +1,37 @@
-//! placeholder
+//! The split runtime: edge and cloud partitions on ONNX Runtime, KV caches, text in and out,
+//! sampling, the early-exit decision and the edge→cloud transport seam.
+
+pub mod codec;
+pub mod exit;
+pub mod features;
+pub mod generate;
+mod mask;
+pub mod ort_env;
+pub mod partition;
+pub mod sampling;
+pub mod score;
+pub mod split;
+pub mod text;
+pub mod transport;
+
+pub use codec::Encoding;
+pub use exit::{ExitPolicy, OperatingPoint};
+pub use generate::{GenerateOptions, Generation, Mode, Origin, TokenEvent, generate};
+pub use sampling::SamplingParams;
+pub use split::SplitModel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bundle(#[from] collm_bundle::Error),
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the sequence needs {needed} positions but the model's context is {context}")]
+    ContextFull { needed: usize, context: usize },
+    #[error("unknown session {0}")]
+    UnknownSession(u64),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,158 @@
+//! `collm export`: checkpoint → bundle directory.
+
+use std::path::Path;
+
+use collm_checkpoint::{Checkpoint, Weight};
+
+use crate::graph::{self, GraphOptions};
+use crate::manifest::{
+    CLOUD_FILE, EDGE_FILE, ExitHead, FORMAT_VERSION, MANIFEST_FILE, Manifest, Partition,
+    TOKENIZER_FILE, TokenizerInfo, WeightFormat,
+};
+use crate::{Error, Result, verify};
+
+/// What to export: where to split, where the exits sit and how to store weights.
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    pub split_layer: usize,
+    /// Depths of the exit heads (each in `1..=split_layer`); empty means just `split_layer`.
+    pub exit_layers: Vec<usize>,
+    pub weights: WeightFormat,
+    pub graph: GraphOptions,
+}
+
+impl ExportPlan {
+    /// Checks the plan against the model and normalises the exit list (sorted, unique).
+    pub fn validate(&self, num_layers: usize) -> Result<Vec<usize>> {
+        if self.split_layer == 0 || self.split_layer >= num_layers {
+            return Err(Error::Plan(format!(
+                "--split-layer must be between 1 and {} for a model with {num_layers} layers, got {}",
+                num_layers - 1,
+                self.split_layer
+            )));
+        }
+        let mut exits = if self.exit_layers.is_empty() {
+            vec![self.split_layer]
+        } else {
+            self.exit_layers.clone()
+        };
+        exits.sort_unstable();
+        exits.dedup();
+        if let Some(bad) = exits.iter().find(|&&l| l == 0 || l > self.split_layer) {
+            return Err(Error::Plan(format!(
+                "exit layer {bad} is outside 1..={} (exits must sit on the edge, at or below the split)",
+                self.split_layer
+            )));
+        }
+        Ok(exits)
+    }
+}
+
+/// Stores every matrix of the checkpoint in the requested format.
+pub fn convert_weights(ckpt: &mut Checkpoint, format: WeightFormat) {
+    let convert = |w: &mut Weight| {
+        let target = match (format, &*w) {
+            (WeightFormat::Native, _) => return,
+            (WeightFormat::F32, Weight::Dense { .. }) => return,
+            (WeightFormat::F32, _) => None,
+            (WeightFormat::Q8, Weight::Blocks { bits: 8, .. }) => return,
+            (WeightFormat::Q8, _) => Some(8),
+            (WeightFormat::Q4, Weight::Blocks { .. }) => return,
+            (WeightFormat::Q4, Weight::Dense { .. }) => Some(4),
+        };
+        *w = match target {
+            None => {
+                let (rows, cols) = (w.rows(), w.cols());
+                Weight::Dense { rows, cols, data: w.to_dense() }
+            }
+            Some(bits) => w.quantize(bits, 32),
+        };
+    };
+    for l in &mut ckpt.layers {
+        for w in
+            [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]
+        {
+            convert(w);
+        }
+    }
+    convert(&mut ckpt.lm_head);
+}
+
+/// Writes a bundle for `ckpt` into `out` (created if missing). `progress` hears each step.
+pub fn export(
+    mut ckpt: Checkpoint,
+    plan: &ExportPlan,
+    out: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Manifest> {
+    let cfg = ckpt.config.clone();
+    let exits = plan.validate(cfg.num_layers)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    progress("converting weights");
+    convert_weights(&mut ckpt, plan.weights);
+
+    progress("building edge partition");
+    let edge = graph::edge_graph(&ckpt, plan.split_layer, &exits, &plan.graph);
+    let (edge_in, edge_out) = graph::io_specs(&edge);
+    write(out, EDGE_FILE, &collm_onnx::encode(&edge), progress)?;
+    drop(edge);
+
+    progress("building cloud partition");
+    let cloud = graph::cloud_graph(&ckpt, plan.split_layer, &plan.graph);
+    let (cloud_in, cloud_out) = graph::io_specs(&cloud);
+    write(out, CLOUD_FILE, &collm_onnx::encode(&cloud), progress)?;
+    drop(cloud);
+
+    write(out, TOKENIZER_FILE, ckpt.tokenizer_json.as_bytes(), progress)?;
+
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        source: ckpt.source.clone(),
+        architecture: "llama".to_string(),
+        config: cfg.clone(),
+        split_layer: plan.split_layer,
+        weights: plan.weights,
+        edge: Partition {
+            file: EDGE_FILE.to_string(),
+            first_layer: 0,
+            end_layer: plan.split_layer,
+            inputs: edge_in,
+            outputs: edge_out,
+        },
+        cloud: Partition {
+            file: CLOUD_FILE.to_string(),
+            first_layer: plan.split_layer,
+            end_layer: cfg.num_layers,
+            inputs: cloud_in,
+            outputs: cloud_out,
+        },
+        exits: exits.iter().map(|&layer| ExitHead { layer, calibration: None }).collect(),
+        tokenizer: TokenizerInfo {
+            file: TOKENIZER_FILE.to_string(),
+            special_tokens: ckpt.special_tokens.clone(),
+            chat_template: ckpt.chat_template.clone(),
+        },
+        encodings: vec!["f32".into(), "f16".into(), "int8".into()],
+        files: Default::default(),
+    };
+    progress("hashing files");
+    for f in [EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE] {
+        manifest.files.insert(f.to_string(), verify::sha256_file(&out.join(f))?);
+    }
+    write_manifest(out, &manifest)?;
+    Ok(manifest)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8], progress: &mut dyn FnMut(&str)) -> Result<()> {
+    progress(&format!("writing {name} ({:.1} MB)", bytes.len() as f64 / 1e6));
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.partial"));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Writes `manifest.json` (atomically).
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Manifest(e.to_string()))?;
+    write(dir, MANIFEST_FILE, &json, &mut |_| {})
+}

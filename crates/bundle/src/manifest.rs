@@ -1,0 +1,131 @@
+//! `manifest.json`: everything a runtime needs to know about a bundle without opening a graph.
+
+use std::collections::BTreeMap;
+
+use collm_checkpoint::{LlamaConfig, SpecialTokens};
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a reader of an older format would misread a newer bundle.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const EDGE_FILE: &str = "edge.onnx";
+pub const CLOUD_FILE: &str = "cloud.onnx";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Where the weights came from (file name and quantization).
+    pub source: String,
+    pub architecture: String,
+    pub config: LlamaConfig,
+    /// The edge runs decoder layers `[0, split_layer)`, the cloud `[split_layer, num_layers)`.
+    pub split_layer: usize,
+    /// How the partitions store their weight matrices.
+    pub weights: WeightFormat,
+    pub edge: Partition,
+    pub cloud: Partition,
+    /// Early-exit heads on the edge, shallowest first.
+    pub exits: Vec<ExitHead>,
+    pub tokenizer: TokenizerInfo,
+    /// Encodings the edge may use for hidden states sent to the cloud.
+    pub encodings: Vec<String>,
+    /// SHA-256 (hex) of every other file in the bundle.
+    pub files: BTreeMap<String, String>,
+}
+
+/// How weight matrices are stored in the partition graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    /// Dense float32 `MatMul`.
+    F32,
+    /// 8-bit blocks (`com.microsoft.MatMulNBits`, bits = 8).
+    Q8,
+    /// 4-bit blocks where the source has them (or requantized), 8-bit blocks kept as they are.
+    Q4,
+    /// Each matrix in the format of the source, without requantization (exact).
+    Native,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8" => Ok(Self::Q8),
+            "q4" => Ok(Self::Q4),
+            "native" => Ok(Self::Native),
+            other => {
+                Err(format!("unknown weight format {other:?} (expected f32, q8, q4 or native)"))
+            }
+        }
+    }
+}
+
+/// One partition graph and the decoder layers it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Partition {
+    pub file: String,
+    pub first_layer: usize,
+    pub end_layer: usize,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Name, element type and shape (numbers or symbolic names) of a graph input or output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitHead {
+    /// Number of decoder layers below the head (the head reads the output of layer `layer - 1`).
+    pub layer: usize,
+    /// Absent until `collm calibrate` fitted the head's translator (identity until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<ExitCalibration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitCalibration {
+    /// How the translator was fitted, e.g. `kl` or `least-squares`.
+    pub method: String,
+    pub train_positions: usize,
+    pub heldout_positions: usize,
+    /// Held-out trade-off: for each θ, the share of positions that exit and their agreement.
+    pub tradeoff: Vec<TradeoffRow>,
+    /// For each target agreement, the smallest θ reaching it on held-out data.
+    pub thresholds: Vec<TargetThreshold>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TradeoffRow {
+    pub theta: f32,
+    pub exit_share: f32,
+    pub agreement: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetThreshold {
+    pub agreement: f32,
+    pub theta: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    pub file: String,
+    pub special_tokens: SpecialTokens,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+}
+
+impl Manifest {
+    pub fn exit(&self, layer: usize) -> Option<&ExitHead> {
+        self.exits.iter().find(|e| e.layer == layer)
+    }
+}

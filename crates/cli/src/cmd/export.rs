@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use collm_bundle::{ExportPlan, GraphOptions, WeightFormat};
+use collm_checkpoint::Checkpoint;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF checkpoint (llama architecture).
+    #[arg(long, conflicts_with = "hf", required_unless_present = "hf")]
+    gguf: Option<PathBuf>,
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    hf: Option<PathBuf>,
+    /// Decoder layers that run on the edge.
+    #[arg(long)]
+    split_layer: usize,
+    /// Depths of the early-exit heads, each at most the split layer (default: the split layer).
+    #[arg(long, value_delimiter = ',')]
+    exit_layers: Vec<usize>,
+    /// f32 | q8 | q4 | native (default: native, exact for the source).
+    #[arg(long, default_value = "native")]
+    weights: WeightFormat,
+    /// MatMulNBits accuracy level (4 = int8 activations, 0 = float).
+    #[arg(long, default_value_t = 4)]
+    accuracy_level: i64,
+    /// Output bundle directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let spinner = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner.set_message("reading checkpoint");
+    let ckpt = match (&a.gguf, &a.hf) {
+        (Some(path), _) => Checkpoint::from_gguf(path)
+            .with_context(|| format!("cannot export {}", path.display()))?,
+        (None, Some(dir)) => Checkpoint::from_hf_dir(dir)
+            .with_context(|| format!("cannot export {}", dir.display()))?,
+        (None, None) => bail!("give --gguf FILE or --hf DIR"),
+    };
+    let plan = ExportPlan {
+        split_layer: a.split_layer,
+        exit_layers: a.exit_layers,
+        weights: a.weights,
+        graph: GraphOptions { nbits_accuracy_level: a.accuracy_level },
+    };
+    let manifest = collm_bundle::export(ckpt, &plan, &a.out, &mut |step| {
+        spinner.set_message(step.to_string())
+    })?;
+    spinner.finish_and_clear();
+    println!(
+        "exported {} → {} (split after layer {} of {}, exits {:?}, weights {:?})",
+        manifest.source,
+        a.out.display(),
+        manifest.split_layer,
+        manifest.config.num_layers,
+        manifest.exits.iter().map(|e| e.layer).collect::<Vec<_>>(),
+        manifest.weights,
+    );
+    Ok(())
+}

@@ -1,0 +1,129 @@
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use collm_runtime::text::ChatMessage;
+use collm_runtime::transport::CloudTransport;
+use collm_runtime::{
+    Encoding, ExitPolicy, GenerateOptions, Mode, OperatingPoint, Origin, SamplingParams, SplitModel,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Raw prompt text (special tokens such as <|im_start|> are recognised).
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    prompt: Option<String>,
+    /// A user message, formatted with the bundle's chat template.
+    #[arg(long)]
+    chat: Option<String>,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// full | standalone | collaborative
+    #[arg(long, default_value = "collaborative")]
+    mode: Mode,
+    /// Raw confidence threshold θ for every exit head (θ > 1 never exits).
+    #[arg(long, conflicts_with = "target_agreement")]
+    threshold: Option<f32>,
+    /// Target top-1 agreement with the full model; each head uses its calibrated θ.
+    #[arg(long)]
+    target_agreement: Option<f32>,
+    /// How hidden states travel to the cloud: f32 | f16 | int8.
+    #[arg(long, default_value = "f16")]
+    encoding: Encoding,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub const DEFAULT_THRESHOLD: f32 = 0.9;
+
+pub fn run(a: Args) -> Result<()> {
+    let mut model = SplitModel::open(&a.bundle, a.mode != Mode::Standalone)?;
+    let text = match (&a.prompt, &a.chat) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => {
+            let mut messages = vec![];
+            if let Some(s) = &a.system {
+                messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+            }
+            messages.push(ChatMessage { role: "user".into(), content: c.clone() });
+            model.text.render_chat(&messages)?
+        }
+        (None, None) => bail!("give --prompt TEXT or --chat TEXT"),
+    };
+    let prompt_ids = model.text.encode(&text)?;
+    let point = match (a.threshold, a.target_agreement) {
+        (_, Some(t)) => OperatingPoint::TargetAgreement(t),
+        (Some(t), None) => OperatingPoint::Threshold(t),
+        (None, None) => OperatingPoint::Threshold(DEFAULT_THRESHOLD),
+    };
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        mode: a.mode,
+        policy: ExitPolicy::new(&model.manifest, point)?,
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
+        seed: a.seed,
+        encoding: a.encoding,
+        stop_ids: model.text.stop_ids().to_vec(),
+    };
+    let exits = model.exit_layers();
+    let mut cloud = model.take_in_process_cloud();
+    let color = std::io::stdout().is_terminal();
+    let text_codec = &model.text;
+    let json = a.json;
+    let mut stdout = std::io::stdout();
+    let mut on_token = |ev: &collm_runtime::TokenEvent| {
+        if json {
+            return;
+        }
+        let piece = text_codec.token_text(ev.token);
+        let _ = match (ev.origin, color) {
+            (Origin::Edge, true) => write!(stdout, "\x1b[32m{piece}\x1b[0m"),
+            (Origin::Cloud, true) => write!(stdout, "\x1b[34m{piece}\x1b[0m"),
+            (Origin::Edge, false) => write!(stdout, "{piece}"),
+            (Origin::Cloud, false) => write!(stdout, "[{piece}]"),
+        };
+        let _ = stdout.flush();
+    };
+    let generation = collm_runtime::generate(
+        &mut model.edge,
+        &exits,
+        cloud.as_mut().map(|c| c as &mut dyn CloudTransport),
+        &prompt_ids,
+        &opts,
+        &mut on_token,
+    )?;
+    let answer = model.text.decode(&generation.tokens)?;
+    if a.json {
+        let mut v = serde_json::to_value(&generation)?;
+        v["text"] = serde_json::Value::String(answer);
+        v["mode"] = serde_json::to_value(a.mode)?;
+        v["encoding"] = serde_json::Value::String(opts.encoding.as_str().into());
+        println!("{v}");
+    } else {
+        let legend = if color { "green = edge, blue = cloud" } else { "[bracketed] = cloud" };
+        println!(
+            "\n\n{} tokens ({legend}): edge share {:.0}%, {} bytes uploaded, {:.1} tokens/s decode, first token {:.0} ms",
+            generation.tokens.len(),
+            generation.edge_share * 100.0,
+            generation.upload_bytes,
+            generation.timings.decode_tokens_per_s,
+            generation.timings.prefill_ms,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+pub mod bench;
+pub mod export;
+pub mod generate;
+pub mod score;
+pub mod tiny;

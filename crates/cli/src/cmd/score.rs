@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use collm_runtime::SplitModel;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Raw prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Token ids of the continuation to score, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    continuation: Vec<u32>,
+    /// Print JSON (the only output format for now; accepted for symmetry with generate).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut model = SplitModel::open(&a.bundle, true)?;
+    let prompt_ids = model.text.encode(&a.prompt)?;
+    let exits = model.exit_layers();
+    let continuation: Vec<u32> = a.continuation.into_iter().collect();
+    let vocab = model.manifest.config.vocab_size as u32;
+    if let Some(bad) = continuation.iter().find(|&&t| t >= vocab) {
+        anyhow::bail!("continuation token {bad} is outside the vocabulary of {vocab}");
+    }
+    let cloud = model.cloud.as_mut().context("the bundle's cloud partition did not load")?;
+    let positions =
+        collm_runtime::score::score(&mut model.edge, cloud, &exits, &prompt_ids, &continuation)?;
+    let _ = a.json;
+    println!("{}", serde_json::json!({ "prompt_ids": prompt_ids, "positions": positions }));
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Bad input never panics: each mistake gives a one-line error naming the problem and a
+//! non-zero exit.
+
+mod common;
+
+use collm_gguf::GgmlType;
+use common::*;
+
+#[test]
+fn a_truncated_gguf_is_reported_as_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let bytes = std::fs::read(&gguf).expect("read");
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).expect("write");
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&cut),
+        "--split-layer",
+        "2",
+        "--out",
+        path_str(&dir.path().join("o")),
+    ]);
+    assert_clean_failure(&out, "truncated");
+}
+
+#[test]
+fn a_foreign_file_is_not_taken_for_a_gguf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = dir.path().join("model.gguf");
+    std::fs::write(&foreign, b"PK\x03\x04 this is a zip file, not a model").expect("write");
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&foreign),
+        "--split-layer",
+        "2",
+        "--out",
+        path_str(&dir.path().join("o")),
+    ]);
+    assert_clean_failure(&out, "not a GGUF");
+}
+
+#[test]
+fn a_split_beyond_the_model_is_rejected_before_any_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&gguf),
+        "--split-layer",
+        "9",
+        "--out",
+        path_str(&dir.path().join("o")),
+    ]);
+    assert_clean_failure(&out, "split-layer");
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&gguf),
+        "--split-layer",
+        "2",
+        "--exit-layers",
+        "3",
+        "--out",
+        path_str(&dir.path().join("o")),
+    ]);
+    assert_clean_failure(&out, "exit layer 3");
+}
+
+#[test]
+fn a_tampered_bundle_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let bundle = dir.path().join("bundle");
+    export(&gguf, &bundle, &["--split-layer", "2"]);
+    let edge = bundle.join("edge.onnx");
+    let mut bytes = std::fs::read(&edge).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&edge, bytes).expect("write");
+    let out = collm(&[
+        "generate",
+        "--bundle",
+        path_str(&bundle),
+        "--prompt",
+        "hi",
+        "--mode",
+        "standalone",
+    ]);
+    assert_clean_failure(&out, "does not match its manifest");
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let bundle = dir.path().join("bundle");
+    export(&gguf, &bundle, &["--split-layer", "2"]);
+    let long = "word ".repeat(2000);
+    let out = collm(&["generate", "--bundle", path_str(&bundle), "--prompt", &long]);
+    assert_clean_failure(&out, "context");
+}
+
+#[test]
+fn unknown_modes_and_encodings_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out =
+        collm(&["generate", "--bundle", path_str(dir.path()), "--prompt", "x", "--mode", "turbo"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("turbo"));
+    let out = collm(&["generate", "--bundle", path_str(dir.path()), "--prompt", "x"]);
+    assert_clean_failure(&out, "manifest.json");
+}

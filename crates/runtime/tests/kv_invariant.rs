@@ -1,0 +1,87 @@
+//! Incremental decoding with the KV cache computes exactly what recomputing the whole sequence
+//! computes (the cache is an optimisation, never a change of answer).
+
+use collm_bundle::graph::names;
+use collm_bundle::{ExportPlan, GraphOptions, WeightFormat};
+use collm_runtime::partition::{Partition, PartitionInput, PartitionShape};
+
+fn tiny_bundle(dir: &std::path::Path) -> collm_bundle::Manifest {
+    let gguf = dir.join("tiny.gguf");
+    let spec = collm_checkpoint::tiny::TinySpec::default();
+    collm_checkpoint::tiny::write_gguf(&gguf, &spec, 42, collm_gguf::GgmlType::F32)
+        .expect("tiny GGUF");
+    let ckpt = collm_checkpoint::Checkpoint::from_gguf(&gguf).expect("loads");
+    let plan = ExportPlan {
+        split_layer: 2,
+        exit_layers: vec![1, 2],
+        weights: WeightFormat::F32,
+        graph: GraphOptions::default(),
+    };
+    collm_bundle::export(ckpt, &plan, &dir.join("bundle"), &mut |_| {}).expect("exports")
+}
+
+#[test]
+fn incremental_decoding_equals_recomputing_the_sequence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_bundle(dir.path());
+    let b = dir.path().join("bundle");
+    let mut edge =
+        Partition::load(&b.join("edge.onnx"), PartitionShape::new(&m.config, 0..2)).expect("edge");
+    let layers = m.config.num_layers;
+    let mut cloud =
+        Partition::load(&b.join("cloud.onnx"), PartitionShape::new(&m.config, 2..layers))
+            .expect("cloud");
+    let ids: Vec<u32> = vec![1, 40, 77, 3, 120, 9, 200, 31, 58, 2, 99, 7];
+    let n = ids.len();
+    let vocab = m.config.vocab_size;
+    let wanted = [names::HIDDEN, "exit_logits.1"];
+
+    // Whole sequence at once, logits for every position.
+    let mut ec = edge.empty_cache().expect("cache");
+    let mut out = edge.run(&mut ec, PartitionInput::Tokens(&ids), n, &wanted).expect("edge run");
+    let hidden = out.take(names::HIDDEN).expect("hidden");
+    let exit_all = out.take("exit_logits.1").expect("exit logits");
+    let mut cc = cloud.empty_cache().expect("cache");
+    let all = cloud
+        .run(&mut cc, PartitionInput::Hidden(&hidden), n, &[names::LOGITS])
+        .expect("cloud run");
+    let all = all.get(names::LOGITS).expect("logits").to_vec();
+
+    // A prefix, then one token at a time.
+    let mut ec = edge.empty_cache().expect("cache");
+    let mut cc = cloud.empty_cache().expect("cache");
+    let mut worst = 0f32;
+    let prefix = 5;
+    let mut start = 0;
+    for end in std::iter::once(prefix).chain(prefix + 1..=n) {
+        let mut out =
+            edge.run(&mut ec, PartitionInput::Tokens(&ids[start..end]), 1, &wanted).expect("edge");
+        let h = out.take(names::HIDDEN).expect("hidden");
+        let logits =
+            cloud.run(&mut cc, PartitionInput::Hidden(&h), 1, &[names::LOGITS]).expect("cloud");
+        let step = logits.get(names::LOGITS).expect("logits");
+        let exit_step = out.get("exit_logits.1").expect("exit logits");
+        let reference = &all[(end - 1) * vocab..end * vocab];
+        let exit_reference = &exit_all[(end - 1) * vocab..end * vocab];
+        for (a, b) in step.iter().zip(reference).chain(exit_step.iter().zip(exit_reference)) {
+            worst = worst.max((a - b).abs());
+        }
+        start = end;
+    }
+    assert_eq!(ec.len(), n);
+    assert!(worst <= 1e-4, "incremental logits differ by {worst}");
+}
+
+#[test]
+fn the_context_limit_is_enforced_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_bundle(dir.path());
+    let b = dir.path().join("bundle");
+    let mut edge =
+        Partition::load(&b.join("edge.onnx"), PartitionShape::new(&m.config, 0..2)).expect("edge");
+    let mut cache = edge.empty_cache().expect("cache");
+    let ids = vec![5u32; m.config.max_position + 1];
+    let err = edge.run(&mut cache, PartitionInput::Tokens(&ids), 1, &[]).err().expect("must fail");
+    assert!(err.to_string().contains("context"), "{err}");
+    assert_eq!(cache.len(), 0, "a refused run leaves the cache untouched");
+}
