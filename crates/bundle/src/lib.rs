@@ -5,6 +5,10 @@ pub mod calibration;
 mod export;
 pub mod graph;
 pub mod manifest;
+/// The ONNX model type partitions are stored as.
+pub mod onnx {
+    pub use collm_onnx::{ModelProto as Model, decode};
+}
 mod verify;
 
 use std::path::{Path, PathBuf};

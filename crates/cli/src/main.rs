@@ -25,6 +25,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Teacher-forced scoring of a known continuation.
     Score(cmd::score::Args),
+    /// Fit the exit heads on ShareGPT and record their confidence/agreement trade-off.
+    Calibrate(cmd::calibrate::Args),
     /// Benchmarks (decode speed against llama.cpp).
     Bench(cmd::bench::Args),
     /// Write a small seeded random checkpoint of the Llama architecture (for tests).
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd::score::run(a),
         Command::Tiny(a) => cmd::tiny::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

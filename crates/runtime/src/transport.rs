@@ -66,6 +66,11 @@ impl InProcessCloud {
     pub fn new(partition: Partition) -> Self {
         Self { partition, sessions: HashMap::new() }
     }
+
+    /// The cloud partition itself, for whole-sequence passes (scoring, calibration).
+    pub fn partition_mut(&mut self) -> &mut Partition {
+        &mut self.partition
+    }
 }
 
 impl CloudTransport for InProcessCloud {

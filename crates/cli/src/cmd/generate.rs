@@ -85,9 +85,10 @@ pub fn run(a: Args) -> Result<()> {
     let color = std::io::stdout().is_terminal();
     let text_codec = &model.text;
     let json = a.json;
+    let stop_ids = opts.stop_ids.clone();
     let mut stdout = std::io::stdout();
     let mut on_token = |ev: &collm_runtime::TokenEvent| {
-        if json {
+        if json || stop_ids.contains(&ev.token) {
             return;
         }
         let piece = text_codec.token_text(ev.token);
@@ -113,10 +114,11 @@ pub fn run(a: Args) -> Result<()> {
         v["text"] = serde_json::Value::String(answer);
         v["mode"] = serde_json::to_value(a.mode)?;
         v["encoding"] = serde_json::Value::String(opts.encoding.as_str().into());
-        println!("{v}");
+        let _ = writeln!(std::io::stdout(), "{v}");
     } else {
         let legend = if color { "green = edge, blue = cloud" } else { "[bracketed] = cloud" };
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "\n\n{} tokens ({legend}): edge share {:.0}%, {} bytes uploaded, {:.1} tokens/s decode, first token {:.0} ms",
             generation.tokens.len(),
             generation.edge_share * 100.0,

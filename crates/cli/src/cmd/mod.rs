@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod calibrate;
 pub mod export;
 pub mod generate;
 pub mod score;
