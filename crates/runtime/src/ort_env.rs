@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 
 use crate::{Error, Result};
 
@@ -39,9 +39,17 @@ pub fn environment() -> Result<&'static Environment> {
                 path.display()
             ));
         }
-        ort::init_from(&path)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+        // One thread pool for every session of the process: the edge and cloud partitions run
+        // one after the other, and separate pools would spin against each other for the cores.
+        // (The options call into the library, so it has to be loaded first.)
+        let builder = ort::init_from(&path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(intra_threads())
+            .map_err(|e| format!("thread pool: {e}"))?;
+        builder
             .with_name("ce-collm")
+            .with_global_thread_pool(pool)
             .build()
             .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))
     })

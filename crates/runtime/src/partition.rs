@@ -10,7 +10,7 @@ use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, Tensor};
 
 use crate::mask::causal_bias;
-use crate::ort_env::{environment, intra_threads};
+use crate::ort_env::environment;
 use crate::{Error, Result};
 
 /// The keys and values of every layer of a partition for one sequence, plus its length.
@@ -93,8 +93,6 @@ impl Partition {
             .map_err(ort_err("session builder"))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| Error::Runtime(format!("optimization level: {e}")))?
-            .with_intra_threads(intra_threads())
-            .map_err(|e| Error::Runtime(format!("threads: {e}")))?
             .commit_from_file(path)
             .map_err(|e| {
                 Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
