@@ -97,6 +97,11 @@ pub struct ExitCalibration {
     pub method: String,
     pub train_positions: usize,
     pub heldout_positions: usize,
+    /// Held-out top-1 agreement with the full model over all positions: the uncalibrated head
+    /// (logit lens), the least-squares translator, and the stored one.
+    pub agreement_logit_lens: f32,
+    pub agreement_least_squares: f32,
+    pub agreement: f32,
     /// Held-out trade-off: for each θ, the share of positions that exit and their agreement.
     pub tradeoff: Vec<TradeoffRow>,
     /// For each target agreement, the smallest θ reaching it on held-out data.

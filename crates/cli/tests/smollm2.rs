@@ -100,18 +100,42 @@ fn smollm2_never_exiting_collaboration_equals_the_full_model() {
     assert!(!full["text"].as_str().expect("text").trim().is_empty());
 }
 
+/// A second SmolLM2 bundle, calibrated on a small ShareGPT sample.
+fn calibrated_bundle() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let out = dir.join("smollm2-calibrated");
+        export(&smollm2_gguf(), &out, &["--split-layer", "24", "--exit-layers", "16,24"]);
+        calibrate_small(&out, 24, 12);
+        out
+    })
+}
+
+#[test]
+fn smollm2_calibration_beats_the_logit_lens_on_held_out_data() {
+    let m = manifest(calibrated_bundle());
+    for exit in m["exits"].as_array().expect("exits") {
+        let cal = &exit["calibration"];
+        let lens = cal["agreement_logit_lens"].as_f64().expect("lens");
+        let fitted = cal["agreement"].as_f64().expect("fitted");
+        eprintln!("exit {}: logit lens {lens:.3}, fitted {fitted:.3}", exit["layer"]);
+        assert!(fitted > lens + 0.05, "exit {}: fitted {fitted} vs lens {lens}", exit["layer"]);
+    }
+}
+
 #[test]
 fn smollm2_chat_answers_in_collaborative_mode_with_per_token_origins() {
     let v = collm_json(&[
         "generate",
         "--bundle",
-        path_str(bundle()),
+        path_str(calibrated_bundle()),
         "--chat",
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one sentence.",
         "--max-tokens",
         "32",
-        "--threshold",
-        "0.9",
+        "--target-agreement",
+        "0.95",
         "--json",
     ]);
     let text = v["text"].as_str().expect("text");
@@ -119,4 +143,5 @@ fn smollm2_chat_answers_in_collaborative_mode_with_per_token_origins() {
     let n = tokens(&v).len();
     assert_eq!(v["origins"].as_array().expect("origins").len(), n);
     assert_eq!(v["confidences"].as_array().expect("confidences").len(), n);
+    assert!(v["upload_bytes"].as_u64().expect("bytes") > 0);
 }

@@ -49,6 +49,11 @@ pub struct Args {
     epochs: usize,
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
+    /// Pull of the least-squares fit towards the identity (the uncalibrated head). Features are
+    /// unit-RMS, so this compares with the number of training positions: strong on a small
+    /// sample, negligible on a large one.
+    #[arg(long, default_value_t = 1000.0)]
+    ridge: f64,
 }
 
 struct Collected {
@@ -100,8 +105,7 @@ pub fn run(a: Args) -> Result<()> {
         let tr = Features::new(h, train.inputs[i].clone(), train.targets.clone())?;
         let ho = Features::new(h, heldout.inputs[i].clone(), heldout.targets.clone())?;
         let identity = head_predictions(&head, &Translator::identity(h), &ho)?;
-        let ridge = 1e-2 * tr.rows() as f64 / h as f64;
-        let ls = fit_least_squares(tr.input(), tr.target(), h, ridge)?;
+        let ls = fit_least_squares(tr.input(), tr.target(), h, a.ridge)?;
         let ls_pred = head_predictions(&head, &ls, &ho)?;
         let (translator, method) = if a.method == "kl" {
             let opts = KlOptions { epochs: a.epochs, lr: a.lr, ..KlOptions::default() };
@@ -143,6 +147,9 @@ pub fn run(a: Args) -> Result<()> {
                 method: method.to_string(),
                 train_positions: tr.rows(),
                 heldout_positions: ho.rows(),
+                agreement_logit_lens: agreement(&identity),
+                agreement_least_squares: agreement(&ls_pred),
+                agreement: agreement(&pred),
                 tradeoff: rows,
                 thresholds,
             },
@@ -186,11 +193,17 @@ fn collect(
     let new = || Collected { inputs: vec![vec![]; exits.len()], targets: vec![] };
     let (mut train, mut heldout) = (new(), new());
     let eps = model.manifest.config.rms_eps;
+    let context = model.manifest.config.max_position;
+    let mut skipped = 0;
     for (i, prompt) in prompts.iter().enumerate() {
         let text = model
             .text
             .render_chat(&[ChatMessage { role: "user".into(), content: prompt.clone() }])?;
         let ids = model.text.encode(&text)?;
+        if ids.len() + a.new_tokens >= context {
+            skipped += 1;
+            continue;
+        }
         let answer = collm_runtime::generate(
             &mut model.edge,
             exits,
@@ -211,6 +224,12 @@ fn collect(
         if (i + 1) % 32 == 0 {
             eprintln!("calibration features: {}/{} prompts", i + 1, prompts.len());
         }
+    }
+    if skipped > 0 {
+        eprintln!("skipped {skipped} prompts too long for the model's context of {context}");
+    }
+    if train.targets.is_empty() || heldout.targets.is_empty() {
+        bail!("no prompt fits the model's context of {context}: lower --max-chars");
     }
     Ok((train, heldout))
 }

@@ -81,3 +81,42 @@ pub fn smollm2_gguf() -> PathBuf {
     assert!(path.exists(), "{} is missing: run tools/fetch-artifacts", path.display());
     path
 }
+
+/// The ShareGPT file calibration reads; panics with the fix when it is missing.
+pub fn sharegpt() -> PathBuf {
+    let path = std::env::var_os("COLLM_SHAREGPT").map(PathBuf::from).unwrap_or_else(|| {
+        smollm2_gguf()
+            .parent()
+            .and_then(Path::parent)
+            .expect("cache dir")
+            .join("data/ShareGPT_V3_unfiltered_cleaned_split.json")
+    });
+    assert!(path.exists(), "{} is missing: run tools/fetch-artifacts", path.display());
+    path
+}
+
+/// Reads a bundle's manifest as JSON.
+pub fn manifest(bundle: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).expect("manifest"))
+        .expect("manifest JSON")
+}
+
+/// Calibrates `bundle` on a small ShareGPT sample.
+pub fn calibrate_small(bundle: &Path, prompts: usize, new_tokens: usize) {
+    let out = collm(&[
+        "calibrate",
+        "--bundle",
+        path_str(bundle),
+        "--data",
+        path_str(&sharegpt()),
+        "--prompts",
+        &prompts.to_string(),
+        "--heldout",
+        &(prompts / 2).max(4).to_string(),
+        "--new-tokens",
+        &new_tokens.to_string(),
+        "--epochs",
+        "2",
+    ]);
+    assert!(out.status.success(), "calibrate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
