@@ -114,3 +114,97 @@ fn unknown_modes_and_encodings_are_named() {
     let out = collm(&["generate", "--bundle", path_str(dir.path()), "--prompt", "x"]);
     assert_clean_failure(&out, "manifest.json");
 }
+
+/// Copies a GGUF, letting `edit` change metadata and retype tensors.
+fn rewrite_gguf(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    key: &str,
+    value: collm_gguf::Value,
+    retype: Option<(&str, GgmlType)>,
+) {
+    let file = collm_gguf::GgufFile::open(src).expect("opens");
+    let mut w = collm_gguf::GgufWriter::new();
+    for (k, v) in file.metadata().entries() {
+        w.set(k.clone(), v.clone());
+    }
+    w.set(key, value);
+    for t in file.tensors() {
+        let bytes = file.tensor_bytes(t).expect("bytes").to_vec();
+        match retype {
+            Some((name, ty)) if t.name == name => {
+                let n = ty.bytes_for(t.n_elements()).expect("size of the new type");
+                w.add_raw_tensor(t.name.clone(), &t.dims, ty, vec![0u8; n as usize])
+                    .expect("tensor");
+            }
+            _ => {
+                w.add_raw_tensor(t.name.clone(), &t.dims, t.ty, bytes).expect("tensor");
+            }
+        }
+    }
+    w.write(dst).expect("written");
+}
+
+#[test]
+fn an_unsupported_architecture_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let other = dir.path().join("gpt2.gguf");
+    rewrite_gguf(
+        &gguf,
+        &other,
+        "general.architecture",
+        collm_gguf::Value::String("gpt2".into()),
+        None,
+    );
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&other),
+        "--split-layer",
+        "2",
+        "--out",
+        path_str(&dir.path().join("o")),
+    ]);
+    assert_clean_failure(&out, "unsupported architecture \"gpt2\"");
+}
+
+#[test]
+fn an_unsupported_quantization_type_is_named_with_its_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::Q4_0, 1);
+    let other = dir.path().join("q6k.gguf");
+    let q6_k = GgmlType::from_id(14);
+    rewrite_gguf(
+        &gguf,
+        &other,
+        "general.name",
+        collm_gguf::Value::String("q6k".into()),
+        Some(("blk.1.ffn_down.weight", q6_k)),
+    );
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&other),
+        "--split-layer",
+        "2",
+        "--out",
+        path_str(&dir.path().join("o")),
+    ]);
+    assert_clean_failure(&out, "Q6_K");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blk.1.ffn_down.weight"));
+}
+
+#[test]
+fn a_missing_onnx_runtime_says_how_to_fetch_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let bundle = dir.path().join("bundle");
+    export(&gguf, &bundle, &["--split-layer", "2"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collm"))
+        .args(["generate", "--bundle", path_str(&bundle), "--prompt", "hi"])
+        .env("ORT_DYLIB_PATH", dir.path().join("nowhere/libonnxruntime.so"))
+        .output()
+        .expect("runs");
+    assert_clean_failure(&out, "tools/fetch-artifacts");
+}

@@ -117,3 +117,42 @@ fn sampling_is_reproducible_for_a_seed_and_varies_across_seeds() {
     assert_eq!(tokens(&a), tokens(&b));
     assert_ne!(tokens(&a), tokens(&c), "a random tiny model should sample differently per seed");
 }
+
+/// Block-quantized weights run as stored (MatMulNBits, Q4_1 through the exact offset split)
+/// compute what the same weights dequantized to f32 compute.
+#[test]
+fn native_block_weights_compute_exactly_what_their_dequantized_values_compute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let gguf = tiny_gguf(dir.path(), ty, 21);
+        let native = dir.path().join(format!("native-{ty:?}"));
+        let dense = dir.path().join(format!("dense-{ty:?}"));
+        export(&gguf, &native, &["--split-layer", "2", "--accuracy-level", "0"]);
+        export(&gguf, &dense, &["--split-layer", "2", "--weights", "f32"]);
+        let args = |b: &std::path::Path| {
+            collm_json(&[
+                "score",
+                "--bundle",
+                path_str(b),
+                "--prompt",
+                PROMPT,
+                "--continuation",
+                "40,41,42,43,44,45",
+            ])
+        };
+        let (a, b) = (args(&native), args(&dense));
+        for (p, q) in a["positions"]
+            .as_array()
+            .expect("positions")
+            .iter()
+            .zip(b["positions"].as_array().expect("positions"))
+        {
+            assert_eq!(p["full"]["id"], q["full"]["id"], "{ty:?}");
+            let (x, y) = (
+                p["full"]["prob"].as_f64().expect("prob"),
+                q["full"]["prob"].as_f64().expect("prob"),
+            );
+            assert!((x - y).abs() < 1e-4, "{ty:?}: {x} vs {y}");
+        }
+    }
+}
