@@ -182,7 +182,7 @@ impl TensorProto {
 
     /// The values of an f32 tensor stored as raw data.
     pub fn f32_values(&self) -> Option<Vec<f32>> {
-        (self.data_type == data_type::FLOAT && self.raw_data.len() % 4 == 0).then(|| {
+        (self.data_type == data_type::FLOAT && self.raw_data.len().is_multiple_of(4)).then(|| {
             self.raw_data
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

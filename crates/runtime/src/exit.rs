@@ -27,7 +27,7 @@ impl ExitPolicy {
         for head in manifest.exits.iter().rev() {
             let theta = match point {
                 OperatingPoint::Threshold(t) => {
-                    if !(t > 0.0) || t.is_nan() {
+                    if t.is_nan() || t <= 0.0 {
                         return Err(Error::Invalid(format!("threshold must be > 0, got {t}")));
                     }
                     t

@@ -30,10 +30,8 @@ impl TextCodec {
         let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
         let mut stop_ids: Vec<u32> = info.special_tokens.eos.into_iter().collect();
         for marker in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(marker) {
-                if !stop_ids.contains(&id) {
-                    stop_ids.push(id);
-                }
+            if let Some(id) = tokenizer.token_to_id(marker).filter(|id| !stop_ids.contains(id)) {
+                stop_ids.push(id);
             }
         }
         Ok(Self {
