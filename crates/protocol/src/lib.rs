@@ -7,6 +7,7 @@ pub mod auth;
 pub mod codec;
 mod error;
 pub mod outgoing;
+pub mod replies;
 mod session;
 pub mod trace;
 mod valid;

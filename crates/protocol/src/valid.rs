@@ -47,6 +47,24 @@ impl Limits {
         }
     }
 
+    /// Limits as a cloud advertises them in its `Health` reply, for an edge to size its chunks.
+    pub fn from_health(reply: &pb::HealthReply) -> Self {
+        Self {
+            hidden_size: reply.hidden_size,
+            max_context: reply.max_context,
+            max_chunk_rows: reply.max_chunk_rows,
+            max_chunk_bytes: usize::try_from(reply.max_chunk_bytes).unwrap_or(usize::MAX),
+            max_top_k: Self::DEFAULT_MAX_TOP_K,
+        }
+    }
+
+    /// The most rows of `encoding` one chunk may carry under both the row and the byte limit
+    /// (0 when not even one row fits).
+    pub fn rows_per_chunk(&self, encoding: Encoding) -> u32 {
+        let by_bytes = self.max_chunk_bytes / encoding.row_bytes(self.hidden_size as usize).max(1);
+        self.max_chunk_rows.min(u32::try_from(by_bytes).unwrap_or(u32::MAX))
+    }
+
     /// The `Health` reply describing these limits.
     pub fn health_reply(&self, serving: bool, model_id: impl Into<String>) -> pb::HealthReply {
         pb::HealthReply {

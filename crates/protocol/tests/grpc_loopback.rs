@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use collm_protocol::outgoing::{encode_upload, next_token_request};
 use collm_protocol::pb;
+use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::trace::{self, TraceParent};
 use collm_protocol::{
     BearerToken, CloudService, CloudServiceClient, CloudServiceServer, Encoding, Limits,
@@ -58,20 +59,16 @@ impl CloudService for Toy {
             let up = ValidUpload::parse(chunk?, &limits())?;
             let mut map = persisted.lock().map_err(|_| Status::internal("poisoned"))?;
             let held = map.entry(up.session.clone()).or_insert(0);
-            let session_id = up.session.to_string();
+            let session = up.session.clone();
             match up.unstored(*held) {
                 Ok(Some(new)) => *held = new.end(),
                 Ok(None) => {}
                 Err(ProtocolError::Gap { persisted, .. }) => {
-                    return Ok(pb::UploadAck {
-                        session_id,
-                        persisted,
-                        missing_from: Some(persisted),
-                    });
+                    return Ok(ack_missing(&session, persisted));
                 }
                 Err(e) => return Err(e.into()),
             }
-            Ok(pb::UploadAck { session_id, persisted: *held, missing_from: None })
+            Ok(ack_persisted(&session, *held))
         });
         Ok(Response::new(Box::pin(acks)))
     }

@@ -293,3 +293,17 @@ fn health_reply_advertises_the_limits() {
     assert!(reply.serving);
     assert_eq!(reply.model_id, "bundle-sha");
 }
+
+#[test]
+fn an_edge_sizes_its_chunks_from_the_advertised_limits() {
+    let advertised = Limits::from_health(&limits().health_reply(true, "m"));
+    assert_eq!((advertised.hidden_size, advertised.max_context), (H, 100));
+    // 1024 bytes: 32 f32 rows, 64 f16 rows, 85 int8 rows of 8 -- capped at 16 rows.
+    assert_eq!(advertised.rows_per_chunk(Encoding::F32), 16);
+    let small = Limits { max_chunk_bytes: 100, ..advertised };
+    assert_eq!(small.rows_per_chunk(Encoding::F32), 3);
+    assert_eq!(small.rows_per_chunk(Encoding::Int8), 8);
+    let n = small.rows_per_chunk(Encoding::F32) as usize;
+    ValidUpload::parse(chunk(0, n, Encoding::F32), &small).expect("a full chunk is accepted");
+    assert!(ValidUpload::parse(chunk(0, n + 1, Encoding::F32), &small).is_err());
+}
