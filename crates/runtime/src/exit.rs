@@ -21,6 +21,25 @@ pub enum OperatingPoint {
     TargetAgreement(f32),
 }
 
+/// The operating point when the user names none: the calibrated θ for 95% agreement with the
+/// full model, or (uncalibrated heads) a raw θ of 0.9.
+pub const DEFAULT_TARGET_AGREEMENT: f32 = 0.95;
+pub const DEFAULT_THRESHOLD: f32 = 0.9;
+
+impl OperatingPoint {
+    /// The user's choice, else the default for this bundle.
+    pub fn resolve(manifest: &Manifest, threshold: Option<f32>, target: Option<f32>) -> Self {
+        match (threshold, target) {
+            (_, Some(a)) => Self::TargetAgreement(a),
+            (Some(t), None) => Self::Threshold(t),
+            (None, None) if manifest.exits.iter().all(|e| e.calibration.is_some()) => {
+                Self::TargetAgreement(DEFAULT_TARGET_AGREEMENT)
+            }
+            (None, None) => Self::Threshold(DEFAULT_THRESHOLD),
+        }
+    }
+}
+
 impl ExitPolicy {
     pub fn new(manifest: &Manifest, point: OperatingPoint) -> Result<Self> {
         let mut thresholds = Vec::new();

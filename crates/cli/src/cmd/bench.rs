@@ -46,8 +46,11 @@ struct DecodeArgs {
     /// Internal: measure one mode in this process and print one JSON line.
     #[arg(long, hide = true)]
     only: Option<Mode>,
-    #[arg(long, default_value_t = 0.9)]
-    threshold: f32,
+    /// Raw θ for collaborative mode (default: the bundle's default operating point).
+    #[arg(long)]
+    threshold: Option<f32>,
+    #[arg(long)]
+    target_agreement: Option<f32>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -65,7 +68,10 @@ fn measure_one(d: &DecodeArgs, mode: Mode) -> Result<()> {
     let opts = GenerateOptions {
         max_tokens: d.new_tokens,
         mode,
-        policy: ExitPolicy::new(&model.manifest, OperatingPoint::Threshold(d.threshold))?,
+        policy: ExitPolicy::new(
+            &model.manifest,
+            OperatingPoint::resolve(&model.manifest, d.threshold, d.target_agreement),
+        )?,
         sampling: SamplingParams::default(),
         seed: 0,
         encoding: Encoding::F16,
@@ -124,7 +130,17 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
             .args(["bench", "decode", "--bundle"])
             .arg(&d.bundle)
             .args(["--new-tokens", &d.new_tokens.to_string(), "--runs", &d.runs.to_string()])
-            .args(["--threshold", &d.threshold.to_string(), "--only", mode])
+            .args(
+                d.threshold
+                    .map(|t| vec!["--threshold".to_string(), t.to_string()])
+                    .unwrap_or_default(),
+            )
+            .args(
+                d.target_agreement
+                    .map(|t| vec!["--target-agreement".to_string(), t.to_string()])
+                    .unwrap_or_default(),
+            )
+            .args(["--only", mode])
             .output()?;
         if !out.status.success() {
             bail!("bench of {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -180,14 +196,18 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
         let md = format!(
             "# Decode benchmark\n\nCommand: `collm bench decode --bundle {} --new-tokens {} --runs {}` \
              (greedy, {} new tokens after a {}-token chat prompt, median of {} runs after a warm-up, \
-             each engine in its own process; collaborative at θ = {}, f16 uploads, in-process cloud).\n\n{table}",
+             each engine in its own process; collaborative at {}, f16 uploads, in-process cloud).\n\n{table}",
             d.bundle.display(),
             d.new_tokens,
             d.runs,
             d.new_tokens,
             rows[0]["prompt_tokens"],
             d.runs,
-            d.threshold,
+            match (d.threshold, d.target_agreement) {
+                (Some(t), _) => format!("θ = {t}"),
+                (None, Some(a)) => format!("target agreement {a}"),
+                (None, None) => "the bundle's default operating point".to_string(),
+            },
         );
         std::fs::write(path, md)?;
     }

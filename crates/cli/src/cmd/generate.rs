@@ -26,7 +26,8 @@ pub struct Args {
     /// full | standalone | collaborative
     #[arg(long, default_value = "collaborative")]
     mode: Mode,
-    /// Raw confidence threshold θ for every exit head (θ > 1 never exits).
+    /// Raw confidence threshold θ for every exit head (θ > 1 never exits). Default: the
+    /// calibrated θ for 95% agreement, or 0.9 for uncalibrated heads.
     #[arg(long, conflicts_with = "target_agreement")]
     threshold: Option<f32>,
     /// Target top-1 agreement with the full model; each head uses its calibrated θ.
@@ -49,8 +50,6 @@ pub struct Args {
     json: bool,
 }
 
-pub const DEFAULT_THRESHOLD: f32 = 0.9;
-
 pub fn run(a: Args) -> Result<()> {
     let mut model = SplitModel::open(&a.bundle, a.mode != Mode::Standalone)?;
     let text = match (&a.prompt, &a.chat) {
@@ -66,11 +65,13 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => bail!("give --prompt TEXT or --chat TEXT"),
     };
     let prompt_ids = model.text.encode(&text)?;
-    let point = match (a.threshold, a.target_agreement) {
-        (_, Some(t)) => OperatingPoint::TargetAgreement(t),
-        (Some(t), None) => OperatingPoint::Threshold(t),
-        (None, None) => OperatingPoint::Threshold(DEFAULT_THRESHOLD),
-    };
+    let point = OperatingPoint::resolve(&model.manifest, a.threshold, a.target_agreement);
+    if a.mode == Mode::Collaborative && model.manifest.exits.iter().any(|e| e.calibration.is_none())
+    {
+        eprintln!(
+            "note: the exit heads are not calibrated (run `collm calibrate`); they may exit with wrong tokens"
+        );
+    }
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         mode: a.mode,
