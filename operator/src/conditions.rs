@@ -256,10 +256,10 @@ fn degraded_verdict(observed: &Observed) -> Verdict {
         if let Some(e) = observed.edge.filter(|_| partial_edge) {
             parts.push(format!("{} of {} edge pods ready", e.ready, e.desired));
         }
-        if let CloudObserved::Deployment { desired, available } = observed.cloud {
-            if partial_cloud {
-                parts.push(format!("{available} of {desired} cloud replicas available"));
-            }
+        if let CloudObserved::Deployment { desired, available } = observed.cloud
+            && partial_cloud
+        {
+            parts.push(format!("{available} of {desired} cloud replicas available"));
         }
         (Truth::True, reason::PARTIALLY_AVAILABLE, parts.join("; "))
     } else {

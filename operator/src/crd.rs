@@ -515,3 +515,6 @@ fn default_max_positions() -> u32 {
 fn default_max_sessions() -> u32 {
     64
 }
+
+#[cfg(test)]
+mod tests;
