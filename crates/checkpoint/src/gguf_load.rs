@@ -5,10 +5,11 @@ use std::path::Path;
 
 use collm_gguf::{GgufFile, Metadata};
 
+use crate::assemble::{self, Role, TensorSource};
 use crate::convert::{matrix_shape, weight_from_gguf};
 use crate::error::{Error, Result};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
-use crate::model::{Checkpoint, LayerWeights, LlamaConfig, Weight};
+use crate::model::{Checkpoint, LlamaConfig, Weight};
 use crate::shapes::{check_matrix, check_vector};
 
 fn config_from_gguf(md: &Metadata, vocab_size: usize) -> Result<LlamaConfig> {
@@ -58,7 +59,7 @@ struct Loader<'a> {
     types: BTreeSet<String>,
 }
 
-impl Loader<'_> {
+impl TensorSource for Loader<'_> {
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
         let info = self.file.require_tensor(name).map_err(|_| Error::MissingTensor(name.into()))?;
         let (r, c) = matrix_shape(name, &info.dims)?;
@@ -68,7 +69,7 @@ impl Loader<'_> {
         Ok(w)
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
         let v = self.file.dequantize(name).map_err(|e| match e {
             collm_gguf::Error::MissingTensor(n) => Error::MissingTensor(n),
             other => other.into(),
@@ -86,26 +87,23 @@ impl Checkpoint {
         let tok = tokenizer_from_gguf(md)?;
         let mut config = config_from_gguf(md, tok.vocab_size)?;
         let c = config.clone();
-        let (q_rows, kv_rows) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
 
         let mut ld = Loader { file: &file, types: BTreeSet::new() };
         let embedding = ld.matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
-        let layers = (0..c.num_layers)
-            .map(|i| {
-                let n = |t: &str| format!("blk.{i}.{t}.weight");
-                Ok(LayerWeights {
-                    attn_norm: ld.vector(&n("attn_norm"), c.hidden_size)?,
-                    wq: ld.matrix(&n("attn_q"), q_rows, c.hidden_size)?,
-                    wk: ld.matrix(&n("attn_k"), kv_rows, c.hidden_size)?,
-                    wv: ld.matrix(&n("attn_v"), kv_rows, c.hidden_size)?,
-                    wo: ld.matrix(&n("attn_output"), c.hidden_size, q_rows)?,
-                    ffn_norm: ld.vector(&n("ffn_norm"), c.hidden_size)?,
-                    w_gate: ld.matrix(&n("ffn_gate"), c.intermediate_size, c.hidden_size)?,
-                    w_up: ld.matrix(&n("ffn_up"), c.intermediate_size, c.hidden_size)?,
-                    w_down: ld.matrix(&n("ffn_down"), c.hidden_size, c.intermediate_size)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = assemble::layers(&mut ld, &c, |i, role| {
+            let t = match role {
+                Role::AttnNorm => "attn_norm",
+                Role::Q => "attn_q",
+                Role::K => "attn_k",
+                Role::V => "attn_v",
+                Role::O => "attn_output",
+                Role::FfnNorm => "ffn_norm",
+                Role::Gate => "ffn_gate",
+                Role::Up => "ffn_up",
+                Role::Down => "ffn_down",
+            };
+            format!("blk.{i}.{t}.weight")
+        })?;
         let final_norm = ld.vector("output_norm.weight", c.hidden_size)?;
         let lm_head = if file.tensor("output.weight").is_some() {
             ld.matrix("output.weight", c.vocab_size, c.hidden_size)?

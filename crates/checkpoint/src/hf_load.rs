@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::assemble::{self, Role, TensorSource};
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, LayerWeights, LlamaConfig, SpecialTokens, Weight};
+use crate::model::{Checkpoint, LlamaConfig, SpecialTokens, Weight};
 use crate::safetensors::{DenseTensor, read_safetensors};
 use crate::shapes::check_vector;
 
@@ -105,7 +106,9 @@ impl Tensors {
     fn take(&mut self, name: &str) -> Result<DenseTensor> {
         self.0.remove(name).ok_or_else(|| Error::MissingTensor(name.into()))
     }
+}
 
+impl TensorSource for Tensors {
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
         let t = self.take(name)?;
         if t.shape != [rows, cols] {
@@ -188,24 +191,21 @@ impl Checkpoint {
         }
         let mut t = Tensors(all);
         let c = &config;
-        let (q_rows, kv_rows) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let embedding = t.matrix("model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
-        let layers = (0..c.num_layers)
-            .map(|i| {
-                let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-                Ok(LayerWeights {
-                    attn_norm: t.vector(&n("input_layernorm"), c.hidden_size)?,
-                    wq: t.matrix(&n("self_attn.q_proj"), q_rows, c.hidden_size)?,
-                    wk: t.matrix(&n("self_attn.k_proj"), kv_rows, c.hidden_size)?,
-                    wv: t.matrix(&n("self_attn.v_proj"), kv_rows, c.hidden_size)?,
-                    wo: t.matrix(&n("self_attn.o_proj"), c.hidden_size, q_rows)?,
-                    ffn_norm: t.vector(&n("post_attention_layernorm"), c.hidden_size)?,
-                    w_gate: t.matrix(&n("mlp.gate_proj"), c.intermediate_size, c.hidden_size)?,
-                    w_up: t.matrix(&n("mlp.up_proj"), c.intermediate_size, c.hidden_size)?,
-                    w_down: t.matrix(&n("mlp.down_proj"), c.hidden_size, c.intermediate_size)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = assemble::layers(&mut t, c, |i, role| {
+            let s = match role {
+                Role::AttnNorm => "input_layernorm",
+                Role::Q => "self_attn.q_proj",
+                Role::K => "self_attn.k_proj",
+                Role::V => "self_attn.v_proj",
+                Role::O => "self_attn.o_proj",
+                Role::FfnNorm => "post_attention_layernorm",
+                Role::Gate => "mlp.gate_proj",
+                Role::Up => "mlp.up_proj",
+                Role::Down => "mlp.down_proj",
+            };
+            format!("model.layers.{i}.{s}.weight")
+        })?;
         let final_norm = t.vector("model.norm.weight", c.hidden_size)?;
         let lm_head = if c.tied_embeddings {
             embedding.clone()

@@ -4,6 +4,7 @@
 // Tests unwrap freely: a panic there is a failed assertion, not a crash on a user path.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod assemble;
 mod convert;
 mod error;
 mod gguf_load;
