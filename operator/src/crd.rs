@@ -53,6 +53,7 @@ pub const RULE_ONE_METRIC: &str =
 /// The operator renders it into a runtime ConfigMap, an edge DaemonSet, a cloud Deployment with
 /// Service, HorizontalPodAutoscaler and PodDisruptionBudget, and optionally a managed Redis.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(test, kube(cel))]
 #[kube(
     group = "collm.dev",
     version = "v1alpha1",

@@ -143,3 +143,127 @@ fn defaults_are_in_the_schema_so_kubectl_get_shows_them() {
     assert_eq!(node(&["catchUp"])["default"], "exact");
     assert_eq!(node(&["cloud", "minReplicas"])["default"], 1);
 }
+
+/// Client-side CEL evaluation (kube-cel) of the rules: a fast check of the rule logic. The API
+/// server's evaluation in the e2e suite remains the authority.
+mod cel {
+    use super::*;
+
+    fn rejection(model: &CollabModel) -> Vec<String> {
+        match model.validate_cel() {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
+        }
+    }
+
+    fn assert_rejected_with(mutate: impl FnOnce(&mut CollabModelSpec), message: &str) {
+        let mut model = CollabModel::fixture();
+        mutate(&mut model.spec);
+        assert_eq!(rejection(&model), vec![message.to_string()]);
+    }
+
+    #[test]
+    fn a_sensible_model_passes_every_rule() {
+        assert_eq!(rejection(&CollabModel::fixture()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn min_replicas_above_max_is_rejected() {
+        assert_rejected_with(
+            |s| {
+                s.cloud.min_replicas = 5;
+                s.cloud.max_replicas = 2;
+            },
+            RULE_REPLICAS,
+        );
+    }
+
+    #[test]
+    fn threshold_outside_zero_one_is_rejected() {
+        for bad in [0.0, -0.5, 1.5] {
+            assert_rejected_with(|s| s.threshold = Some(bad), RULE_THRESHOLD);
+        }
+        let mut model = CollabModel::fixture();
+        model.spec.threshold = Some(1.0);
+        assert!(rejection(&model).is_empty(), "1 is a valid threshold");
+    }
+
+    #[test]
+    fn exit_layer_beyond_the_split_is_rejected() {
+        assert_rejected_with(|s| s.exit_layers = vec![6, 13], RULE_EXIT_LAYERS);
+        assert_rejected_with(|s| s.exit_layers = vec![0], RULE_EXIT_LAYERS);
+    }
+
+    #[test]
+    fn bundle_needs_exactly_one_source() {
+        assert_rejected_with(|s| s.bundle = BundleSource::default(), RULE_BUNDLE_ONE_SOURCE);
+        assert_rejected_with(
+            |s| {
+                s.bundle.pvc =
+                    Some(PvcBundle { claim_name: "models".to_string(), path: String::new() })
+            },
+            RULE_BUNDLE_ONE_SOURCE,
+        );
+        assert_rejected_with(|s| s.bundle.sha256 = None, RULE_BUNDLE_SHA);
+    }
+
+    #[test]
+    fn collaborative_edge_only_model_needs_an_endpoint() {
+        assert_rejected_with(
+            |s| {
+                s.cloud.enabled = false;
+                s.context = None;
+            },
+            RULE_EDGE_ONLY_ENDPOINT,
+        );
+        let mut standalone = CollabModel::fixture();
+        standalone.spec.cloud.enabled = false;
+        standalone.spec.context = None;
+        standalone.spec.mode = Mode::Standalone;
+        assert!(rejection(&standalone).is_empty(), "a standalone edge needs no cloud");
+    }
+
+    #[test]
+    fn external_endpoint_with_a_local_cloud_is_rejected() {
+        assert_rejected_with(
+            |s| s.external_cloud_endpoint = Some("cloud.example:443".to_string()),
+            RULE_ENDPOINT_XOR_CLOUD,
+        );
+    }
+
+    #[test]
+    fn local_cloud_without_redis_is_rejected() {
+        assert_rejected_with(|s| s.context = None, RULE_CLOUD_NEEDS_REDIS);
+        assert_rejected_with(
+            |s| {
+                if let Some(ctx) = s.context.as_mut() {
+                    ctx.redis = Some(RedisSpec {
+                        url: Some("redis://r:6379".to_string()),
+                        managed: Some(true),
+                        ..RedisSpec::default()
+                    });
+                }
+            },
+            RULE_REDIS_ONE_SOURCE,
+        );
+    }
+
+    #[test]
+    fn threshold_and_agreement_together_are_rejected() {
+        assert_rejected_with(|s| s.target_agreement = Some(0.95), RULE_THRESHOLD_XOR_AGREEMENT);
+    }
+
+    #[test]
+    fn two_autoscaling_signals_are_rejected() {
+        assert_rejected_with(
+            |s| {
+                s.cloud.target_cpu_utilization = Some(60);
+                s.cloud.custom_metric = Some(CustomMetricTarget {
+                    name: "collm_cloud_inflight_requests".to_string(),
+                    average_value: "4".to_string(),
+                });
+            },
+            RULE_ONE_METRIC,
+        );
+    }
+}
