@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let cloud_model = collm_onnx_read(&a.bundle.join(&model.manifest.cloud.file))?;
+    let cloud_model = read_onnx(&a.bundle.join(&model.manifest.cloud.file))?;
     let head = read_head(&cloud_model, cfg.vocab_size, cfg.hidden_size)?;
     drop(cloud_model);
     let head = HeadWeights {
@@ -168,7 +168,7 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn collm_onnx_read(path: &std::path::Path) -> Result<collm_bundle::onnx::Model> {
+fn read_onnx(path: &std::path::Path) -> Result<collm_bundle::onnx::Model> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(collm_bundle::onnx::decode(&bytes)?)
 }
