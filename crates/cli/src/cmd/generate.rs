@@ -66,12 +66,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let prompt_ids = model.text.encode(&text)?;
     let point = OperatingPoint::resolve(&model.manifest, a.threshold, a.target_agreement);
-    if a.mode == Mode::Collaborative && model.manifest.exits.iter().any(|e| e.calibration.is_none())
-    {
-        eprintln!(
-            "note: the exit heads are not calibrated (run `collm calibrate`); they may exit with wrong tokens"
-        );
-    }
+    let uncalibrated = model.manifest.exits.iter().any(|e| e.calibration.is_none());
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         mode: a.mode,
@@ -110,6 +105,11 @@ pub fn run(a: Args) -> Result<()> {
         &mut on_token,
     )?;
     let answer = model.text.decode(&generation.tokens)?;
+    if a.mode == Mode::Collaborative && uncalibrated {
+        eprintln!(
+            "note: the exit heads are not calibrated (run `collm calibrate`); they may have answered with wrong tokens"
+        );
+    }
     if a.json {
         let mut v = serde_json::to_value(&generation)?;
         v["text"] = serde_json::Value::String(answer);
