@@ -3,8 +3,24 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Output;
+
 use collm_gguf::GgmlType;
 use common::*;
+
+/// Runs `collm export` of `gguf` with the given split into a scratch folder of `dir`.
+fn export_into_scratch(gguf: &Path, split: &str, dir: &Path) -> Output {
+    collm(&[
+        "export",
+        "--gguf",
+        path_str(gguf),
+        "--split-layer",
+        split,
+        "--out",
+        path_str(&dir.join("o")),
+    ])
+}
 
 #[test]
 fn a_truncated_gguf_is_reported_as_truncated() {
@@ -13,15 +29,7 @@ fn a_truncated_gguf_is_reported_as_truncated() {
     let bytes = std::fs::read(&gguf).expect("read");
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).expect("write");
-    let out = collm(&[
-        "export",
-        "--gguf",
-        path_str(&cut),
-        "--split-layer",
-        "2",
-        "--out",
-        path_str(&dir.path().join("o")),
-    ]);
+    let out = export_into_scratch(&cut, "2", dir.path());
     assert_clean_failure(&out, "truncated");
 }
 
@@ -30,15 +38,7 @@ fn a_foreign_file_is_not_taken_for_a_gguf() {
     let dir = tempfile::tempdir().expect("tempdir");
     let foreign = dir.path().join("model.gguf");
     std::fs::write(&foreign, b"PK\x03\x04 this is a zip file, not a model").expect("write");
-    let out = collm(&[
-        "export",
-        "--gguf",
-        path_str(&foreign),
-        "--split-layer",
-        "2",
-        "--out",
-        path_str(&dir.path().join("o")),
-    ]);
+    let out = export_into_scratch(&foreign, "2", dir.path());
     assert_clean_failure(&out, "not a GGUF");
 }
 
@@ -46,15 +46,7 @@ fn a_foreign_file_is_not_taken_for_a_gguf() {
 fn a_split_beyond_the_model_is_rejected_before_any_work() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
-    let out = collm(&[
-        "export",
-        "--gguf",
-        path_str(&gguf),
-        "--split-layer",
-        "9",
-        "--out",
-        path_str(&dir.path().join("o")),
-    ]);
+    let out = export_into_scratch(&gguf, "9", dir.path());
     assert_clean_failure(&out, "split-layer");
     let out = collm(&[
         "export",
@@ -157,15 +149,7 @@ fn an_unsupported_architecture_is_named() {
         collm_gguf::Value::String("gpt2".into()),
         None,
     );
-    let out = collm(&[
-        "export",
-        "--gguf",
-        path_str(&other),
-        "--split-layer",
-        "2",
-        "--out",
-        path_str(&dir.path().join("o")),
-    ]);
+    let out = export_into_scratch(&other, "2", dir.path());
     assert_clean_failure(&out, "unsupported architecture \"gpt2\"");
 }
 
@@ -182,15 +166,7 @@ fn an_unsupported_quantization_type_is_named_with_its_tensor() {
         collm_gguf::Value::String("q6k".into()),
         Some(("blk.1.ffn_down.weight", q6_k)),
     );
-    let out = collm(&[
-        "export",
-        "--gguf",
-        path_str(&other),
-        "--split-layer",
-        "2",
-        "--out",
-        path_str(&dir.path().join("o")),
-    ]);
+    let out = export_into_scratch(&other, "2", dir.path());
     assert_clean_failure(&out, "Q6_K");
     assert!(String::from_utf8_lossy(&out.stderr).contains("blk.1.ffn_down.weight"));
 }
