@@ -48,10 +48,17 @@ pub struct Args {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Ask a cloud worker at this gRPC URL (http://HOST:PORT) instead of running the cloud
+    /// partition in this process; only the edge partition is loaded.
+    #[arg(long, requires = "token")]
+    cloud: Option<String>,
+    /// Bearer token identifying this edge to the cloud worker.
+    #[arg(long, requires = "cloud")]
+    token: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut model = SplitModel::open(&a.bundle, a.mode != Mode::Standalone)?;
+    let mut model = SplitModel::open(&a.bundle, a.mode != Mode::Standalone && a.cloud.is_none())?;
     let text = match (&a.prompt, &a.chat) {
         (Some(p), _) => p.clone(),
         (None, Some(c)) => {
@@ -77,7 +84,12 @@ pub fn run(a: Args) -> Result<()> {
         stop_ids: model.text.stop_ids().to_vec(),
     };
     let exits = model.exit_layers();
-    let mut cloud = model.take_in_process_cloud();
+    let mut cloud: Option<Box<dyn CloudTransport>> = match (&a.cloud, &a.token) {
+        (Some(url), Some(token)) if a.mode != Mode::Standalone => Some(Box::new(
+            collm_cloud_client::GrpcCloud::connect(url, token, model.edge.shape.hidden_size)?,
+        )),
+        _ => model.take_in_process_cloud().map(|c| Box::new(c) as Box<dyn CloudTransport>),
+    };
     let color = std::io::stdout().is_terminal();
     let text_codec = &model.text;
     let json = a.json;
@@ -99,7 +111,7 @@ pub fn run(a: Args) -> Result<()> {
     let generation = collm_runtime::generate(
         &mut model.edge,
         &exits,
-        cloud.as_mut().map(|c| c as &mut dyn CloudTransport),
+        cloud.as_mut().map(|c| &mut **c as &mut dyn CloudTransport),
         &prompt_ids,
         &opts,
         &mut on_token,

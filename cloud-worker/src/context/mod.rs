@@ -1,0 +1,92 @@
+//! The cloud context: per (client, session), the uploaded hidden rows in their transport
+//! encoding, the `persisted` position, session metadata, a TTL and per-client quotas. The worker
+//! talks to it through [`ContextStore`] so that the in-memory store here and a Redis store later
+//! obey the same contract: rows are appended contiguously, read back by position range, and a
+//! session is only ever visible to the client that created it.
+
+mod memory;
+
+use std::ops::Range;
+use std::time::Duration;
+
+use collm_protocol::{SessionId, ValidUpload};
+
+use crate::Result;
+use crate::clients::ClientId;
+
+pub use memory::InMemoryStore;
+
+/// Quotas and expiry every store enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Positions one session may hold.
+    pub positions_per_session: u64,
+    /// Sessions one client may hold at once.
+    pub sessions_per_client: usize,
+    /// A session untouched for this long is forgotten.
+    pub ttl: Duration,
+}
+
+impl StoreLimits {
+    pub fn new(positions_per_session: u64) -> Self {
+        Self { positions_per_session, sessions_per_client: 256, ttl: Duration::from_secs(3600) }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Every position below `persisted` is stored (the upload's new rows included).
+    Persisted(u64),
+    /// The upload started beyond what the store holds and was not stored: re-upload from here.
+    MissingFrom(u64),
+}
+
+/// Metadata of a stored session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Every position below it is stored.
+    pub persisted: u64,
+    /// Hidden-state width of the stored rows.
+    pub hidden_size: u32,
+}
+
+#[tonic::async_trait]
+pub trait ContextStore: Send + Sync + 'static {
+    /// Stores the part of `upload` the session does not hold yet, creating the session on its
+    /// first upload (subject to the sessions-per-client quota).
+    async fn append(&self, client: &ClientId, upload: ValidUpload) -> Result<Appended>;
+
+    /// The session's metadata, `None` when it does not exist (never created, ended, expired).
+    async fn session(&self, client: &ClientId, session: &SessionId) -> Result<Option<SessionInfo>>;
+
+    /// The stored rows of `positions`, in order, as uploaded (segments trimmed to the range).
+    /// Fails when part of the range is not stored.
+    async fn rows(
+        &self,
+        client: &ClientId,
+        session: &SessionId,
+        positions: Range<u64>,
+    ) -> Result<Vec<ValidUpload>>;
+
+    /// Forgets the session; whether it existed.
+    async fn end(&self, client: &ClientId, session: &SessionId) -> Result<bool>;
+}
+
+/// The rows of `segment` that fall inside `positions` (`None` when none do).
+pub fn trim(segment: &ValidUpload, positions: &Range<u64>) -> Option<ValidUpload> {
+    let start = segment.start.max(positions.start);
+    let end = segment.end().min(positions.end);
+    if start >= end {
+        return None;
+    }
+    let row_bytes = segment.encoding.row_bytes(segment.hidden_size as usize);
+    let from = (start - segment.start) as usize * row_bytes;
+    let to = (end - segment.start) as usize * row_bytes;
+    Some(ValidUpload {
+        start,
+        rows: (end - start) as u32,
+        payload: segment.payload.slice(from..to),
+        ..segment.clone()
+    })
+}

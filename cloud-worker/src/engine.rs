@@ -1,0 +1,119 @@
+//! The cloud partition and its local KV caches. A cache is only a cache: the rows it was built
+//! from live in the context store, so a missing or evicted cache is rebuilt by running the
+//! stored rows through the cloud layers again (exact catch-up).
+
+use std::collections::HashMap;
+
+use collm_bundle::graph::names;
+use collm_protocol::SessionId;
+use collm_runtime::partition::{KvCache, Partition, PartitionInput};
+use collm_runtime::sampling::{self, Pick, SamplingParams};
+
+use crate::Result;
+use crate::clients::ClientId;
+
+type SessionKey = (ClientId, SessionId);
+
+struct CachedSession {
+    cache: KvCache,
+    last_used: u64,
+}
+
+/// One cloud partition (ONNX Runtime sessions run `&mut`, so callers serialise on a lock) and a
+/// bounded LRU of per-session KV caches.
+pub struct CloudEngine {
+    partition: Partition,
+    caches: HashMap<SessionKey, CachedSession>,
+    max_cached: usize,
+    tick: u64,
+}
+
+/// What the next-token step picked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudPick {
+    pub pick: Pick,
+    pub top_k: Vec<Pick>,
+}
+
+impl CloudEngine {
+    pub fn new(partition: Partition, max_cached: usize) -> Self {
+        Self { partition, caches: HashMap::new(), max_cached: max_cached.max(1), tick: 0 }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.partition.shape.hidden_size
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.partition.shape.max_position
+    }
+
+    /// Positions the cached KV of this session covers, if it can serve a request for the token
+    /// after `after` (a cache already past `after` cannot: the session is recomputed from 0).
+    pub fn usable_prefix(&self, client: &ClientId, session: &SessionId, after: u64) -> u64 {
+        let key = (client.clone(), session.clone());
+        match self.caches.get(&key) {
+            Some(c) if (c.cache.len() as u64) <= after => c.cache.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Runs `rows` (positions `from..=after`, decoded) through the cloud layers on top of the
+    /// session's cache and picks the next token exactly as the in-process cloud does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn next_token(
+        &mut self,
+        client: &ClientId,
+        session: &SessionId,
+        from: u64,
+        rows: &[f32],
+        params: &SamplingParams,
+        u: f64,
+        top_k: usize,
+    ) -> Result<CloudPick> {
+        let key = (client.clone(), session.clone());
+        self.tick += 1;
+        let reuse = self.caches.get(&key).is_some_and(|c| c.cache.len() as u64 == from);
+        if !reuse {
+            if from != 0 {
+                return Err(crate::Error::Internal(format!(
+                    "the cached context of session {session} moved while it was being extended; retry"
+                )));
+            }
+            let cache = self.partition.empty_cache()?;
+            self.evict_for_one_more();
+            self.caches.insert(key.clone(), CachedSession { cache, last_used: self.tick });
+        }
+        let entry = self
+            .caches
+            .get_mut(&key)
+            .ok_or_else(|| crate::Error::Internal("cache vanished".into()))?;
+        entry.last_used = self.tick;
+        let mut out = self.partition.run(
+            &mut entry.cache,
+            PartitionInput::Hidden(rows),
+            1,
+            &[names::LOGITS],
+        )?;
+        let logits = out.take(names::LOGITS).unwrap_or_default();
+        Ok(CloudPick {
+            pick: sampling::sample(&logits, params, u),
+            top_k: if top_k > 0 { sampling::top_k(&logits, top_k) } else { vec![] },
+        })
+    }
+
+    pub fn forget(&mut self, client: &ClientId, session: &SessionId) {
+        self.caches.remove(&(client.clone(), session.clone()));
+    }
+
+    fn evict_for_one_more(&mut self) {
+        while self.caches.len() >= self.max_cached {
+            let Some(oldest) =
+                self.caches.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            self.caches.remove(&oldest);
+        }
+    }
+}

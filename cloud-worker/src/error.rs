@@ -1,0 +1,49 @@
+//! Everything the worker can refuse, and its single mapping to a gRPC status.
+
+use collm_protocol::ProtocolError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+
+    #[error("authentication failed: the bearer token is not known to this cloud worker")]
+    UnknownToken,
+
+    #[error(
+        "quota exceeded: the client already holds {held} sessions, the limit is {max}; end a session first"
+    )]
+    TooManySessions { held: usize, max: usize },
+
+    #[error(
+        "quota exceeded: positions up to {end} exceed the limit of {max} positions per session"
+    )]
+    TooManyPositions { end: u64, max: u64 },
+
+    #[error("unknown session {0}: it was never uploaded, has ended or has expired")]
+    UnknownSession(String),
+
+    #[error("cloud partition: {0}")]
+    Runtime(#[from] collm_runtime::Error),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            Error::Protocol(p) => p.code(),
+            Error::UnknownToken => Code::Unauthenticated,
+            Error::TooManySessions { .. } | Error::TooManyPositions { .. } => {
+                Code::ResourceExhausted
+            }
+            Error::UnknownSession(_) => Code::NotFound,
+            Error::Runtime(_) | Error::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, err.to_string())
+    }
+}

@@ -1,0 +1,10 @@
+//! The cloud worker: the `CloudService` gRPC server over a [`context::ContextStore`] and the
+//! cloud partition of a bundle. Clients are identified by their bearer token only.
+
+pub mod clients;
+pub mod context;
+pub mod engine;
+mod error;
+pub mod service;
+
+pub use error::{Error, Result};

@@ -1,0 +1,117 @@
+//! Real processes on loopback: a tiny bundle, a `cloud-worker` child that is killed when its
+//! guard drops, and `collm` (built by the same workspace build, next to the worker binary).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const PROMPT: &str =
+    "<|im_start|>user\nhello there, tiny model<|im_end|>\n<|im_start|>assistant\n";
+
+/// `collm`, from the target directory the worker binary was built into.
+pub fn collm_bin() -> PathBuf {
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_cloud-worker"));
+    let collm = worker.with_file_name("collm");
+    assert!(
+        collm.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        collm.display()
+    );
+    collm
+}
+
+pub fn collm(args: &[&str]) -> Output {
+    Command::new(collm_bin()).args(args).output().expect("collm runs")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A tiny seeded model exported with the split after layer 2 and exits at layers 1 and 2.
+pub fn tiny_bundle(dir: &Path) -> PathBuf {
+    let gguf = dir.join("tiny.gguf");
+    let out = collm(&["tiny", "--out", path_str(&gguf), "--seed", "7"]);
+    assert!(out.status.success(), "tiny: {}", String::from_utf8_lossy(&out.stderr));
+    let bundle = dir.join("bundle");
+    let out = collm(&[
+        "export",
+        "--gguf",
+        path_str(&gguf),
+        "--out",
+        path_str(&bundle),
+        "--split-layer",
+        "2",
+        "--exit-layers",
+        "1,2",
+    ]);
+    assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
+    bundle
+}
+
+/// A running `cloud-worker`; killed (and reaped) on drop so no test leaves a process behind.
+pub struct Worker {
+    child: Child,
+    pub url: String,
+}
+
+impl Worker {
+    /// Starts a worker on a free loopback port with clients `edge-a tok-a` and `edge-b tok-b`.
+    pub fn start(bundle: &Path, dir: &Path) -> Self {
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, "edge-a tok-a\nedge-b tok-b\n").expect("tokens file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cloud-worker"))
+            .args(["--bundle", path_str(bundle), "--listen", "127.0.0.1:0"])
+            .args(["--tokens", path_str(&tokens)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cloud-worker starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut worker = Self { child, url: String::new() };
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("worker ready within 60 s");
+        let addr = line
+            .trim()
+            .strip_prefix("cloud-worker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        worker.url = format!("http://{addr}");
+        worker
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `collm generate --json` on the tiny prompt.
+pub fn generate(bundle: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--bundle", path_str(bundle), "--prompt", PROMPT, "--json"];
+    args.extend_from_slice(extra);
+    collm(&args)
+}
+
+pub fn generate_json(bundle: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = generate(bundle, extra);
+    assert!(
+        out.status.success(),
+        "collm generate {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+pub fn field(v: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    v[name].as_array().unwrap_or_else(|| panic!("no {name} in {v}")).clone()
+}
