@@ -13,6 +13,11 @@ use crate::{Error, Result};
 pub struct ClientId(String);
 
 impl ClientId {
+    /// A client by name; requests only ever get one through [`Clients::authenticate`].
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

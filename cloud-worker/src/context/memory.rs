@@ -127,3 +127,112 @@ impl ContextStore for InMemoryStore {
         self.with_client(client, |sessions| Ok(sessions.remove(session).is_some()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use collm_protocol::outgoing::encode_upload;
+    use collm_protocol::{Encoding, Limits};
+
+    use super::*;
+
+    const H: u32 = 4;
+
+    fn client(name: &str) -> ClientId {
+        ClientId::new(name)
+    }
+
+    fn upload(session: &str, start: u64, rows: u32) -> ValidUpload {
+        let s = SessionId::parse(session).expect("session");
+        let values: Vec<f32> = (0..rows * H).map(|i| (start as f32) + i as f32 / 8.0).collect();
+        ValidUpload::parse(encode_upload(&s, start, H, Encoding::F16, &values), &Limits::new(H, 64))
+            .expect("valid")
+    }
+
+    fn store(limits: StoreLimits) -> InMemoryStore {
+        InMemoryStore::new(limits)
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn appends_are_contiguous_retransmissions_harmless_and_gaps_reported() {
+        block(async {
+            let st = store(StoreLimits::new(64));
+            let a = client("a");
+            assert_eq!(st.append(&a, upload("s", 0, 3)).await.ok(), Some(Appended::Persisted(3)));
+            // Overlapping retransmission: only the new row is stored.
+            assert_eq!(st.append(&a, upload("s", 2, 2)).await.ok(), Some(Appended::Persisted(4)));
+            assert_eq!(st.append(&a, upload("s", 6, 1)).await.ok(), Some(Appended::MissingFrom(4)));
+            // A session that would start with a gap is not created.
+            assert_eq!(st.append(&a, upload("t", 1, 1)).await.ok(), Some(Appended::MissingFrom(0)));
+            assert!(
+                st.session(&a, &SessionId::parse("t").expect("id")).await.expect("ok").is_none()
+            );
+
+            let s = SessionId::parse("s").expect("id");
+            let rows = st.rows(&a, &s, 1..4).await.expect("stored");
+            let whole: Vec<f32> = rows.iter().flat_map(ValidUpload::decode).collect();
+            let direct: Vec<f32> = [upload("s", 0, 3), upload("s", 2, 2)]
+                .iter()
+                .flat_map(ValidUpload::decode)
+                .collect();
+            // Positions 1, 2 from the first upload, 3 from the second (its row 1).
+            let expected: Vec<f32> = direct[H as usize..3 * H as usize]
+                .iter()
+                .chain(&direct[(3 + 1) * H as usize..(3 + 2) * H as usize])
+                .copied()
+                .collect();
+            assert_eq!(whole, expected);
+            assert!(matches!(
+                st.rows(&a, &s, 2..5).await,
+                Err(Error::Protocol(ProtocolError::NotUploaded { after: 4, persisted: 4 }))
+            ));
+        });
+    }
+
+    #[test]
+    fn sessions_belong_to_their_client() {
+        block(async {
+            let st = store(StoreLimits::new(64));
+            let (a, b) = (client("a"), client("b"));
+            let s = SessionId::parse("s").expect("id");
+            st.append(&a, upload("s", 0, 2)).await.expect("stored");
+            assert!(st.session(&b, &s).await.expect("ok").is_none());
+            assert!(matches!(st.rows(&b, &s, 0..1).await, Err(Error::UnknownSession(_))));
+            assert!(!st.end(&b, &s).await.expect("ok"));
+            assert_eq!(st.session(&a, &s).await.expect("ok").map(|i| i.persisted), Some(2));
+            assert!(st.end(&a, &s).await.expect("ok"));
+        });
+    }
+
+    #[test]
+    fn quotas_refuse_with_their_limits_and_idle_sessions_expire() {
+        block(async {
+            let limits = StoreLimits {
+                positions_per_session: 4,
+                sessions_per_client: 2,
+                ttl: Duration::from_secs(1),
+            };
+            let st = store(limits);
+            let a = client("a");
+            st.append(&a, upload("s1", 0, 4)).await.expect("fits");
+            let err = st.append(&a, upload("s1", 4, 1)).await.expect_err("5 positions");
+            assert!(matches!(err, Error::TooManyPositions { end: 5, max: 4 }), "{err}");
+            st.append(&a, upload("s2", 0, 1)).await.expect("second session");
+            let err = st.append(&a, upload("s3", 0, 1)).await.expect_err("third session");
+            assert!(matches!(err, Error::TooManySessions { held: 2, max: 2 }), "{err}");
+            assert!(err.to_string().contains("quota"));
+            // Another client has its own quota.
+            st.append(&client("b"), upload("s3", 0, 1)).await.expect("b's first session");
+
+            std::thread::sleep(Duration::from_millis(1200));
+            let s1 = SessionId::parse("s1").expect("id");
+            assert!(st.session(&a, &s1).await.expect("ok").is_none(), "expired");
+            st.append(&a, upload("s3", 0, 1)).await.expect("quota freed by expiry");
+        });
+    }
+}

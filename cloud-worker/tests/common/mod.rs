@@ -61,11 +61,17 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker on a free loopback port with clients `edge-a tok-a` and `edge-b tok-b`.
     pub fn start(bundle: &Path, dir: &Path) -> Self {
+        Self::start_with(bundle, dir, &[])
+    }
+
+    /// As [`Worker::start`], with extra `cloud-worker` flags.
+    pub fn start_with(bundle: &Path, dir: &Path, extra: &[&str]) -> Self {
         let tokens = dir.join("tokens");
         std::fs::write(&tokens, "edge-a tok-a\nedge-b tok-b\n").expect("tokens file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cloud-worker"))
             .args(["--bundle", path_str(bundle), "--listen", "127.0.0.1:0"])
             .args(["--tokens", path_str(&tokens)])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -85,6 +91,23 @@ impl Worker {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         worker.url = format!("http://{addr}");
         worker
+    }
+}
+
+impl Worker {
+    /// Sends SIGTERM and waits (at most 20 s) for the worker to exit on its own.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM could not be sent");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "worker ignored SIGTERM for 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
