@@ -3,6 +3,7 @@
 //! `next_token` waits on.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use collm_protocol::{SessionId, pb};
 use tokio::sync::{mpsc, watch};
@@ -17,12 +18,16 @@ struct AckState {
     missing: HashMap<String, u64>,
     /// Why the stream ended, when it did.
     failed: Option<String>,
+    /// Acks received so far (one per chunk, in order).
+    acked: u64,
 }
 
 /// Unbounded so that queueing a chunk never blocks the decode loop.
 pub struct UploadPipe {
     chunks: mpsc::UnboundedSender<pb::UploadChunk>,
     acks: watch::Receiver<AckState>,
+    /// Chunks queued so far.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl UploadPipe {
@@ -35,10 +40,12 @@ impl UploadPipe {
             loop {
                 match incoming.message().await {
                     Ok(Some(ack)) => state_tx.send_modify(|s| {
-                        if let Some(from) = ack.missing_from {
-                            s.missing.insert(ack.session_id.clone(), from);
-                        }
+                        match ack.missing_from {
+                            Some(from) => s.missing.insert(ack.session_id.clone(), from),
+                            None => s.missing.remove(&ack.session_id),
+                        };
                         s.persisted.insert(ack.session_id, ack.persisted);
+                        s.acked += 1;
                     }),
                     Ok(None) => {
                         state_tx.send_modify(|s| {
@@ -54,45 +61,90 @@ impl UploadPipe {
                 }
             }
         });
-        Ok(Self { chunks: tx, acks: state_rx })
+        Ok(Self { chunks: tx, acks: state_rx, sent: 0.into() })
     }
 
     pub fn send(&self, chunk: pb::UploadChunk) -> Result<()> {
         if let Some(err) = &self.acks.borrow().failed {
             return Err(Error::Io(err.clone()));
         }
-        self.chunks.send(chunk).map_err(|_| Error::Io("the upload stream is closed".into()))
+        self.chunks.send(chunk).map_err(|_| Error::Io("the upload stream is closed".into()))?;
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
-    /// What the cloud has acknowledged for `session` so far.
+    /// Waits until every chunk queued so far is acknowledged, then tells whether the cloud
+    /// holds every position of `session` below `end`.
+    pub async fn settle(
+        &self,
+        session: &SessionId,
+        end: u64,
+        timeout: Duration,
+    ) -> Result<Coverage> {
+        let target = self.sent.load(std::sync::atomic::Ordering::Relaxed);
+        let mut acks = self.acks.clone();
+        let settled = tokio::time::timeout(
+            timeout,
+            acks.wait_for(|s| s.failed.is_some() || s.acked >= target),
+        )
+        .await
+        .map_err(|_| Error::Io(format!("no upload acknowledgement within {timeout:?}")))?
+        .map_err(|_| Error::Io("the upload stream ended".into()))?;
+        if let Some(err) = &settled.failed {
+            return Err(Error::Io(err.clone()));
+        }
+        let key = session.as_str();
+        if settled.persisted.get(key).is_some_and(|p| *p >= end) {
+            return Ok(Coverage::Covered);
+        }
+        Ok(Coverage::MissingFrom(settled.persisted.get(key).copied().unwrap_or(0)))
+    }
+
+    /// What the cloud has acknowledged for `session` so far. Lost positions are not an error
+    /// here: `next_token` re-uploads them when it needs them.
     pub fn persisted(&self, session: &SessionId) -> Result<u64> {
         let state = self.acks.borrow();
-        check(&state, session)?;
+        if let Some(err) = &state.failed {
+            return Err(Error::Io(err.clone()));
+        }
         Ok(state.persisted.get(session.as_str()).copied().unwrap_or(0))
     }
 
-    /// Waits until the cloud holds every position of `session` below `end`.
-    pub async fn wait_for(&self, session: &SessionId, end: u64) -> Result<()> {
+    /// Waits until the cloud holds every position of `session` below `end`, or until it reports
+    /// positions missing. Bounded by `timeout`.
+    pub async fn wait_for(
+        &self,
+        session: &SessionId,
+        end: u64,
+        timeout: Duration,
+    ) -> Result<Coverage> {
         let mut acks = self.acks.clone();
         let key = session.as_str();
-        let state = acks
-            .wait_for(|s| {
+        let waited = tokio::time::timeout(
+            timeout,
+            acks.wait_for(|s| {
                 s.failed.is_some()
                     || s.missing.contains_key(key)
                     || s.persisted.get(key).is_some_and(|p| *p >= end)
-            })
-            .await
-            .map_err(|_| Error::Io("the upload stream ended".into()))?;
-        check(&state, session)
+            }),
+        )
+        .await
+        .map_err(|_| Error::Io(format!("no upload acknowledgement within {timeout:?}")))?
+        .map_err(|_| Error::Io("the upload stream ended".into()))?;
+        if let Some(err) = &waited.failed {
+            return Err(Error::Io(err.clone()));
+        }
+        if waited.persisted.get(key).is_some_and(|p| *p >= end) {
+            return Ok(Coverage::Covered);
+        }
+        Ok(Coverage::MissingFrom(waited.missing.get(key).copied().unwrap_or(0)))
     }
 }
 
-fn check(state: &AckState, session: &SessionId) -> Result<()> {
-    if let Some(err) = &state.failed {
-        return Err(Error::Io(err.clone()));
-    }
-    if let Some(from) = state.missing.get(session.as_str()) {
-        return Err(Error::Missing(*from));
-    }
-    Ok(())
+/// Whether the cloud holds the positions a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    Covered,
+    /// The cloud lost (or never got) positions from here on: re-upload them.
+    MissingFrom(u64),
 }
