@@ -31,6 +31,9 @@ struct Args {
     /// Sessions one client may hold at once.
     #[arg(long, default_value_t = 256)]
     sessions_per_client: usize,
+    /// Positions one session may hold (default and maximum: the model's context).
+    #[arg(long)]
+    positions_per_session: Option<u64>,
     /// Seconds an idle session is kept.
     #[arg(long, default_value_t = 3600)]
     session_ttl: u64,
@@ -59,7 +62,9 @@ fn run(a: Args) -> Result<()> {
     let engine = CloudEngine::new(partition, a.cached_sessions);
     let limits = Limits::new(engine.hidden_size() as u32, engine.max_context() as u64);
     let store = InMemoryStore::new(StoreLimits {
-        positions_per_session: limits.max_context,
+        positions_per_session: a
+            .positions_per_session
+            .map_or(limits.max_context, |p| p.min(limits.max_context)),
         sessions_per_client: a.sessions_per_client,
         ttl: std::time::Duration::from_secs(a.session_ttl),
     });

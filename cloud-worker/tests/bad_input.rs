@@ -1,4 +1,4 @@
-//! Malformed gRPC input to a real worker: each gets a clear status with the right code, and the
+//! Malformed or over-quota gRPC input to a real worker: each gets a clear status with the right code, and the
 //! worker keeps serving afterwards.
 
 mod common;
@@ -90,6 +90,38 @@ async fn bad_input(url: String) -> anyhow::Result<()> {
     assert!(c.health(pb::HealthRequest {}).await?.into_inner().serving);
     c.next_token(next_token_request(&s, 0, Sampling::default(), 0.5, 2)).await?;
     Ok(())
+}
+
+async fn over_quota(url: String) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+    let mut c = CloudServiceClient::with_interceptor(channel, BearerToken::new("tok-a")?);
+    let h = c.health(pb::HealthRequest {}).await?.into_inner().hidden_size;
+    let rows = vec![0.25f32; 3 * h as usize];
+    let s = SessionId::parse("long")?;
+    let chunk = encode_upload(&s, 0, h, Encoding::F32, &rows);
+    expect(&refused(&mut c, chunk).await, Code::ResourceExhausted, "quota exceeded");
+    let chunk = encode_upload(&s, 0, h, Encoding::F32, &rows[..2 * h as usize]);
+    let acks: Vec<_> =
+        c.upload(tokio_stream::iter(vec![chunk])).await?.into_inner().collect().await;
+    assert!(acks.iter().all(Result::is_ok), "within the quota: {acks:?}");
+    let chunk =
+        encode_upload(&SessionId::parse("second")?, 0, h, Encoding::F32, &rows[..h as usize]);
+    expect(&refused(&mut c, chunk).await, Code::ResourceExhausted, "sessions");
+    Ok(())
+}
+
+#[test]
+fn quotas_refuse_long_sessions_and_extra_sessions_with_their_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = tiny_bundle(dir.path());
+    let flags = ["--positions-per-session", "2", "--sessions-per-client", "1"];
+    let worker = Worker::start_with(&bundle, dir.path(), &flags);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), over_quota(worker.url.clone())).await
+    })
+    .expect("within 60 s")
+    .expect("quotas hold");
 }
 
 #[test]
