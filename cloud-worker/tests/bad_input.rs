@@ -1,5 +1,5 @@
-//! Malformed or over-quota gRPC input to a real worker: each gets a clear status with the right code, and the
-//! worker keeps serving afterwards.
+//! Malformed or over-quota gRPC input to a real worker: each gets a clear status with the right
+//! code, and the worker keeps serving afterwards.
 
 mod common;
 

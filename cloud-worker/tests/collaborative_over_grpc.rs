@@ -91,3 +91,46 @@ fn an_unknown_token_is_refused_in_one_line_naming_authentication() {
     assert!(lines[0].starts_with("error: ") && lines[0].contains("authentication"), "{stderr}");
     assert!(out.stdout.is_empty(), "no answer may be printed");
 }
+
+#[test]
+fn concurrent_edges_share_one_worker_without_mixing_their_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = tiny_bundle(dir.path());
+    let worker = Worker::start(&bundle, dir.path());
+    let args = |seed: &str| {
+        let mut v: Vec<String> =
+            ["--threshold", "1.5", "--encoding", "f16", "--temperature", "0.9"]
+                .map(String::from)
+                .to_vec();
+        v.extend(["--seed".into(), seed.into(), "--max-tokens".into(), "16".into()]);
+        v
+    };
+    let seeds = ["1", "2", "3", "4"];
+    let remote: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let runs: Vec<_> = seeds
+            .iter()
+            .zip(["tok-a", "tok-b", "tok-a", "tok-b"])
+            .map(|(seed, token)| {
+                let (bundle, url) = (&bundle, &worker.url);
+                let mut a = args(seed);
+                a.extend(["--cloud".into(), url.clone(), "--token".into(), token.into()]);
+                scope.spawn(move || {
+                    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                    generate_json(bundle, &a)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("generation thread")).collect()
+    });
+    let first = field(&remote[0], "tokens");
+    assert!(
+        remote.iter().any(|r| field(r, "tokens") != first),
+        "seeds should give different answers"
+    );
+    for (seed, remote) in seeds.iter().zip(&remote) {
+        let a = args(seed);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let local = generate_json(&bundle, &a);
+        assert_eq!(field(&local, "tokens"), field(remote, "tokens"), "seed {seed}");
+    }
+}
