@@ -56,20 +56,31 @@ impl<S: ContextStore> CloudWorker<S> {
             .await?
             .ok_or_else(|| Error::UnknownSession(req.session.as_str().to_owned()))?;
         check_uploaded(info.persisted, req.after)?;
-        let from = self.lock_engine()?.usable_prefix(&client, &req.session, req.after);
-        let segments = self.store.rows(&client, &req.session, from..req.after + 1).await?;
-        let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();
-        let engine = Arc::clone(&self.engine);
         let params = SamplingParams {
             temperature: req.sampling.temperature,
             top_k: req.sampling.top_k as usize,
             top_p: req.sampling.top_p,
         };
-        let session = req.session.clone();
+        let (engine, store) = (Arc::clone(&self.engine), Arc::clone(&self.store));
+        let handle = tokio::runtime::Handle::current();
+        // The engine lock is taken on a blocking thread only, and held from reading the cache's
+        // length to extending it, so concurrent requests can never interleave on one cache.
         let picked = tokio::task::spawn_blocking(move || {
             let mut engine =
                 engine.lock().map_err(|_| Error::Internal("engine poisoned".into()))?;
-            engine.next_token(&client, &session, from, &rows, &params, req.u, req.top_k as usize)
+            let from = engine.usable_prefix(&client, &req.session, req.after);
+            let segments =
+                handle.block_on(store.rows(&client, &req.session, from..req.after + 1))?;
+            let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();
+            engine.next_token(
+                &client,
+                &req.session,
+                from,
+                &rows,
+                &params,
+                req.u,
+                req.top_k as usize,
+            )
         })
         .await
         .map_err(|e| Error::Internal(format!("inference task failed: {e}")))??;
@@ -83,10 +94,6 @@ impl<S: ContextStore> CloudWorker<S> {
                 .collect(),
             persisted: info.persisted,
         })
-    }
-
-    fn lock_engine(&self) -> Result<std::sync::MutexGuard<'_, CloudEngine>> {
-        self.engine.lock().map_err(|_| Error::Internal("engine poisoned".into()))
     }
 }
 
@@ -144,7 +151,14 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         let client = self.admit(&req)?;
         let session = SessionId::parse(&req.get_ref().session_id).map_err(Error::from)?;
         let existed = self.store.end(&client, &session).await?;
-        self.lock_engine()?.forget(&client, &session);
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || {
+            if let Ok(mut engine) = engine.lock() {
+                engine.forget(&client, &session);
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("forgetting the session failed: {e}")))?;
         Ok(Response::new(pb::EndSessionReply { existed }))
     }
 
