@@ -134,3 +134,21 @@ fn concurrent_edges_share_one_worker_without_mixing_their_sessions() {
         assert_eq!(field(&local, "tokens"), field(remote, "tokens"), "seed {seed}");
     }
 }
+
+#[test]
+fn an_unreachable_cloud_fails_in_one_line_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = tiny_bundle(dir.path());
+    // A port nothing listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = generate(&bundle, &["--max-tokens", "4", "--cloud", &url, "--token", "tok-a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one-line error expected: {stderr}");
+    assert!(lines[0].contains("cannot reach the cloud") && lines[0].contains(&url), "{stderr}");
+}

@@ -69,6 +69,22 @@ impl From<Error> for collm_runtime::Error {
     }
 }
 
+/// An error and its causes on one line (tonic's own message is only "transport error").
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some layers already print their cause in their own message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 type Client = CloudServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// The cloud behind a gRPC endpoint, authenticated with one bearer token.
@@ -102,7 +118,7 @@ impl GrpcCloud {
             .build()
             .map_err(|e| Error::Io(e.to_string()))?;
         let connect_err =
-            |e: &dyn std::fmt::Display| Error::Connect { url: url.into(), reason: e.to_string() };
+            |e: &dyn std::error::Error| Error::Connect { url: url.into(), reason: with_causes(e) };
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
             .map_err(|e| connect_err(&e))?
             .connect_timeout(Duration::from_secs(10));
