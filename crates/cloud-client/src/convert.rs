@@ -1,16 +1,8 @@
 //! Runtime types <-> wire types.
 
-use collm_protocol::{Encoding, Sampling, pb};
+use collm_protocol::{Sampling, pb};
 use collm_runtime::sampling::{Pick, SamplingParams};
 use collm_runtime::transport::CloudAnswer;
-
-pub fn encoding(e: collm_runtime::Encoding) -> Encoding {
-    match e {
-        collm_runtime::Encoding::F32 => Encoding::F32,
-        collm_runtime::Encoding::F16 => Encoding::F16,
-        collm_runtime::Encoding::Int8 => Encoding::Int8,
-    }
-}
 
 pub fn sampling(p: &SamplingParams) -> Sampling {
     Sampling { temperature: p.temperature, top_k: p.top_k as u32, top_p: p.top_p }

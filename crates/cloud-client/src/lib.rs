@@ -206,7 +206,7 @@ impl CloudTransport for GrpcCloud {
         upload: Upload,
     ) -> collm_runtime::Result<UploadAck> {
         let id = self.wire_session_id(session)?;
-        let encoding = convert::encoding(upload.encoding);
+        let encoding = upload.encoding;
         let row_bytes = encoding.row_bytes(self.limits.hidden_size as usize);
         let kept = self.kept.entry(session).or_insert(KeptRows { encoding, bytes: Vec::new() });
         if kept.encoding != encoding {

@@ -22,7 +22,7 @@ pub fn upload_chunk(
         session_id: session.as_str().to_owned(),
         start,
         rows,
-        encoding: encoding.to_wire() as i32,
+        encoding: codec::to_wire(encoding) as i32,
         hidden_size,
         checksum: Some(pb::upload_chunk::Checksum::Crc32c(crc32c::crc32c(&payload))),
         payload,

@@ -95,7 +95,7 @@ pub struct ValidUpload {
 impl ValidUpload {
     pub fn parse(chunk: pb::UploadChunk, limits: &Limits) -> Result<Self> {
         let session = SessionId::parse(&chunk.session_id)?;
-        let encoding = Encoding::from_wire(chunk.encoding)
+        let encoding = codec::from_wire(chunk.encoding)
             .ok_or(ProtocolError::UnknownEncoding(chunk.encoding))?;
         if chunk.hidden_size != limits.hidden_size {
             return Err(ProtocolError::HiddenSizeMismatch {

@@ -30,6 +30,8 @@ pub enum Error {
     Invalid(String),
     #[error("the sequence needs {needed} positions but the model's context is {context}")]
     ContextFull { needed: usize, context: usize },
+    #[error(transparent)]
+    Codec(#[from] collm_codec::CodecError),
     #[error("unknown session {0}")]
     UnknownSession(u64),
 }
