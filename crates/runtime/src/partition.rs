@@ -7,7 +7,7 @@ use std::path::Path;
 use collm_bundle::graph::names;
 use collm_checkpoint::LlamaConfig;
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, Tensor, TensorRef};
 
 use crate::mask::causal_bias;
 use crate::ort_env::environment;
@@ -157,7 +157,8 @@ impl Partition {
                 }
                 inputs.push((
                     names::HIDDEN.into(),
-                    Tensor::from_array((vec![1i64, seq as i64, s.hidden_size as i64], h.to_vec()))
+                    // A view: prefill hidden states can be large and need no copy.
+                    TensorRef::from_array_view((vec![1i64, seq as i64, s.hidden_size as i64], h))
                         .map_err(t)?
                         .into(),
                 ));
