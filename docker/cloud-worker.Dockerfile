@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1.7
+# The cloud-worker image: the cloud partition served over gRPC, with ONNX Runtime loaded from
+# ORT_DYLIB_PATH. Build from the repository root:
+#   docker build -f docker/cloud-worker.Dockerfile -t collm/cloud-worker:0.1.0 .
+#
+# Pods mount their config at /etc/collm, the bundle at /var/lib/collm/bundle and an emptyDir at
+# /tmp; nothing else is written, so the root filesystem can be read-only.
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=trixie
+ARG PYTHON_VERSION=3.11
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+ARG TARGETARCH
+WORKDIR /src
+# The whole workspace: cargo needs every member's manifest, and Cargo.lock pins the build.
+COPY . .
+# The target dir is a cache mount (one per architecture, shared by the three images), so the
+# binary is copied out within the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,id=collm-cargo-target-${TARGETARCH},target=/src/target,sharing=locked \
+    cargo build --release --locked --bin cloud-worker \
+    && install -D -m 0755 target/release/cloud-worker /out/cloud-worker
+
+# Only the shared library of the pinned wheel is kept; the Python bindings are not.
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS onnxruntime
+ARG ORT_VERSION=1.32.0
+COPY docker/onnxruntime.requirements.txt /tmp/onnxruntime.requirements.txt
+RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore --no-deps --only-binary=:all: --require-hashes \
+        --target /tmp/ort -r /tmp/onnxruntime.requirements.txt \
+    && install -D -m 0644 "/tmp/ort/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" \
+        "/out/libonnxruntime.so.${ORT_VERSION}"
+
+FROM debian:${DEBIAN_RELEASE}-slim
+ARG ORT_VERSION=1.32.0
+LABEL org.opencontainers.image.title="collm-cloud-worker" \
+      org.opencontainers.image.description="Cloud partition of a split language model, served over gRPC" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=onnxruntime /out/ /opt/onnxruntime/lib/
+COPY --from=builder /out/cloud-worker /usr/local/bin/cloud-worker
+ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION} \
+    TMPDIR=/tmp
+# Numeric and equal to the UID the operator renders into pod specs (runAsUser 65532).
+USER 65532:65532
+EXPOSE 50051
+ENTRYPOINT ["/usr/local/bin/cloud-worker"]
