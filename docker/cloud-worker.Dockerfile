@@ -27,7 +27,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS onnxruntime
 ARG ORT_VERSION=1.32.0
 COPY docker/onnxruntime.requirements.txt /tmp/onnxruntime.requirements.txt
-RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore --no-deps --only-binary=:all: --require-hashes \
+RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --only-binary=:all: --require-hashes \
         --target /tmp/ort -r /tmp/onnxruntime.requirements.txt \
     && install -D -m 0644 "/tmp/ort/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" \
         "/out/libonnxruntime.so.${ORT_VERSION}"
