@@ -1,5 +1,5 @@
-//! W3C Trace Context (`traceparent`) in gRPC metadata, so one trace spans edge and cloud. Only
-//! the header format lives here; spans and exporters belong to the services.
+//! W3C Trace Context (`traceparent`) in gRPC metadata and HTTP headers, so one trace spans edge
+//! and cloud. Only the header format lives here; spans and exporters are `collm-telemetry`'s.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -126,6 +126,20 @@ impl Carrier for MetadataMap {
     }
 }
 
+impl Carrier for http::HeaderMap {
+    fn get(&self, key: &str) -> Option<&str> {
+        http::HeaderMap::get(self, key).and_then(|v| v.to_str().ok())
+    }
+    fn set(&mut self, key: &str, value: String) {
+        // As for metadata: a header that cannot be written is skipped, never fatal.
+        if let (Ok(k), Ok(v)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::try_from(value))
+        {
+            self.insert(k, v);
+        }
+    }
+}
+
 /// Writes `traceparent` into the carrier.
 pub fn inject(carrier: &mut impl Carrier, parent: &TraceParent) {
     carrier.set(TRACEPARENT, parent.to_string());
@@ -153,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn injected_context_is_extracted_from_a_map_and_from_grpc_metadata() {
+    fn injected_context_is_extracted_from_a_map_grpc_metadata_and_http_headers() {
         let tp = TraceParent { trace_id: [7; 16], parent_id: [9; 8], flags: 0 };
         let mut map = HashMap::new();
         inject(&mut map, &tp);
@@ -161,6 +175,9 @@ mod tests {
         let mut md = MetadataMap::new();
         inject(&mut md, &tp);
         assert_eq!(extract(&md), Some(tp));
+        let mut headers = http::HeaderMap::new();
+        inject(&mut headers, &tp);
+        assert_eq!(extract(&headers), Some(tp));
         assert!(!tp.sampled());
     }
 

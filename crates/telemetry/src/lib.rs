@@ -1,0 +1,31 @@
+//! What every ce-collm service (cloud worker, edge agent, operator) needs to be observed:
+//!
+//! - [`init`]: logs to stderr filtered by `RUST_LOG`, plus OpenTelemetry traces exported over
+//!   OTLP/gRPC when an endpoint is configured (flag or `OTEL_EXPORTER_OTLP_ENDPOINT`; off by
+//!   default). Keep the returned [`Telemetry`] alive: dropping it flushes pending spans.
+//! - [`propagation`]: continue the caller's trace from the W3C `traceparent` of gRPC metadata or
+//!   HTTP headers, and send ours on, so one trace spans edge and cloud.
+//! - [`metrics`]: the Prometheus registry types each service registers its metrics in.
+//! - [`http`]: an axum router with `/metrics`, `/healthz` and `/readyz` (from a shared
+//!   [`http::Readiness`]) that a service serves on its own port or merges into its API.
+
+pub mod http;
+mod init;
+pub mod metrics;
+pub mod propagation;
+
+pub use init::{Telemetry, init};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("logging is already set up in this process (call collm_telemetry::init once)")]
+    AlreadyInitialized,
+
+    #[error("invalid RUST_LOG filter: {0}")]
+    Filter(String),
+
+    #[error("OTLP exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
+}
