@@ -171,4 +171,18 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         self.admit(&req)?;
         Ok(Response::new(self.limits.health_reply(true, self.model_id.clone())))
     }
+
+    type GenerateStream =
+        Pin<Box<dyn Stream<Item = Result<pb::GeneratedToken, Status>> + Send>>;
+
+    #[instrument(skip_all)]
+    async fn generate(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.admit(&req)?;
+        Err(Status::failed_precondition(
+            "this worker serves only the cloud partition; start it with --full to serve Generate",
+        ))
+    }
 }

@@ -85,6 +85,20 @@ pub enum ProtocolError {
     #[error("top_k of {requested} alternatives exceeds the limit of {max}")]
     TopKTooLarge { requested: u32, max: u32 },
 
+    #[error("the prompt is empty: send at least one token id")]
+    EmptyPrompt,
+
+    #[error(
+        "the prompt of {len} tokens leaves no room to generate in the context of {max_context} positions"
+    )]
+    PromptTooLong { len: u64, max_context: u64 },
+
+    #[error("{what}[{index}] = {id} is not a token of this model (vocabulary of {vocab_size})")]
+    UnknownTokenId { what: &'static str, index: usize, id: u32, vocab_size: u32 },
+
+    #[error("max_tokens must be at least 1")]
+    NoTokensAsked,
+
     #[error("malformed traceparent header: {0}")]
     MalformedTraceparent(String),
 
@@ -113,6 +127,10 @@ impl ProtocolError {
             | InvalidTopP(_)
             | InvalidDraw(_)
             | TopKTooLarge { .. }
+            | EmptyPrompt
+            | PromptTooLong { .. }
+            | UnknownTokenId { .. }
+            | NoTokensAsked
             | MalformedTraceparent(_) => tonic::Code::InvalidArgument,
             TooManyRows { .. } | PayloadTooLarge { .. } => tonic::Code::ResourceExhausted,
             BeyondContext { .. } => tonic::Code::OutOfRange,

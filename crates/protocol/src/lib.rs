@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod codec;
 mod error;
+pub mod generate;
 pub mod outgoing;
 pub mod replies;
 mod session;
@@ -21,6 +22,7 @@ pub mod pb {
 pub use auth::{BearerToken, bearer_token};
 pub use codec::Encoding;
 pub use error::{ChecksumKind, ProtocolError, Result};
+pub use generate::{ModelLimits, ValidGenerate};
 pub use pb::cloud_service_client::CloudServiceClient;
 pub use pb::cloud_service_server::{CloudService, CloudServiceServer};
 pub use session::{MAX_SESSION_ID_LEN, SessionId};

@@ -1,5 +1,6 @@
 //! The generated stubs work over a real socket: a tonic server on 127.0.0.1:0 with a toy
-//! CloudService (acks what it validates, answers a fixed token) and a real tonic client carrying
+//! CloudService (acks what it validates, answers a fixed token, streams a validated prompt
+//! back as its "generation") and a real tonic client carrying
 //! a bearer token and a traceparent. Bounded by a timeout; the server stops when the test ends.
 
 use std::collections::HashMap;
@@ -7,13 +8,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use collm_protocol::generate::generate_request;
 use collm_protocol::outgoing::{encode_upload, next_token_request};
 use collm_protocol::pb;
 use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::trace::{self, TraceParent};
 use collm_protocol::{
     BearerToken, CloudService, CloudServiceClient, CloudServiceServer, Encoding, Limits,
-    ProtocolError, Sampling, SessionId, ValidNextToken, ValidUpload, bearer_token, check_uploaded,
+    ModelLimits, ProtocolError, Sampling, SessionId, ValidGenerate, ValidNextToken, ValidUpload,
+    bearer_token, check_uploaded,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
@@ -112,6 +115,25 @@ impl CloudService for Toy {
     ) -> Result<Response<pb::HealthReply>, Status> {
         Ok(Response::new(limits().health_reply(true, "toy")))
     }
+
+    type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GeneratedToken, Status>> + Send>>;
+
+    async fn generate(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.admit(&req)?;
+        let limits = ModelLimits { vocab_size: 50, max_context: 64 };
+        let valid = ValidGenerate::parse(req.into_inner(), &limits)?;
+        let tokens: Vec<_> = valid
+            .prompt_ids
+            .into_iter()
+            .rev()
+            .take(valid.max_tokens as usize)
+            .map(|token| Ok(pb::GeneratedToken { token, prob: 0.5 }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(tokens))))
+    }
 }
 
 async fn conversation(traces: Arc<Mutex<Vec<Option<TraceParent>>>>) -> anyhow::Result<()> {
@@ -173,6 +195,20 @@ async fn conversation(traces: Arc<Mutex<Vec<Option<TraceParent>>>>) -> anyhow::R
     let status = acks.message().await.expect_err("wrong hidden size");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("does not match the model's hidden size 4"));
+
+    // A server stream of generated tokens, and a refused request as its status.
+    let request = generate_request(vec![3, 4, 5], 2, Sampling::default(), 1, vec![]);
+    let tokens: Vec<u32> = client
+        .generate(request)
+        .await?
+        .into_inner()
+        .map(|t| t.map(|t| t.token))
+        .collect::<Result<_, _>>()
+        .await?;
+    assert_eq!(tokens, [5, 4]);
+    let request = generate_request(vec![3, 77], 2, Sampling::default(), 1, vec![]);
+    let status = client.generate(request).await.expect_err("token 77 is not in the vocabulary");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
 
     let reply = client.end_session(pb::EndSessionRequest { session_id: "s-1".into() }).await?;
     assert!(reply.into_inner().existed);
