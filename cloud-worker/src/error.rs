@@ -25,6 +25,27 @@ pub enum Error {
     #[error("unknown session {0}: it was never uploaded, has ended or has expired")]
     UnknownSession(String),
 
+    #[error(
+        "session {session} stores {stored}; this upload has {got}: a session keeps the encoding of its first upload"
+    )]
+    SessionLayout { session: String, stored: String, got: String },
+
+    /// The context store cannot serve now (unreachable, timed out, busy); the message names it.
+    #[error("the cloud context store is unavailable: {0}")]
+    StoreUnavailable(String),
+
+    /// The context store refuses this worker's credentials: an operator must fix them.
+    #[error("the cloud context store is unavailable: {0}")]
+    StoreCredentials(String),
+
+    #[error("cloud context store: {0}")]
+    Store(String),
+
+    #[error(
+        "this worker serves only the cloud partition of the model; Generate needs a worker started with --full"
+    )]
+    SplitOnly,
+
     #[error("cloud partition: {0}")]
     Runtime(#[from] collm_runtime::Error),
 
@@ -42,7 +63,10 @@ impl From<Error> for tonic::Status {
                 Code::ResourceExhausted
             }
             Error::UnknownSession(_) => Code::NotFound,
-            Error::Runtime(_) | Error::Internal(_) => Code::Internal,
+            Error::SplitOnly => Code::FailedPrecondition,
+            Error::SessionLayout { .. } => Code::InvalidArgument,
+            Error::StoreUnavailable(_) | Error::StoreCredentials(_) => Code::Unavailable,
+            Error::Store(_) | Error::Runtime(_) | Error::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
     }

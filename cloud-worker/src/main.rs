@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use collm_bundle::{Bundle, Parts};
 use collm_cloud_worker::clients::Clients;
-use collm_cloud_worker::context::{InMemoryStore, StoreLimits};
+use collm_cloud_worker::context::{RedisArgs, StoreLimits};
 use collm_cloud_worker::engine::CloudEngine;
 use collm_cloud_worker::service::CloudWorker;
 use collm_protocol::{CloudServiceServer, Limits};
@@ -37,6 +37,8 @@ struct Args {
     /// Seconds an idle session is kept.
     #[arg(long, default_value_t = 3600)]
     session_ttl: u64,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,13 +63,13 @@ fn run(a: Args) -> Result<()> {
     let model_id = hex::encode(sha2::Sha256::digest(&manifest));
     let engine = CloudEngine::new(partition, a.cached_sessions);
     let limits = Limits::new(engine.hidden_size() as u32, engine.max_context() as u64);
-    let store = InMemoryStore::new(StoreLimits {
+    let store = a.redis.open_store(StoreLimits {
         positions_per_session: a
             .positions_per_session
             .map_or(limits.max_context, |p| p.min(limits.max_context)),
         sessions_per_client: a.sessions_per_client,
         ttl: std::time::Duration::from_secs(a.session_ttl),
-    });
+    })?;
     let worker = CloudWorker::new(clients, store, engine, limits, model_id);
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

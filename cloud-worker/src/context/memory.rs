@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use collm_protocol::{ProtocolError, SessionId, ValidUpload};
+use collm_protocol::{Encoding, ProtocolError, SessionId, ValidUpload};
 
 use super::{Appended, ContextStore, SessionInfo, StoreLimits, trim};
 use crate::clients::ClientId;
@@ -16,6 +16,7 @@ struct StoredSession {
     segments: Vec<ValidUpload>,
     persisted: u64,
     hidden_size: u32,
+    encoding: Encoding,
     touched: Instant,
 }
 
@@ -70,6 +71,7 @@ impl ContextStore for InMemoryStore {
                     segments: Vec::new(),
                     persisted: 0,
                     hidden_size: upload.hidden_size,
+                    encoding: upload.encoding,
                     touched: Instant::now(),
                 };
                 sessions.insert(upload.session.clone(), fresh);
@@ -78,6 +80,13 @@ impl ContextStore for InMemoryStore {
                 .get_mut(&upload.session)
                 .ok_or_else(|| Error::Internal("session vanished".into()))?;
             s.touched = Instant::now();
+            if (s.encoding, s.hidden_size) != (upload.encoding, upload.hidden_size) {
+                return Err(Error::SessionLayout {
+                    session: upload.session.to_string(),
+                    stored: format!("{} rows of {}", s.encoding.as_str(), s.hidden_size),
+                    got: format!("{} rows of {}", upload.encoding.as_str(), upload.hidden_size),
+                });
+            }
             match upload.unstored(s.persisted) {
                 Ok(Some(new)) => {
                     s.persisted = new.end();
@@ -97,7 +106,11 @@ impl ContextStore for InMemoryStore {
         self.with_client(client, |sessions| {
             Ok(sessions.get_mut(session).map(|s| {
                 s.touched = Instant::now();
-                SessionInfo { persisted: s.persisted, hidden_size: s.hidden_size }
+                SessionInfo {
+                    persisted: s.persisted,
+                    hidden_size: s.hidden_size,
+                    encoding: s.encoding,
+                }
             }))
         })
     }
@@ -110,8 +123,10 @@ impl ContextStore for InMemoryStore {
     ) -> Result<Vec<ValidUpload>> {
         self.with_client(client, |sessions| {
             let s = sessions
-                .get(session)
+                .get_mut(session)
                 .ok_or_else(|| Error::UnknownSession(session.as_str().to_owned()))?;
+            // Reading is use: a session the cloud keeps reading must not expire under it.
+            s.touched = Instant::now();
             if positions.end > s.persisted {
                 return Err(ProtocolError::NotUploaded {
                     after: positions.end.saturating_sub(1),
@@ -125,6 +140,19 @@ impl ContextStore for InMemoryStore {
 
     async fn end(&self, client: &ClientId, session: &SessionId) -> Result<bool> {
         self.with_client(client, |sessions| Ok(sessions.remove(session).is_some()))
+    }
+
+    async fn context_bytes(&self) -> Result<u64> {
+        let clients =
+            self.clients.lock().map_err(|_| Error::Internal("context store poisoned".into()))?;
+        let ttl = self.limits.ttl;
+        Ok(clients
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|s| s.touched.elapsed() < ttl)
+            .flat_map(|s| &s.segments)
+            .map(|seg| seg.payload.len() as u64)
+            .sum())
     }
 }
 

@@ -1,19 +1,23 @@
 //! The cloud context: per (client, session), the uploaded hidden rows in their transport
 //! encoding, the `persisted` position, session metadata, a TTL and per-client quotas. The worker
-//! talks to it through [`ContextStore`] so that the in-memory store here and a Redis store later
-//! obey the same contract: rows are appended contiguously, read back by position range, and a
-//! session is only ever visible to the client that created it.
+//! talks to it through [`ContextStore`] so that the in-memory store (one worker, tests) and the
+//! Redis store (shared by replicas) obey the same contract: rows are appended contiguously, read
+//! back by position range, and a session is only ever visible to the client that created it.
+//! The contract tests in `cloud-worker/tests/redis_store_contract.rs` run against both.
 
 mod memory;
+mod redis;
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
-use collm_protocol::{SessionId, ValidUpload};
+use collm_protocol::{Encoding, SessionId, ValidUpload};
 
 use crate::Result;
 use crate::clients::ClientId;
 
+pub use self::redis::{KeySpace, RedisArgs, RedisConfig, RedisStore};
 pub use memory::InMemoryStore;
 
 /// Quotas and expiry every store enforces.
@@ -49,12 +53,15 @@ pub struct SessionInfo {
     pub persisted: u64,
     /// Hidden-state width of the stored rows.
     pub hidden_size: u32,
+    /// Encoding of the stored rows (a session keeps the encoding of its first upload).
+    pub encoding: Encoding,
 }
 
 #[tonic::async_trait]
 pub trait ContextStore: Send + Sync + 'static {
     /// Stores the part of `upload` the session does not hold yet, creating the session on its
-    /// first upload (subject to the sessions-per-client quota).
+    /// first upload (subject to the sessions-per-client quota). An upload in another encoding
+    /// or width than the session's is refused.
     async fn append(&self, client: &ClientId, upload: ValidUpload) -> Result<Appended>;
 
     /// The session's metadata, `None` when it does not exist (never created, ended, expired).
@@ -71,6 +78,48 @@ pub trait ContextStore: Send + Sync + 'static {
 
     /// Forgets the session; whether it existed.
     async fn end(&self, client: &ClientId, session: &SessionId) -> Result<bool>;
+
+    /// Whether the store can serve now (startup and readiness checks).
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes of hidden-state rows held for every client, for a gauge.
+    async fn context_bytes(&self) -> Result<u64>;
+}
+
+/// A shared store is a store: the worker and, say, a metrics task can hold the same one, and
+/// the store can be chosen at startup (`Arc<dyn ContextStore>`).
+#[tonic::async_trait]
+impl<S: ContextStore + ?Sized> ContextStore for Arc<S> {
+    async fn append(&self, client: &ClientId, upload: ValidUpload) -> Result<Appended> {
+        (**self).append(client, upload).await
+    }
+
+    async fn session(&self, client: &ClientId, session: &SessionId) -> Result<Option<SessionInfo>> {
+        (**self).session(client, session).await
+    }
+
+    async fn rows(
+        &self,
+        client: &ClientId,
+        session: &SessionId,
+        positions: Range<u64>,
+    ) -> Result<Vec<ValidUpload>> {
+        (**self).rows(client, session, positions).await
+    }
+
+    async fn end(&self, client: &ClientId, session: &SessionId) -> Result<bool> {
+        (**self).end(client, session).await
+    }
+
+    async fn check(&self) -> Result<()> {
+        (**self).check().await
+    }
+
+    async fn context_bytes(&self) -> Result<u64> {
+        (**self).context_bytes().await
+    }
 }
 
 /// The rows of `segment` that fall inside `positions` (`None` when none do).
