@@ -1,11 +1,20 @@
-//! The CollabModel operator: the custom resource, pure rendering of its children and pure
-//! status conditions. Nothing here talks to a cluster; the controller does the I/O.
+//! The CollabModel operator: the custom resource, pure rendering of its children, pure status
+//! conditions and lease decisions, and the controller that does the I/O around them.
+//!
+//! Pure: `crd`, `render`, `plan`, `conditions`, `lease`. I/O: `controller`, `leader`,
+//! `cloud_context` (its pure parts are plain functions).
 
+pub mod cloud_context;
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
+pub mod lease;
+pub mod metrics;
+pub mod plan;
 pub mod render;
 
 pub use crd::{CollabModel, CollabModelSpec, CollabModelStatus};

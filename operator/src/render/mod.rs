@@ -4,7 +4,7 @@
 //! CollabModel garbage-collects it and `owns` watches map it back to its model.
 
 mod cloud;
-mod config;
+pub mod config;
 mod edge;
 mod pod;
 mod redis;
@@ -18,7 +18,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-pub use config::{CONFIG_HASH_ANNOTATION, CloudRuntimeConfig, EdgeRuntimeConfig, RuntimeConfig};
+pub use config::{
+    CONFIG_HASH_ANNOTATION, CloudRuntimeConfig, EdgeRuntimeConfig, RuntimeConfig, context_key_prefix,
+};
 
 use crate::crd::{BundleSource, CollabModel, Mode, RedisSpec, SecretKeyRef};
 use crate::error::{Error, Result};

@@ -1,0 +1,200 @@
+//! `collm-operator`: reconciles CollabModels while holding the leader Lease, and serves
+//! `/metrics` and `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::watch;
+
+use collm_operator::controller::{self, Context};
+use collm_operator::leader::LeaderElector;
+use collm_operator::lease::LeaseTiming;
+use collm_operator::metrics::Metrics;
+use collm_operator::render::Images;
+
+/// Reconciles CollabModel resources into edge DaemonSets, autoscaled cloud Deployments and
+/// their configuration. Connects to the cluster of the in-cluster ServiceAccount or KUBECONFIG.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Image of the edge agent (DaemonSet pods).
+    #[arg(long, env = "COLLM_EDGE_AGENT_IMAGE")]
+    edge_agent_image: String,
+    /// Image of the cloud worker (Deployment pods).
+    #[arg(long, env = "COLLM_CLOUD_WORKER_IMAGE")]
+    cloud_worker_image: String,
+    /// Image of the managed Redis.
+    #[arg(long, env = "COLLM_REDIS_IMAGE")]
+    redis_image: String,
+    /// imagePullPolicy of every rendered container (Always, IfNotPresent, Never); unset keeps
+    /// the Kubernetes default.
+    #[arg(long, env = "COLLM_IMAGE_PULL_POLICY")]
+    image_pull_policy: Option<String>,
+
+    /// Reach Redis here instead of the URL the spec names (finalizer cleanup and probes), for
+    /// an operator running outside the cluster.
+    #[arg(long, env = "COLLM_REDIS_URL_OVERRIDE")]
+    redis_url_override: Option<String>,
+    /// Timeout of each Redis connection and command, in seconds.
+    #[arg(long, env = "COLLM_REDIS_TIMEOUT_SECONDS", default_value_t = 3)]
+    redis_timeout_seconds: u64,
+
+    /// Only the holder of the leader Lease reconciles. Disable only with a single replica.
+    #[arg(long, env = "COLLM_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "COLLM_LEASE_NAME", default_value = "collm-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own namespace in a pod).
+    #[arg(long, env = "COLLM_LEASE_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, env = "COLLM_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds a leader keeps trying to renew before it stops reconciling.
+    #[arg(long, env = "COLLM_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// Seconds between renewals and between a candidate's attempts.
+    #[arg(long, env = "COLLM_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    lease_retry_period_seconds: u64,
+    /// This replica's identity in the Lease and Events (the pod name in a pod).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Reconcile CollabModels of this namespace only (the chart then grants a Role there
+    /// instead of a ClusterRole); unset watches every namespace.
+    #[arg(long, env = "COLLM_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+
+    /// Address of the /metrics, /healthz and /readyz listener.
+    #[arg(long, env = "COLLM_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// OTLP/gRPC collector for traces (e.g. http://otel-collector:4317); unset exports none.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "collm-operator".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = collm_telemetry::init("collm-operator", args.otlp_endpoint.as_deref())?;
+    let timing = LeaseTiming::new(
+        Duration::from_secs(args.lease_duration_seconds),
+        Duration::from_secs(args.lease_renew_deadline_seconds),
+        Duration::from_secs(args.lease_retry_period_seconds),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("leader election timing")?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let mut registry = collm_telemetry::metrics::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "collm-operator".to_string(), instance: Some(identity.clone()) },
+    );
+    let images = Images {
+        edge_agent: args.edge_agent_image,
+        cloud_worker: args.cloud_worker_image,
+        redis: args.redis_image,
+        pull_policy: args.image_pull_policy,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        images,
+        recorder,
+        metrics.clone(),
+        args.redis_url_override,
+        Duration::from_secs(args.redis_timeout_seconds),
+    ));
+
+    let readiness = collm_telemetry::http::Readiness::new();
+    let router = collm_telemetry::http::router(Arc::new(registry), readiness.clone());
+    let listener = collm_telemetry::http::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let (stop, stopped) = watch::channel(false);
+    let http = {
+        let mut stopped = stopped.clone();
+        tokio::spawn(collm_telemetry::http::serve(listener, router, async move {
+            let _ = stopped.changed().await;
+        }))
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        readiness.begin_shutdown();
+        let _ = stop.send(true);
+    });
+
+    // The controller future ends only if its watches end; an error (CRD missing, no permission)
+    // ends the process so that the Deployment restarts it visibly.
+    let (failed_tx, mut failed_rx) = watch::channel(None::<String>);
+    let watch_namespace = args.watch_namespace.clone().filter(|ns| !ns.is_empty());
+    let lead = {
+        let ctx = ctx.clone();
+        move || {
+            let ctx = ctx.clone();
+            let failed_tx = failed_tx.clone();
+            let namespace = watch_namespace.clone();
+            async move {
+                if let Err(e) = controller::run(ctx, namespace.as_deref()).await {
+                    let _ = failed_tx.send(Some(e.to_string()));
+                }
+            }
+        }
+    };
+    if args.leader_election {
+        let elector =
+            LeaderElector::new(client, &args.lease_namespace, &args.lease_name, &identity, timing, metrics);
+        tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "competing for leadership");
+        elector.run(stopped, lead).await;
+    } else {
+        let mut stopped = stopped;
+        metrics.leader.set(1);
+        tokio::select! {
+            _ = lead() => {}
+            _ = stopped.changed() => {}
+        }
+    }
+    http.abort();
+    if let Some(error) = failed_rx.borrow_and_update().clone() {
+        anyhow::bail!("the controller stopped: {error}");
+    }
+    Ok(())
+}
