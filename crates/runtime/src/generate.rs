@@ -4,16 +4,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Encoding};
 use crate::exit::ExitPolicy;
-use crate::partition::{Partition, PartitionInput};
-use crate::sampling::{self, Pick, SamplingParams};
+use crate::decoder::EdgeDecoder;
+use crate::partition::Partition;
+use crate::sampling::{self, SamplingParams};
 use crate::transport::{CloudTransport, NextTokenRequest, SessionId, Upload};
 use crate::{Error, Result};
-use collm_bundle::graph::names;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,27 +104,17 @@ pub fn generate(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(&TokenEvent),
 ) -> Result<Generation> {
-    let context = edge.shape.max_position;
-    if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt is empty".into()));
-    }
-    if prompt.len() >= context {
-        return Err(Error::ContextFull { needed: prompt.len() + 1, context });
-    }
     let deepest =
         *exits.last().ok_or_else(|| Error::Invalid("the bundle has no exit head".into()))?;
     if opts.mode != Mode::Standalone && cloud.is_none() {
         return Err(Error::Invalid(format!("{:?} mode needs a cloud transport", opts.mode)));
     }
+    // Full mode never reads the exit heads: ask for no exit logits, sparing their work.
+    let mut decoder = EdgeDecoder::new(edge, exits, prompt, opts.seed, opts.mode != Mode::Full)?;
     let width = edge.shape.hidden_size;
     let session: SessionId = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let encoding = if opts.mode == Mode::Full { Encoding::F32 } else { opts.encoding };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
-    let wanted: Vec<String> =
-        exits.iter().map(|&l| names::exit_logits(l)).chain([names::HIDDEN.to_string()]).collect();
-    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
 
-    let mut cache = edge.empty_cache()?;
     let mut generation = Generation {
         prompt_ids: prompt.to_vec(),
         tokens: vec![],
@@ -138,52 +127,52 @@ pub fn generate(
     };
     let start = Instant::now();
     let mut first_token_at = None;
-    let mut feed: Vec<u32> = prompt.to_vec();
-    let max_new = opts.max_tokens.min(context - prompt.len());
+    let max_new = opts.max_tokens.min(decoder.room());
     let result = (|| {
-        for index in 0..max_new {
+        let mut index = 0;
+        while index < max_new {
             let t_edge = Instant::now();
-            // Full mode never reads the exit heads: ask for no exit logits, sparing their work.
-            let heads_needed = usize::from(opts.mode != Mode::Full);
-            let mut out =
-                edge.run(&mut cache, PartitionInput::Tokens(&feed), heads_needed, &wanted)?;
+            let step = decoder.step(edge)?;
             generation.timings.edge_ms += ms(t_edge);
-            let pos = cache.len() - 1;
-            let u: f64 = rng.random();
             if let Some(cloud) = cloud.as_deref_mut().filter(|_| opts.mode != Mode::Standalone) {
-                let hidden = out.take(names::HIDDEN).unwrap_or_default();
-                let payload = codec::encode(&hidden, width, encoding);
+                let payload = codec::encode(&step.hidden, width, encoding);
                 generation.upload_bytes += payload.len();
                 let t_cloud = Instant::now();
-                cloud.upload(
-                    session,
-                    Upload { start: pos + 1 - feed.len(), rows: feed.len(), encoding, payload },
-                )?;
+                let rows = step.rows(width);
+                cloud.upload(session, Upload { start: step.start, rows, encoding, payload })?;
                 generation.timings.cloud_ms += ms(t_cloud);
             }
-            let heads: Vec<(usize, &[f32])> = exits
-                .iter()
-                .map(|&l| (l, out.get(&names::exit_logits(l)).unwrap_or_default()))
-                .collect();
+            let Some(ready) = step.ready else { continue };
+            let u = ready.u;
             let (pick, origin) = match opts.mode {
-                Mode::Standalone => (exit_pick(&heads, deepest, opts, u), Origin::Edge),
+                Mode::Standalone => {
+                    (sampling::sample(ready.head(deepest), &opts.sampling, u), Origin::Edge)
+                }
                 Mode::Full | Mode::Collaborative => {
                     let confident = if opts.mode == Mode::Full {
                         None
                     } else {
-                        let conf: Vec<(usize, f32)> = heads
+                        let conf: Vec<(usize, f32)> = ready
+                            .heads
                             .iter()
                             .map(|(l, logits)| (*l, sampling::top1(logits).prob))
                             .collect();
                         opts.policy.decide(&conf)
                     };
                     match (confident, cloud.as_deref_mut()) {
-                        (Some(layer), _) => (exit_pick(&heads, layer, opts, u), Origin::Edge),
+                        (Some(layer), _) => {
+                            (sampling::sample(ready.head(layer), &opts.sampling, u), Origin::Edge)
+                        }
                         (None, Some(cloud)) => {
                             let t_cloud = Instant::now();
                             let answer = cloud.next_token(
                                 session,
-                                NextTokenRequest { after: pos, params: opts.sampling, u, top_k: 0 },
+                                NextTokenRequest {
+                                    after: ready.after,
+                                    params: opts.sampling,
+                                    u,
+                                    top_k: 0,
+                                },
                             )?;
                             generation.timings.cloud_ms += ms(t_cloud);
                             (answer.pick, Origin::Cloud)
@@ -201,11 +190,14 @@ pub fn generate(
             if first_token_at.is_none() {
                 first_token_at = Some(Instant::now());
             }
+            index += 1;
             if opts.stop_ids.contains(&pick.token) {
                 generation.finish_reason = "stop".into();
                 break;
             }
-            feed = vec![pick.token];
+            if index < max_new {
+                decoder.accept(pick.token)?;
+            }
         }
         Ok::<(), Error>(())
     })();
@@ -228,11 +220,6 @@ pub fn generate(
         edge_count as f64 / generation.tokens.len() as f64
     };
     Ok(generation)
-}
-
-fn exit_pick(heads: &[(usize, &[f32])], layer: usize, opts: &GenerateOptions, u: f64) -> Pick {
-    let logits = heads.iter().find(|(l, _)| *l == layer).map(|(_, v)| *v).unwrap_or_default();
-    sampling::sample(logits, &opts.sampling, u)
 }
 
 fn ms(since: Instant) -> f64 {

@@ -2,6 +2,7 @@
 //! sampling, the early-exit decision and the edge→cloud transport seam.
 
 pub mod codec;
+pub mod decoder;
 pub mod exit;
 pub mod features;
 pub mod generate;
