@@ -1,0 +1,420 @@
+//! The OpenAI request bodies this server accepts, parsed into a [`ValidRequest`] before anything
+//! runs. Unknown fields are ignored (clients send many); fields this server cannot honour with
+//! a non-default value are refused rather than silently ignored. Extensions: `mode`,
+//! `threshold`, `top_k`.
+
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::mode::Mode;
+
+/// `stop`: one string or up to four.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Sampling and control fields shared by both endpoints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Common {
+    pub model: String,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub stop: Option<Stop>,
+    pub n: Option<u32>,
+    pub mode: Option<String>,
+    pub threshold: Option<f32>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The chat endpoint's own fields (the rest are [`Common`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatFields {
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// Message content: a string or a list of parts (only text parts are understood).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// The completions endpoint's own fields (the rest are [`Common`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionFields {
+    pub prompt: Prompt,
+    #[serde(default)]
+    pub echo: bool,
+    pub suffix: Option<String>,
+    pub best_of: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub fields: CompletionFields,
+    pub common: Common,
+}
+
+/// A request body of one endpoint: its own fields and the common ones, read from one object.
+pub trait Body: Sized {
+    fn from_json(value: &serde_json::Value) -> Result<Self, ApiError>;
+}
+
+impl Body for ChatRequest {
+    fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
+        let fields: ChatFields = typed(value)?;
+        Ok(Self { messages: fields.messages, common: typed(value)? })
+    }
+}
+
+impl Body for CompletionRequest {
+    fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
+        Ok(Self { fields: typed(value)?, common: typed(value)? })
+    }
+}
+
+/// `prompt`: text, token ids, or a batch of exactly one of those.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+    TextBatch(Vec<String>),
+    TokenBatch(Vec<Vec<u32>>),
+}
+
+/// What the model is given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Chat(Vec<collm_runtime::text::ChatMessage>),
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// A request that passed every check that needs no tokenizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub input: Input,
+    /// `None`: as many as the context allows.
+    pub max_tokens: Option<usize>,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub seed: Option<u64>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stops: Vec<String>,
+    pub mode: Option<Mode>,
+    pub threshold: Option<f32>,
+}
+
+/// Parses a JSON body: invalid UTF-8, bad syntax and wrong types each get a message naming
+/// the offending field.
+pub fn parse<T: Body>(body: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::invalid(format!("the request body is not valid UTF-8 ({e})"), None)
+    })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid("the request body is empty: send a JSON object", None));
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::invalid(format!("the request body is not valid JSON: {e}"), None)
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("the request body must be a JSON object", None));
+    }
+    T::from_json(&value)
+}
+
+/// One view of the body's object, with type errors naming the field's path.
+fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::Invalid { message: format!("invalid request: {inner}"), param: None }
+        } else {
+            ApiError::Invalid {
+                message: format!("invalid value for `{path}`: {inner}"),
+                param: Some(path),
+            }
+        }
+    })
+}
+
+const MAX_STOPS: usize = 4;
+
+impl ChatRequest {
+    pub fn validate(self, served: &str) -> Result<ValidRequest, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("`messages` must hold at least one message", "messages"));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
+                return Err(ApiError::Invalid {
+                    message: format!(
+                        "messages[{i}].role is {:?}; expected system, developer, user or assistant",
+                        m.role
+                    ),
+                    param: Some(format!("messages[{i}].role")),
+                });
+            }
+            let content = match m.content {
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::Unsupported(format!(
+                                    "content part type {kind:?} in messages[{i}]"
+                                )));
+                            }
+                        }
+                    }
+                    text
+                }
+                None => String::new(),
+            };
+            let role = if m.role == "developer" { "system".into() } else { m.role };
+            messages.push(collm_runtime::text::ChatMessage { role, content });
+        }
+        let max = self.common.max_completion_tokens.or(self.common.max_tokens);
+        self.common.validate(served, Input::Chat(messages), max)
+    }
+}
+
+impl CompletionRequest {
+    pub fn validate(self, served: &str) -> Result<ValidRequest, ApiError> {
+        let CompletionRequest { fields, common } = self;
+        if fields.echo {
+            return Err(ApiError::Unsupported("`echo`".into()));
+        }
+        if fields.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::Unsupported("`suffix`".into()));
+        }
+        if fields.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::Unsupported("`best_of` other than 1".into()));
+        }
+        let one = |n: usize| {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(ApiError::Unsupported(format!("a batch of {n} prompts (send one)")))
+            }
+        };
+        let input = match fields.prompt {
+            Prompt::Text(t) => Input::Text(t),
+            Prompt::Tokens(ids) => Input::Tokens(ids),
+            Prompt::TextBatch(mut v) => {
+                one(v.len())?;
+                Input::Text(v.remove(0))
+            }
+            Prompt::TokenBatch(mut v) => {
+                one(v.len())?;
+                Input::Tokens(v.remove(0))
+            }
+        };
+        match &input {
+            Input::Text(t) if t.is_empty() => {
+                return Err(ApiError::invalid("`prompt` is empty", "prompt"));
+            }
+            Input::Tokens(ids) if ids.is_empty() => {
+                return Err(ApiError::invalid("`prompt` holds no token", "prompt"));
+            }
+            _ => {}
+        }
+        // The legacy endpoint's documented default.
+        let max = common.max_tokens.or(Some(16));
+        common.validate(served, input, max)
+    }
+}
+
+impl Common {
+    fn validate(
+        self,
+        served: &str,
+        input: Input,
+        max_tokens: Option<u32>,
+    ) -> Result<ValidRequest, ApiError> {
+        if self.model != served {
+            return Err(ApiError::UnknownModel(self.model));
+        }
+        if max_tokens == Some(0) {
+            return Err(ApiError::invalid("`max_tokens` must be at least 1", "max_tokens"));
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                format!("`temperature` must be between 0 and 2, got {temperature}"),
+                "temperature",
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(
+                format!("`top_p` must be in (0, 1], got {top_p}"),
+                "top_p",
+            ));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::Unsupported("`n` other than 1".into()));
+        }
+        if self.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &serde_json::json!(false)) {
+            return Err(ApiError::Unsupported("`logprobs`".into()));
+        }
+        let stops = match self.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stops.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                format!("`stop` holds {} strings; at most {MAX_STOPS} are allowed", stops.len()),
+                "stop",
+            ));
+        }
+        let mode = match self.mode {
+            None => None,
+            Some(m) => Some(m.parse::<Mode>().map_err(|e| ApiError::invalid(e, "mode"))?),
+        };
+        if let Some(t) = self.threshold {
+            if !(t > 0.0) || t.is_nan() {
+                return Err(ApiError::invalid(format!("`threshold` must be > 0, got {t}"), "threshold"));
+            }
+        }
+        Ok(ValidRequest {
+            input,
+            max_tokens: max_tokens.map(|m| m as usize),
+            temperature,
+            top_p,
+            top_k: self.top_k.unwrap_or(0) as usize,
+            seed: self.seed,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            stops,
+            mode,
+            threshold: self.threshold,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ValidRequest, ApiError> {
+        parse::<ChatRequest>(body.as_bytes())?.validate("m")
+    }
+
+    fn completion(body: &str) -> Result<ValidRequest, ApiError> {
+        parse::<CompletionRequest>(body.as_bytes())?.validate("m")
+    }
+
+    fn message(e: ApiError) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn a_plain_chat_request_is_accepted_with_openai_defaults() {
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"user":"x"}"#)
+            .expect("valid");
+        assert_eq!(v.temperature, 1.0);
+        assert_eq!(v.max_tokens, None);
+        assert!(!v.stream);
+        assert_eq!(
+            v.input,
+            Input::Chat(vec![collm_runtime::text::ChatMessage {
+                role: "user".into(),
+                content: "hi".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        assert!(message(chat("{\"model\":").unwrap_err()).contains("not valid JSON"));
+        assert!(message(chat("").unwrap_err()).contains("empty"));
+        let e = parse::<ChatRequest>(b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}")
+            .unwrap_err();
+        assert!(message(e).contains("UTF-8"));
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#)
+            .unwrap_err();
+        assert!(message(e).contains("max_tokens"));
+        let e = chat(r#"{"model":"m","messages":"hello"}"#).unwrap_err();
+        assert!(message(e).contains("messages"));
+    }
+
+    #[test]
+    fn requests_that_cannot_be_served_are_refused() {
+        let e = chat(r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::NOT_FOUND);
+        assert!(message(chat(r#"{"model":"m","messages":[]}"#).unwrap_err()).contains("at least one"));
+        let e = chat(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).unwrap_err();
+        assert!(message(e).contains("wizard"));
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#)
+            .unwrap_err();
+        assert!(message(e).contains("temperature"));
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#).unwrap_err();
+        assert!(message(e).contains("`n`"));
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"mode":"turbo"}"#)
+            .unwrap_err();
+        assert!(message(e).contains("turbo"));
+        assert!(message(completion(r#"{"model":"m","prompt":""}"#).unwrap_err()).contains("empty"));
+        let e = completion(r#"{"model":"m","prompt":["a","b"]}"#).unwrap_err();
+        assert!(message(e).contains("batch"));
+    }
+
+    #[test]
+    fn extensions_and_prompt_forms_are_understood() {
+        let v = completion(r#"{"model":"m","prompt":[1,2,3],"mode":"standalone","threshold":0.5,"stop":"\n"}"#)
+            .expect("valid");
+        assert_eq!(v.input, Input::Tokens(vec![1, 2, 3]));
+        assert_eq!(v.mode, Some(Mode::Standalone));
+        assert_eq!(v.max_tokens, Some(16));
+        assert_eq!(v.stops, vec!["\n".to_string()]);
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#)
+            .expect("valid");
+        assert!(v.stream && v.include_usage);
+        assert_eq!(v.max_tokens, Some(5));
+    }
+}

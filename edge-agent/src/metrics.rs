@@ -1,0 +1,91 @@
+//! The edge agent's Prometheus metrics, registered once at startup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use collm_telemetry::metrics::latency_buckets;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub mode: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `edge`, `cloud` or `edge-fallback`.
+    pub source: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RequestLabels, Histogram>,
+    pub time_to_first_token_seconds: Histogram,
+    pub tokens: Family<SourceLabels, Counter>,
+    pub cloud_request_seconds: Histogram,
+    pub cloud_errors: Counter,
+    pub uploaded_bytes: Counter,
+    pub degraded_responses: Counter,
+    pub active_generations: Gauge,
+    pub cloud_connected: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let histogram = || Histogram::new(latency_buckets());
+        let m = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(histogram),
+            time_to_first_token_seconds: histogram(),
+            tokens: Family::default(),
+            cloud_request_seconds: histogram(),
+            cloud_errors: Counter::default(),
+            uploaded_bytes: Counter::default(),
+            degraded_responses: Counter::default(),
+            active_generations: Gauge::default(),
+            cloud_connected: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("collm_edge");
+        r.register("requests", "API requests by endpoint, mode and HTTP status", m.requests.clone());
+        r.register(
+            "request_seconds",
+            "Whole API request latency (streams: until the last event)",
+            m.request_seconds.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "From request arrival to the first generated token",
+            m.time_to_first_token_seconds.clone(),
+        );
+        r.register("tokens", "Generated tokens by who answered them", m.tokens.clone());
+        r.register(
+            "cloud_request_seconds",
+            "Next-token requests to the cloud, uploads of missing rows included",
+            m.cloud_request_seconds.clone(),
+        );
+        r.register(
+            "cloud_errors",
+            "Cloud requests that failed or timed out (the edge answered instead)",
+            m.cloud_errors.clone(),
+        );
+        r.register("uploaded_bytes", "Hidden-state bytes sent to the cloud", m.uploaded_bytes.clone());
+        r.register(
+            "degraded_responses",
+            "Responses answered without a reachable cloud",
+            m.degraded_responses.clone(),
+        );
+        r.register("active_generations", "Generations in progress", m.active_generations.clone());
+        r.register(
+            "cloud_connected",
+            "1 while a cloud endpoint is connected",
+            m.cloud_connected.clone(),
+        );
+        m
+    }
+}
