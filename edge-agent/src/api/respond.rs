@@ -206,17 +206,23 @@ struct TokenText {
     started: Instant,
     count: usize,
     sources: Vec<&'static str>,
+    /// Every token id received, in order.
+    ids: Vec<u32>,
+    /// How many of `ids` were reported with a piece of text.
+    reported: usize,
 }
 
 struct Piece {
     text: String,
     sources: Vec<&'static str>,
+    /// Ids of the tokens whose text this piece releases.
+    tokens: Vec<u32>,
     stopped: bool,
 }
 
 impl TokenText {
     fn new(state: Arc<AppState>, stops: Vec<String>, tokens: mpsc::Receiver<Token>, started: Instant) -> Self {
-        Self { state, text: TextStream::new(stops), tokens, started, count: 0, sources: vec![] }
+        Self { state, text: TextStream::new(stops), tokens, started, count: 0, sources: vec![], ids: vec![], reported: 0 }
     }
 
     /// The next piece of text, `None` once the generation stopped sending.
@@ -229,6 +235,7 @@ impl TokenText {
                 .observe(self.started.elapsed().as_secs_f64());
         }
         self.count += 1;
+        self.ids.push(token.id);
         self.sources.push(token.source.as_str());
         let text = &self.state.generator.engine().text;
         let delta = self.text.push(token.id, |ids| text.decode(ids).unwrap_or_default());
@@ -236,19 +243,22 @@ impl TokenText {
             // Ends the generation: its next send fails.
             self.tokens.close();
         }
-        let piece_sources = if delta.text.is_empty() && !delta.stopped {
-            vec![]
+        let (sources, tokens) = if delta.text.is_empty() && !delta.stopped {
+            (vec![], vec![])
         } else {
-            std::mem::take(&mut self.sources)
+            (std::mem::take(&mut self.sources), self.ids[self.reported..].to_vec())
         };
-        Some(Piece { text: delta.text, sources: piece_sources, stopped: delta.stopped })
+        self.reported += tokens.len();
+        Some(Piece { text: delta.text, sources, tokens, stopped: delta.stopped })
     }
 
-    /// Text held back at the end, with the sources of the tokens not yet reported.
-    fn rest(&mut self) -> (String, Vec<&'static str>) {
+    /// Text held back at the end, with the sources and ids of the tokens not yet reported.
+    fn rest(&mut self) -> (String, Vec<&'static str>, Vec<u32>) {
         let text = &self.state.generator.engine().text;
         let rest = self.text.finish(|ids| text.decode(ids).unwrap_or_default());
-        (rest, std::mem::take(&mut self.sources))
+        let tokens = self.ids[self.reported..].to_vec();
+        self.reported = self.ids.len();
+        (rest, std::mem::take(&mut self.sources), tokens)
     }
 }
 
@@ -270,14 +280,14 @@ async fn whole(env: Envelope, mut stream: TokenText, task: GenerationTask) -> Re
     }
     let (finish, summary) = outcome(task).await?;
     if !stopped {
-        let (_, rest) = stream.rest();
+        let (_, rest, _) = stream.rest();
         sources.extend(rest);
     }
     let text = stream.text.text().to_string();
     let reason = if stopped { "stop" } else { finish_reason(finish) };
     let mut body = env.body(vec![env.choice(&text, false, false, Some(reason))], false);
     body.insert("usage".into(), env.usage(stream.count, &summary));
-    body.insert("collm".into(), json!({ "sources": sources }));
+    body.insert("collm".into(), json!({ "sources": sources, "tokens": stream.ids }));
     Ok(axum::Json(Value::Object(body)).into_response())
 }
 
@@ -296,9 +306,9 @@ async fn stream_events(
     let mut stopped = false;
     while let Some(piece) = stream.next().await {
         stopped = piece.stopped;
-        if !piece.text.is_empty() || first {
+        if !piece.text.is_empty() || !piece.tokens.is_empty() || first {
             let mut body = env.body(vec![env.choice(&piece.text, true, first, None)], true);
-            body.insert("collm".into(), json!({ "sources": piece.sources }));
+            body.insert("collm".into(), json!({ "sources": piece.sources, "tokens": piece.tokens }));
             if !send(Value::Object(body)).await {
                 return; // The client went away; dropping `stream` ends the generation.
             }
@@ -316,11 +326,12 @@ async fn stream_events(
             return;
         }
     };
-    let (rest, sources) = if stopped { (String::new(), vec![]) } else { stream.rest() };
+    let (rest, sources, tokens) =
+        if stopped { (String::new(), vec![], vec![]) } else { stream.rest() };
     let reason = if stopped { "stop" } else { finish_reason(finish) };
     let usage = env.usage(stream.count, &summary);
     let mut last = env.body(vec![env.choice(&rest, true, first, Some(reason))], true);
-    last.insert("collm".into(), json!({ "sources": sources, "usage": usage }));
+    last.insert("collm".into(), json!({ "sources": sources, "tokens": tokens, "usage": usage }));
     send(Value::Object(last)).await;
     if include_usage {
         let mut body = env.body(vec![], true);
