@@ -125,8 +125,13 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
             let mut config = LinkConfig::new(endpoints.to_vec(), token, engine.hidden_size);
             config.model_id = Some(engine.model_id.clone());
             config.tls = s.tls_ca.clone().map(|ca| TlsFiles { ca, identity: s.tls_identity.clone() });
-            // Connects in the background: the edge answers on its own until a cloud is up.
-            Some(CloudLink::new(config)?)
+            // Try once before serving, so the first requests find the cloud; if none answers,
+            // the edge answers on its own (degraded) while the link keeps dialing.
+            let link = CloudLink::new(config)?;
+            if let Err(e) = link.reconnect_now().await {
+                tracing::warn!(error = %e, "no cloud yet: answering alone until one is reachable");
+            }
+            Some(link)
         }
     };
     if let Some(link) = link.clone() {
