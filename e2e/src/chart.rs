@@ -57,7 +57,12 @@ pub fn helm(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
         .output()
         .context("running helm")?;
     if !out.status.success() {
-        bail!("helm {} failed:\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "helm {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -81,10 +86,26 @@ pub fn install(kubectl: &Kubectl) -> Result<InstalledOperator> {
     let chart = chart.to_str().context("chart path")?;
     helm(
         &kubectl.kubeconfig,
-        &["upgrade", "--install", RELEASE, chart, "--namespace", RELEASE_NAMESPACE, "--create-namespace", "--wait=false"],
+        &[
+            "upgrade",
+            "--install",
+            RELEASE,
+            chart,
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--wait=false",
+        ],
     )?;
     let deployments: Value = serde_json::from_str(&kubectl.run(&[
-        "get", "deployments", "-n", RELEASE_NAMESPACE, "-l", &format!("app.kubernetes.io/instance={RELEASE}"), "-o", "json",
+        "get",
+        "deployments",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        &format!("app.kubernetes.io/instance={RELEASE}"),
+        "-o",
+        "json",
     ])?)?;
     let deployment = deployments["items"]
         .as_array()
@@ -92,7 +113,8 @@ pub fn install(kubectl: &Kubectl) -> Result<InstalledOperator> {
         .context("the chart installed no operator Deployment")?;
     let name = deployment["metadata"]["name"].as_str().context("deployment name")?.to_string();
     let pod = &deployment["spec"]["template"]["spec"];
-    let service_account = pod["serviceAccountName"].as_str().context("serviceAccountName")?.to_string();
+    let service_account =
+        pod["serviceAccountName"].as_str().context("serviceAccountName")?.to_string();
     let args: Vec<String> = pod["containers"][0]["args"]
         .as_array()
         .context("operator args")?

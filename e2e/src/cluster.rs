@@ -19,7 +19,10 @@ pub struct Cluster {
 
 /// The repository root (the e2e crate's parent).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e sits in the repository").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e sits in the repository")
+        .to_path_buf()
 }
 
 impl Cluster {
@@ -39,7 +42,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("collm-e2e-cluster-").tempdir()?.keep();
         let root = repo_root();
         let down = root.join("e2e/cluster/down");
-        let keep = if std::env::var_os("COLLM_E2E_KEEP_LOGS").is_some() { "--keep-logs " } else { "" };
+        let keep =
+            if std::env::var_os("COLLM_E2E_KEEP_LOGS").is_some() { "--keep-logs " } else { "" };
         // Registered before `up` so that a half-started cluster is stopped too.
         on_exit(&format!("'{}' {keep}'{}' >/dev/null 2>&1", down.display(), dir.display()))?;
         eprintln!("e2e: starting a local control plane in {}", dir.display());
@@ -131,7 +135,8 @@ impl Kubectl {
 
     /// An object that must exist.
     pub fn must_get(&self, namespace: &str, kind: &str, name: &str) -> Result<Value> {
-        self.get(namespace, kind, name)?.with_context(|| format!("{kind} {namespace}/{name} does not exist"))
+        self.get(namespace, kind, name)?
+            .with_context(|| format!("{kind} {namespace}/{name} does not exist"))
     }
 
     /// A fresh namespace named `<prefix>-<random>`.
@@ -146,6 +151,10 @@ impl Kubectl {
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() as u32
 }

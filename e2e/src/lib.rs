@@ -21,7 +21,6 @@ use crate::operator::Replica;
 use crate::process::eventually;
 use crate::redis::RedisServer;
 
-
 /// Everything the tests share.
 pub struct Env {
     pub cluster: Cluster,
@@ -56,8 +55,11 @@ impl Env {
         let admin = cluster.kubectl();
         let installed = chart::install(&admin).context("installing the chart")?;
         eprintln!("e2e: chart installed ({:.1?})", started.elapsed());
-        let operator_kubectl =
-            operator::service_account_kubeconfig(&admin, &installed, &log_dir.join("operator.kubeconfig"))?;
+        let operator_kubectl = operator::service_account_kubeconfig(
+            &admin,
+            &installed,
+            &log_dir.join("operator.kubeconfig"),
+        )?;
         let redis = RedisServer::start(&log_dir)?;
         eprintln!("e2e: operator {}, redis {}", operator_binary.display(), redis.url);
         let env = Self {
@@ -84,7 +86,12 @@ impl Env {
             *n += 1;
             format!("operator-{n}")
         };
-        let replica = Replica::start(&identity, &self.operator_kubectl.kubeconfig, &self.installed, &self.log_dir)?;
+        let replica = Replica::start(
+            &identity,
+            &self.operator_kubectl.kubeconfig,
+            &self.installed,
+            &self.log_dir,
+        )?;
         self.replicas().push(replica);
         Ok(identity)
     }
@@ -95,8 +102,11 @@ impl Env {
 
     /// The Lease's current holder.
     pub fn lease_holder(&self) -> Result<Option<String>> {
-        let lease = self.admin.get(&self.installed.lease_namespace, "lease", &self.installed.lease_name)?;
-        Ok(lease.and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string)).filter(|h| !h.is_empty()))
+        let lease =
+            self.admin.get(&self.installed.lease_namespace, "lease", &self.installed.lease_name)?;
+        Ok(lease
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty()))
     }
 
     /// Waits until a running replica holds the Lease and says so; returns its identity.

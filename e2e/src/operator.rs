@@ -38,13 +38,31 @@ pub fn operator_binary() -> Result<PathBuf> {
 
 /// A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token), for
 /// the admin kubeconfig's cluster.
-pub fn service_account_kubeconfig(admin: &Kubectl, installed: &InstalledOperator, path: &Path) -> Result<Kubectl> {
+pub fn service_account_kubeconfig(
+    admin: &Kubectl,
+    installed: &InstalledOperator,
+    path: &Path,
+) -> Result<Kubectl> {
     let token = admin
-        .run(&["create", "token", &installed.service_account, "-n", &installed.lease_namespace, "--duration=6h"])?
+        .run(&[
+            "create",
+            "token",
+            &installed.service_account,
+            "-n",
+            &installed.lease_namespace,
+            "--duration=6h",
+        ])?
         .trim()
         .to_string();
-    let view: Value =
-        serde_json::from_str(&admin.run(&["config", "view", "--raw", "--minify", "--flatten", "-o", "json"])?)?;
+    let view: Value = serde_json::from_str(&admin.run(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ])?)?;
     let cluster = view["clusters"][0]["cluster"].clone();
     if cluster.is_null() {
         bail!("the admin kubeconfig names no cluster");
@@ -92,15 +110,23 @@ impl Replica {
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,collm_operator=debug")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-        let daemon = Daemon::spawn(identity, &mut command, &log_dir.join(format!("{identity}.log")))?;
-        let replica = Self { identity: identity.to_string(), metrics_url: format!("http://127.0.0.1:{port}/metrics"), daemon };
-        eventually(&format!("{identity} to serve /metrics"), Duration::from_secs(30), || replica.metrics().map(|_| ()))?;
+        let daemon =
+            Daemon::spawn(identity, &mut command, &log_dir.join(format!("{identity}.log")))?;
+        let replica = Self {
+            identity: identity.to_string(),
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            daemon,
+        };
+        eventually(&format!("{identity} to serve /metrics"), Duration::from_secs(30), || {
+            replica.metrics().map(|_| ())
+        })?;
         Ok(replica)
     }
 
     /// The /metrics page.
     pub fn metrics(&self) -> Result<String> {
-        let out = Command::new("curl").args(["-fsS", "--max-time", "2", &self.metrics_url]).output()?;
+        let out =
+            Command::new("curl").args(["-fsS", "--max-time", "2", &self.metrics_url]).output()?;
         if !out.status.success() {
             bail!("GET {}: {}", self.metrics_url, String::from_utf8_lossy(&out.stderr));
         }

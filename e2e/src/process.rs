@@ -36,7 +36,8 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(name: &str, command: &mut Command, log: &Path) -> Result<Self> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = command
             .stdin(Stdio::null())
@@ -74,7 +75,11 @@ impl Drop for Daemon {
 
 /// Polls `check` every 250 ms until it returns Ok or `timeout` passes; the error names what
 /// was awaited and the last failure.
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
         match check() {

@@ -24,8 +24,16 @@ impl RedisServer {
         let daemon = Daemon::spawn(
             "redis-server",
             Command::new(binary).args([
-                "--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--protected-mode", "no",
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
             ]),
             &log_dir.join("redis.log"),
         )?;

@@ -69,7 +69,10 @@ fn a_model_applied_with_kubectl_gets_every_child_with_its_settings_and_owner() {
     check(apply(&model(&ns, "chat", redis_url(), json!({}))));
 
     let owner = check(eventually("the model's uid", WAIT, || {
-        get(&ns, "collabmodel", "chat")?["metadata"]["uid"].as_str().map(str::to_string).context("uid")
+        get(&ns, "collabmodel", "chat")?["metadata"]["uid"]
+            .as_str()
+            .map(str::to_string)
+            .context("uid")
     }));
     for (kind, component) in CHILDREN {
         let name = format!("chat-{component}");
@@ -79,7 +82,14 @@ fn a_model_applied_with_kubectl_gets_every_child_with_its_settings_and_owner() {
         assert_eq!(refs[0]["controller"], true, "{kind} {name}: {refs}");
         assert_eq!(refs[0]["kind"], "CollabModel");
         let with_fields: Value = serde_json::from_str(&check(env.admin.run(&[
-            "get", "-n", &ns, kind, &name, "-o", "json", "--show-managed-fields",
+            "get",
+            "-n",
+            &ns,
+            kind,
+            &name,
+            "-o",
+            "json",
+            "--show-managed-fields",
         ])))
         .expect("JSON");
         let managers: Vec<&str> = with_fields["metadata"]["managedFields"]
@@ -89,25 +99,37 @@ fn a_model_applied_with_kubectl_gets_every_child_with_its_settings_and_owner() {
             .filter(|f| f["operation"] == "Apply")
             .filter_map(|f| f["manager"].as_str())
             .collect();
-        assert_eq!(managers, ["collm-operator"], "{kind} {name} is server-side applied by one manager");
+        assert_eq!(
+            managers,
+            ["collm-operator"],
+            "{kind} {name} is server-side applied by one manager"
+        );
     }
 
     let config = check(get(&ns, "configmap", "chat-config"));
-    let edge: Value = serde_json::from_str(config["data"]["edge.json"].as_str().expect("edge.json")).expect("JSON");
+    let edge: Value =
+        serde_json::from_str(config["data"]["edge.json"].as_str().expect("edge.json"))
+            .expect("JSON");
     assert_eq!(edge["threshold"], 0.8);
     assert_eq!(edge["mode"], "collaborative");
     assert_eq!(edge["cloud_endpoint"], format!("chat-cloud.{ns}.svc:50051"));
-    let cloud: Value = serde_json::from_str(config["data"]["cloud.json"].as_str().expect("cloud.json")).expect("JSON");
+    let cloud: Value =
+        serde_json::from_str(config["data"]["cloud.json"].as_str().expect("cloud.json"))
+            .expect("JSON");
     assert_eq!(cloud["context"]["key_prefix"], format!("collm:{ns}:chat:"));
     assert_eq!(cloud["context"]["redis_url"], env.redis.url.as_str());
 
     let edge = check(get(&ns, "daemonset", "chat-edge"));
     assert_eq!(edge["spec"]["template"]["spec"]["nodeSelector"], json!({"collm.dev/edge": "true"}));
     assert!(!pod_template_hash(&edge).is_empty(), "the edge template carries its config hash");
-    let image = edge["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap_or_default();
+    let image =
+        edge["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap_or_default();
     assert!(image.contains("edge-agent"), "the image comes from the operator's flags: {image}");
     let hpa = check(get(&ns, "horizontalpodautoscaler", "chat-cloud"));
-    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(1), Some(3)));
+    assert_eq!(
+        (hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()),
+        (Some(1), Some(3))
+    );
     assert_eq!(check(get(&ns, "service", "chat-cloud"))["spec"]["ports"][0]["port"], 50051);
     // A literal Redis URL: no managed Redis.
     assert!(check(env.admin.get(&ns, "statefulset", "chat-redis")).is_none());
@@ -135,7 +157,10 @@ fn managed_redis_is_rendered_and_dropping_it_prunes_it() {
 
     check(apply(&model(&ns, "chat", redis_url(), json!({}))));
     check(eventually("the managed Redis to be pruned", WAIT, || {
-        ensure!(env.admin.get(&ns, "statefulset", "chat-redis")?.is_none(), "StatefulSet still there");
+        ensure!(
+            env.admin.get(&ns, "statefulset", "chat-redis")?.is_none(),
+            "StatefulSet still there"
+        );
         ensure!(env.admin.get(&ns, "service", "chat-redis")?.is_none(), "Service still there");
         Ok(())
     }));
@@ -144,7 +169,9 @@ fn managed_redis_is_rendered_and_dropping_it_prunes_it() {
 
 /// Marks every pod matching `selector` Running and Ready: there is no kubelet to do it.
 fn make_pods_ready(ns: &str, selector: &str) -> Result<usize> {
-    let pods: Value = serde_json::from_str(&env().admin.run(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?)?;
+    let pods: Value = serde_json::from_str(
+        &env().admin.run(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?,
+    )?;
     let names: Vec<String> = pods["items"]
         .as_array()
         .into_iter()
@@ -165,7 +192,17 @@ fn make_pods_ready(ns: &str, selector: &str) -> Result<usize> {
     }})
     .to_string();
     for name in &names {
-        env().admin.run(&["patch", "pod", "-n", ns, name, "--subresource=status", "--type=merge", "-p", &patch])?;
+        env().admin.run(&[
+            "patch",
+            "pod",
+            "-n",
+            ns,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])?;
     }
     Ok(names.len())
 }
@@ -188,7 +225,10 @@ fn status_conditions_and_printer_columns_follow_the_children() {
         "{edge_reason}: {edge_message}"
     );
     assert_eq!(condition(&model, "Ready").map(|c| c.0).as_deref(), Some("False"));
-    assert_eq!(condition(&model, "ContextReady").map(|c| (c.0, c.1)), Some(("True".into(), "RedisReachable".into())));
+    assert_eq!(
+        condition(&model, "ContextReady").map(|c| (c.0, c.1)),
+        Some(("True".into(), "RedisReachable".into()))
+    );
     assert_eq!(model["status"]["cloudEndpoint"], format!("chat-cloud.{ns}.svc:50051"));
     for type_ in ["Ready", "EdgeReady", "CloudReady", "ContextReady", "Degraded"] {
         assert!(condition(&model, type_).is_some(), "{type_} is reported");
@@ -198,7 +238,10 @@ fn status_conditions_and_printer_columns_follow_the_children() {
     for column in ["MODE", "THRESHOLD", "EDGE READY", "CLOUD", "READY", "AGE"] {
         assert!(header.contains(column), "printer column {column}: {table}");
     }
-    assert!(table.contains("collaborative") && table.contains("0.8") && table.contains("False"), "{table}");
+    assert!(
+        table.contains("collaborative") && table.contains("0.8") && table.contains("False"),
+        "{table}"
+    );
 
     if env.cluster.local_dir.is_none() {
         return; // Only the local cluster has pods that never start, which the test marks ready.
@@ -229,10 +272,25 @@ fn a_threshold_or_mode_change_rolls_only_the_edge_and_a_cloud_change_only_the_cl
     let env = env();
     let ns = check(env.admin.fresh_namespace("rollout"));
     check(apply(&model(&ns, "chat", redis_url(), json!({}))));
-    let edge_before = check(eventually("the edge DaemonSet", WAIT, || get(&ns, "daemonset", "chat-edge")));
-    let cloud_before = check(eventually("the cloud Deployment", WAIT, || get(&ns, "deployment", "chat-cloud")));
+    let edge_before =
+        check(eventually("the edge DaemonSet", WAIT, || get(&ns, "daemonset", "chat-edge")));
+    let cloud_before =
+        check(eventually("the cloud Deployment", WAIT, || get(&ns, "deployment", "chat-cloud")));
 
-    check(env.admin.run(&["patch", "cmodel", "chat", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"threshold":0.9}}"#]).map(|_| ()));
+    check(
+        env.admin
+            .run(&[
+                "patch",
+                "cmodel",
+                "chat",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"threshold":0.9}}"#,
+            ])
+            .map(|_| ()),
+    );
     let edge_after = check(eventually("the edge template to change", WAIT, || {
         let edge = get(&ns, "daemonset", "chat-edge")?;
         ensure!(pod_template_hash(&edge) != pod_template_hash(&edge_before), "same config hash");
@@ -240,29 +298,70 @@ fn a_threshold_or_mode_change_rolls_only_the_edge_and_a_cloud_change_only_the_cl
     }));
     current_status(&ns, "chat").map(|_| ()).unwrap_or_else(|e| panic!("{e:#}"));
     let cloud_after = check(get(&ns, "deployment", "chat-cloud"));
-    assert_eq!(cloud_after["spec"]["template"], cloud_before["spec"]["template"], "the cloud template is untouched");
-    assert_eq!(cloud_after["metadata"]["generation"], cloud_before["metadata"]["generation"], "no cloud rollout");
+    assert_eq!(
+        cloud_after["spec"]["template"], cloud_before["spec"]["template"],
+        "the cloud template is untouched"
+    );
+    assert_eq!(
+        cloud_after["metadata"]["generation"], cloud_before["metadata"]["generation"],
+        "no cloud rollout"
+    );
     let config = check(get(&ns, "configmap", "chat-config"));
     assert!(config["data"]["edge.json"].as_str().unwrap_or_default().contains("0.9"));
 
-    check(env.admin.run(&["patch", "cmodel", "chat", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"mode":"standalone"}}"#]).map(|_| ()));
+    check(
+        env.admin
+            .run(&[
+                "patch",
+                "cmodel",
+                "chat",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"mode":"standalone"}}"#,
+            ])
+            .map(|_| ()),
+    );
     check(eventually("the edge template to change again", WAIT, || {
         let edge = get(&ns, "daemonset", "chat-edge")?;
         ensure!(pod_template_hash(&edge) != pod_template_hash(&edge_after), "same config hash");
         Ok(())
     }));
     current_status(&ns, "chat").map(|_| ()).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(check(get(&ns, "deployment", "chat-cloud"))["metadata"]["generation"], cloud_before["metadata"]["generation"]);
+    assert_eq!(
+        check(get(&ns, "deployment", "chat-cloud"))["metadata"]["generation"],
+        cloud_before["metadata"]["generation"]
+    );
 
     let edge_now = check(get(&ns, "daemonset", "chat-edge"));
-    check(env.admin.run(&["patch", "cmodel", "chat", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"catchUp":"propagate"}}"#]).map(|_| ()));
+    check(
+        env.admin
+            .run(&[
+                "patch",
+                "cmodel",
+                "chat",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"catchUp":"propagate"}}"#,
+            ])
+            .map(|_| ()),
+    );
     check(eventually("the cloud template to change", WAIT, || {
         let cloud = get(&ns, "deployment", "chat-cloud")?;
-        ensure!(pod_template_hash(&cloud) != pod_template_hash(&cloud_before), "same cloud config hash");
+        ensure!(
+            pod_template_hash(&cloud) != pod_template_hash(&cloud_before),
+            "same cloud config hash"
+        );
         Ok(())
     }));
     let edge_final = check(get(&ns, "daemonset", "chat-edge"));
-    assert_eq!(edge_final["spec"]["template"], edge_now["spec"]["template"], "a cloud change leaves the edge alone");
+    assert_eq!(
+        edge_final["spec"]["template"], edge_now["spec"]["template"],
+        "a cloud change leaves the edge alone"
+    );
     assert_eq!(edge_final["metadata"]["generation"], edge_now["metadata"]["generation"]);
 }
 
@@ -271,7 +370,12 @@ fn deleted_or_edited_children_are_repaired() {
     let env = env();
     let ns = check(env.admin.fresh_namespace("drift"));
     check(apply(&model(&ns, "chat", redis_url(), json!({}))));
-    for (kind, component) in [("configmap", "config"), ("deployment", "cloud"), ("daemonset", "edge"), ("service", "cloud")] {
+    for (kind, component) in [
+        ("configmap", "config"),
+        ("deployment", "cloud"),
+        ("daemonset", "edge"),
+        ("service", "cloud"),
+    ] {
         let name = format!("chat-{component}");
         let before = check(eventually(&format!("{kind} {name}"), WAIT, || get(&ns, kind, &name)));
         check(env.admin.run(&["delete", kind, &name, "-n", &ns, "--wait=false"]).map(|_| ()));
@@ -283,7 +387,20 @@ fn deleted_or_edited_children_are_repaired() {
         }));
     }
     // An edit by hand to an applied field is reverted.
-    check(env.admin.run(&["patch", "hpa", "chat-cloud", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"maxReplicas":9}}"#]).map(|_| ()));
+    check(
+        env.admin
+            .run(&[
+                "patch",
+                "hpa",
+                "chat-cloud",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"maxReplicas":9}}"#,
+            ])
+            .map(|_| ()),
+    );
     check(eventually("maxReplicas to be restored", WAIT, || {
         let hpa = get(&ns, "hpa", "chat-cloud")?;
         ensure!(hpa["spec"]["maxReplicas"] == 3, "maxReplicas {}", hpa["spec"]["maxReplicas"]);
@@ -318,7 +435,11 @@ fn deleting_a_model_collects_its_children_and_deletes_only_its_redis_keys() {
     eprintln!("model deleted in {:.1?}", started.elapsed());
     assert_eq!(check(env.redis.keys(&mine)), Vec::<String>::new(), "the model's keys are gone");
     assert_eq!(check(env.redis.keys(&theirs)).len(), 3, "the other model's keys survive");
-    assert_eq!(check(env.redis.keys("collm:other-namespace:")).len(), 1, "other namespaces' keys survive");
+    assert_eq!(
+        check(env.redis.keys("collm:other-namespace:")).len(),
+        1,
+        "other namespaces' keys survive"
+    );
     for (kind, component) in CHILDREN {
         let name = format!("chat-{component}");
         check(eventually(&format!("{kind} {name} to be garbage-collected"), WAIT, || {
@@ -355,11 +476,19 @@ fn an_unreachable_redis_keeps_the_model_until_its_keys_can_be_deleted() {
     std::thread::sleep(Duration::from_secs(3));
     let model = check(get(&ns, "collabmodel", "chat"));
     assert!(model["metadata"]["deletionTimestamp"].is_string(), "the model is being deleted");
-    assert_eq!(model["metadata"]["finalizers"], json!(["collm.dev/cloud-context"]), "the finalizer stays");
+    assert_eq!(
+        model["metadata"]["finalizers"],
+        json!(["collm.dev/cloud-context"]),
+        "the finalizer stays"
+    );
 
     // Pointing the terminating model at the reachable Redis lets the finalizer finish.
     let patch = json!({"spec": {"context": {"redis": {"url": env.redis.url}}}}).to_string();
-    check(env.admin.run(&["patch", "cmodel", "chat", "-n", &ns, "--type=merge", "-p", &patch]).map(|_| ()));
+    check(
+        env.admin
+            .run(&["patch", "cmodel", "chat", "-n", &ns, "--type=merge", "-p", &patch])
+            .map(|_| ()),
+    );
     check(eventually("the model to go", WAIT, || {
         ensure!(env.admin.get(&ns, "collabmodel", "chat")?.is_none(), "still there");
         Ok(())
@@ -371,12 +500,22 @@ fn an_unreachable_redis_keeps_the_model_until_its_keys_can_be_deleted() {
 fn a_model_without_context_is_deleted_without_redis() {
     let env = env();
     let ns = check(env.admin.fresh_namespace("standalone"));
-    let manifest = model(&ns, "edge-only", json!({}), json!({"mode": "standalone", "cloud": {"enabled": false}, "context": null}));
+    let manifest = model(
+        &ns,
+        "edge-only",
+        json!({}),
+        json!({"mode": "standalone", "cloud": {"enabled": false}, "context": null}),
+    );
     check(apply(&manifest));
     let status = check(eventually("status", WAIT, || current_status(&ns, "edge-only")));
-    assert_eq!(condition(&status, "CloudReady").map(|c| c.1).as_deref(), Some("StandaloneWithoutCloud"));
+    assert_eq!(
+        condition(&status, "CloudReady").map(|c| c.1).as_deref(),
+        Some("StandaloneWithoutCloud")
+    );
     assert!(check(env.admin.get(&ns, "deployment", "edge-only-cloud")).is_none());
-    check(env.admin.run(&["delete", "cmodel", "edge-only", "-n", &ns, "--timeout=60s"]).map(|_| ()));
+    check(
+        env.admin.run(&["delete", "cmodel", "edge-only", "-n", &ns, "--timeout=60s"]).map(|_| ()),
+    );
 }
 
 #[test]
@@ -394,10 +533,18 @@ fn invalid_manifests_are_rejected_with_the_rule_they_break() {
         (RULE_BUNDLE_ONE_SOURCE, redis_url(), json!({"bundle": {"pvc": {"claimName": "models"}}})),
         (RULE_BUNDLE_SHA, redis_url(), json!({"bundle": {"sha256": null}})),
         (RULE_EDGE_ONLY_ENDPOINT, redis_url(), json!({"cloud": {"enabled": false}})),
-        (RULE_ENDPOINT_XOR_CLOUD, redis_url(), json!({"externalCloudEndpoint": "cloud.example:443"})),
+        (
+            RULE_ENDPOINT_XOR_CLOUD,
+            redis_url(),
+            json!({"externalCloudEndpoint": "cloud.example:443"}),
+        ),
         (RULE_CLOUD_NEEDS_REDIS, json!({}), json!({"context": {"redis": null}})),
         (RULE_REDIS_ONE_SOURCE, json!({"url": "redis://r:6379", "managed": true}), json!({})),
-        (RULE_ONE_METRIC, redis_url(), json!({"cloud": {"targetCpuUtilization": 60, "customMetric": {"name": "q", "averageValue": "4"}}})),
+        (
+            RULE_ONE_METRIC,
+            redis_url(),
+            json!({"cloud": {"targetCpuUtilization": 60, "customMetric": {"name": "q", "averageValue": "4"}}}),
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (rule, redis, spec)) in cases.into_iter().enumerate() {
@@ -410,7 +557,11 @@ fn invalid_manifests_are_rejected_with_the_rule_they_break() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let valid = model(&ns, "good", redis_url(), json!({}));
-    check(env.admin.run_with_input(&["create", "--dry-run=server", "-f", "-"], Some(&valid.to_string())).map(|_| ()));
+    check(
+        env.admin
+            .run_with_input(&["create", "--dry-run=server", "-f", "-"], Some(&valid.to_string()))
+            .map(|_| ()),
+    );
 }
 
 #[test]
@@ -433,7 +584,11 @@ fn exactly_one_of_two_replicas_leads_and_the_other_takes_over_when_it_dies() {
     {
         let replicas = env.replicas();
         let follower = replicas.iter().find(|r| r.identity == follower_before.0).expect("follower");
-        assert_eq!(check(follower.reconciliations()), follower_before.1, "the follower reconciled nothing");
+        assert_eq!(
+            check(follower.reconciliations()),
+            follower_before.1,
+            "the follower reconciled nothing"
+        );
         assert!(!check(follower.is_leader()));
     }
 
@@ -453,14 +608,20 @@ fn exactly_one_of_two_replicas_leads_and_the_other_takes_over_when_it_dies() {
         Ok(holder)
     }));
     eprintln!("{successor} took over {:.1?} after {leader} was killed", killed_at.elapsed());
-    assert!(killed_at.elapsed() >= Duration::from_secs(collm_e2e::operator::LEASE_DURATION_SECONDS - 1));
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(collm_e2e::operator::LEASE_DURATION_SECONDS - 1)
+    );
 
     // The new leader reconciles.
     check(apply(&model(&ns, "second", redis_url(), json!({}))));
     check(current_status(&ns, "second").map(|_| ()));
     check(eventually("the new leader to count reconciliations", WAIT, || {
         let replicas = env.replicas();
-        let now = replicas.iter().find(|r| r.identity == successor).context("successor")?.reconciliations()?;
+        let now = replicas
+            .iter()
+            .find(|r| r.identity == successor)
+            .context("successor")?
+            .reconciliations()?;
         ensure!(now > follower_before.1, "no reconciliation counted");
         Ok(())
     }));
@@ -469,14 +630,21 @@ fn exactly_one_of_two_replicas_leads_and_the_other_takes_over_when_it_dies() {
     env.replicas().retain(|r| r.identity != leader);
     let newcomer = check(env.start_replica());
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(check(env.lease_holder()).as_deref(), Some(successor.as_str()), "{newcomer} does not steal the Lease");
+    assert_eq!(
+        check(env.lease_holder()).as_deref(),
+        Some(successor.as_str()),
+        "{newcomer} does not steal the Lease"
+    );
 }
 
 #[test]
 fn the_operator_runs_with_only_the_charts_permissions() {
     let env = env();
     let can = |verb: &str, resource: &str| {
-        env.operator_kubectl.run(&["auth", "can-i", verb, resource, "-A"]).map(|o| o.trim() == "yes").unwrap_or(false)
+        env.operator_kubectl
+            .run(&["auth", "can-i", verb, resource, "-A"])
+            .map(|o| o.trim() == "yes")
+            .unwrap_or(false)
     };
     assert!(can("patch", "collabmodels.collm.dev"));
     assert!(can("patch", "deployments.apps"));
@@ -494,10 +662,19 @@ fn the_chart_passes_helm_lint_and_a_server_side_dry_run() {
     check(collm_e2e::chart::helm(kubeconfig, &["lint", "--strict", chart]).map(|_| ()));
     let rendered = check(collm_e2e::chart::helm(
         kubeconfig,
-        &["template", "dry", chart, "--namespace", collm_e2e::chart::RELEASE_NAMESPACE, "--include-crds"],
+        &[
+            "template",
+            "dry",
+            chart,
+            "--namespace",
+            collm_e2e::chart::RELEASE_NAMESPACE,
+            "--include-crds",
+        ],
     ));
-    let out = check(env.admin.run_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered)));
-    for kind in ["customresourcedefinition", "deployment", "serviceaccount", "clusterrole", "role"] {
+    let out =
+        check(env.admin.run_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered)));
+    for kind in ["customresourcedefinition", "deployment", "serviceaccount", "clusterrole", "role"]
+    {
         assert!(out.to_lowercase().contains(kind), "{kind} accepted: {out}");
     }
 }

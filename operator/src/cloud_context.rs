@@ -20,7 +20,9 @@ pub enum ContextLocation {
     /// The URL is a key of a Secret in the model's namespace.
     Secret(SecretKeyRef),
     /// The operator-run Redis, reached through its Service.
-    Managed { url: String },
+    Managed {
+        url: String,
+    },
 }
 
 impl ContextLocation {
@@ -68,7 +70,9 @@ pub fn key_prefix(model: &CollabModel) -> Result<String> {
 /// The URL with any password replaced, for messages and events.
 pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_string(),
     }
 }
@@ -113,7 +117,8 @@ pub async fn delete_prefix(url: &str, prefix: &str, timeout: Duration) -> Result
             .await
             .map_err(failed)?;
         for batch in keys.chunks(BATCH) {
-            let n: u64 = redis::cmd("UNLINK").arg(batch).query_async(&mut con).await.map_err(failed)?;
+            let n: u64 =
+                redis::cmd("UNLINK").arg(batch).query_async(&mut con).await.map_err(failed)?;
             deleted += n;
         }
         if next == 0 {

@@ -13,7 +13,9 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::lease::{Decision, LeaseRecord, LeaseTiming, decide, held_by, leadership_lost, released};
+use crate::lease::{
+    Decision, LeaseRecord, LeaseTiming, decide, held_by, leadership_lost, released,
+};
 use crate::metrics::Metrics;
 
 pub struct LeaderElector {
@@ -55,7 +57,8 @@ impl LeaderElector {
     /// [`decide`] says. A write that loses a race (409) means somebody else holds it.
     #[tracing::instrument(skip(self), fields(lease = %self.name, identity = %self.identity))]
     async fn try_acquire_or_renew(&mut self) -> Result<bool> {
-        let current = self.api.get_opt(&self.name).await.map_err(Error::kube("reading the leader Lease"))?;
+        let current =
+            self.api.get_opt(&self.name).await.map_err(Error::kube("reading the leader Lease"))?;
         let record = current.as_ref().map(|l| LeaseRecord::of(l.spec.as_ref()));
         let unchanged_for = match (&self.seen, &record) {
             (Some((seen, since)), Some(record)) if seen == record => since.elapsed(),
@@ -66,7 +69,10 @@ impl LeaderElector {
             (_, None) => std::time::Duration::ZERO,
         };
         let now = Timestamp::now();
-        let result = match (decide(record.as_ref(), &self.identity, unchanged_for, &self.timing), current) {
+        let result = match (
+            decide(record.as_ref(), &self.identity, unchanged_for, &self.timing),
+            current,
+        ) {
             (Decision::Follow { holder, expires_in }, _) => {
                 tracing::debug!(%holder, ?expires_in, "following");
                 return Ok(false);
@@ -99,7 +105,9 @@ impl LeaderElector {
 
     async fn release(&mut self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
-        let Some(spec) = lease.spec.as_ref().and_then(|s| released(s, &self.identity)) else { return };
+        let Some(spec) = lease.spec.as_ref().and_then(|s| released(s, &self.identity)) else {
+            return;
+        };
         lease.spec = Some(spec);
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!("released the leader lease"),
@@ -111,7 +119,8 @@ impl LeaderElector {
     async fn acquire(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
         let mut logged_follow = false;
         loop {
-            match tokio::time::timeout(self.timing.retry_period, self.try_acquire_or_renew()).await {
+            match tokio::time::timeout(self.timing.retry_period, self.try_acquire_or_renew()).await
+            {
                 Ok(Ok(true)) => return true,
                 Ok(Ok(false)) => {
                     if !logged_follow {
@@ -134,14 +143,17 @@ impl LeaderElector {
         let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
-            match tokio::time::timeout(self.timing.retry_period, self.try_acquire_or_renew()).await {
+            match tokio::time::timeout(self.timing.retry_period, self.try_acquire_or_renew()).await
+            {
                 Ok(Ok(true)) => last_renewal = Instant::now(),
                 Ok(Ok(false)) => {
                     tracing::warn!("another replica holds the lease now");
                     return;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader lease"),
-                Err(_) => tracing::warn!("renewing the leader lease: the API server did not answer in time"),
+                Err(_) => tracing::warn!(
+                    "renewing the leader lease: the API server did not answer in time"
+                ),
             }
             if leadership_lost(last_renewal.elapsed(), &self.timing) {
                 tracing::warn!("could not renew the leader lease before the renew deadline");

@@ -25,7 +25,11 @@ pub struct LeaseTiming {
 
 impl LeaseTiming {
     /// Checks the ordering that makes two leaders impossible.
-    pub fn new(duration: Duration, renew_deadline: Duration, retry_period: Duration) -> Result<Self, String> {
+    pub fn new(
+        duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Result<Self, String> {
         if retry_period.is_zero() || renew_deadline <= retry_period {
             return Err("the renew deadline must be longer than the retry period".to_string());
         }
@@ -97,7 +101,12 @@ pub fn decide(
 }
 
 /// The lease spec written when `me` creates, takes over or renews the lease at `now`.
-pub fn held_by(previous: Option<&LeaseSpec>, me: &str, now: Timestamp, timing: &LeaseTiming) -> LeaseSpec {
+pub fn held_by(
+    previous: Option<&LeaseSpec>,
+    me: &str,
+    now: Timestamp,
+    timing: &LeaseTiming,
+) -> LeaseSpec {
     let previous = previous.cloned().unwrap_or_default();
     let already_mine = previous.holder_identity.as_deref() == Some(me);
     let transitions = previous.lease_transitions.unwrap_or(0);
@@ -157,12 +166,18 @@ mod tests {
         let empty = LeaseRecord::of(Some(&LeaseSpec::default()));
         assert_eq!(decide(Some(&empty), "a", Duration::ZERO, &timing()), Decision::TakeOver);
         let blank = LeaseSpec { holder_identity: Some(String::new()), ..LeaseSpec::default() };
-        assert_eq!(decide(Some(&LeaseRecord::of(Some(&blank))), "a", Duration::ZERO, &timing()), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&LeaseRecord::of(Some(&blank))), "a", Duration::ZERO, &timing()),
+            Decision::TakeOver
+        );
     }
 
     #[test]
     fn the_holder_renews_whatever_the_age_of_its_record() {
-        assert_eq!(decide(Some(&held("a")), "a", Duration::from_secs(100), &timing()), Decision::Renew);
+        assert_eq!(
+            decide(Some(&held("a")), "a", Duration::from_secs(100), &timing()),
+            Decision::Renew
+        );
     }
 
     #[test]
@@ -172,7 +187,10 @@ mod tests {
             decide(Some(&record), "a", Duration::from_secs(4), &timing()),
             Decision::Follow { holder: "b".into(), expires_in: Duration::from_secs(11) }
         );
-        assert_eq!(decide(Some(&record), "a", Duration::from_secs(15), &timing()), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&record), "a", Duration::from_secs(15), &timing()),
+            Decision::TakeOver
+        );
     }
 
     #[test]
@@ -208,7 +226,10 @@ mod tests {
         let mine = held_by(None, "a", at(0), &timing());
         assert_eq!(released(&mine, "b"), None);
         let free = released(&mine, "a").expect("holder releases");
-        assert_eq!(decide(Some(&LeaseRecord::of(Some(&free))), "b", Duration::ZERO, &timing()), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&LeaseRecord::of(Some(&free))), "b", Duration::ZERO, &timing()),
+            Decision::TakeOver
+        );
     }
 
     #[test]

@@ -94,10 +94,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -180,8 +181,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if args.leader_election {
-        let elector =
-            LeaderElector::new(client, &args.lease_namespace, &args.lease_name, &identity, timing, metrics);
+        let elector = LeaderElector::new(
+            client,
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            timing,
+            metrics,
+        );
         tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "competing for leadership");
         elector.run(stopped, lead).await;
     } else {

@@ -32,8 +32,16 @@ impl Metrics {
         let leader = Gauge::default();
         let context_keys_deleted = Counter::default();
         registry.register("reconciliations", "Reconciliations started", reconciliations.clone());
-        registry.register("reconcile_failures", "Reconciliations that failed, by error", failures.clone());
-        registry.register("reconcile_duration_seconds", "Duration of a reconciliation", duration.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconciliation",
+            duration.clone(),
+        );
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
         registry.register(
             "context_keys_deleted",
@@ -64,7 +72,10 @@ mod tests {
         metrics.reconciled(Duration::from_millis(30), Some("kube_api"));
         let text = collm_telemetry::metrics::render(&registry);
         assert!(text.contains("collm_operator_reconciliations_total 2"), "{text}");
-        assert!(text.contains(r#"collm_operator_reconcile_failures_total{error="kube_api"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"collm_operator_reconcile_failures_total{error="kube_api"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("collm_operator_reconcile_duration_seconds_count 2"), "{text}");
         assert!(text.contains("collm_operator_leader 0"), "{text}");
     }

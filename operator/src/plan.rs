@@ -168,7 +168,10 @@ mod tests {
         model.spec.cloud.enabled = false;
         model.spec.mode = Mode::Standalone;
         let plan = plan_of(&model);
-        assert_eq!(ids(&plan.apply), ["ConfigMap/chat-config", "DaemonSet/chat-edge", "Service/chat-edge"]);
+        assert_eq!(
+            ids(&plan.apply),
+            ["ConfigMap/chat-config", "DaemonSet/chat-edge", "Service/chat-edge"]
+        );
         let pruned: Vec<String> = plan.prune.iter().map(ToString::to_string).collect();
         assert_eq!(
             pruned,

@@ -29,11 +29,19 @@ pub struct Applied {
 }
 
 trait Child:
-    Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
 {
 }
 impl<K> Child for K where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
 {
 }
 
@@ -57,7 +65,9 @@ pub async fn apply_plan(client: &Client, namespace: &str, plan: &Plan) -> Result
             DesiredChild::Service(o) => drop(apply(client, namespace, o).await?),
             DesiredChild::HorizontalPodAutoscaler(o) => drop(apply(client, namespace, o).await?),
             DesiredChild::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await?),
-            DesiredChild::StatefulSet(o) => applied.redis = Some(apply(client, namespace, o).await?),
+            DesiredChild::StatefulSet(o) => {
+                applied.redis = Some(apply(client, namespace, o).await?)
+            }
         }
         applied.children.push(child.id());
     }
@@ -72,7 +82,8 @@ async fn delete_if_owned<K: Child>(
 ) -> Result<bool> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let what = || format!("{} {namespace}/{name}", K::kind(&()));
-    let Some(existing) = api.get_opt(name).await.map_err(Error::kube(format!("reading {}", what())))?
+    let Some(existing) =
+        api.get_opt(name).await.map_err(Error::kube(format!("reading {}", what())))?
     else {
         return Ok(false);
     };
@@ -87,7 +98,10 @@ async fn delete_if_owned<K: Child>(
         return Ok(false);
     }
     let params = DeleteParams {
-        preconditions: Some(Preconditions { uid: existing.meta().uid.clone(), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: existing.meta().uid.clone(),
+            resource_version: None,
+        }),
         ..DeleteParams::background()
     };
     match api.delete(name, &params).await {
@@ -98,22 +112,38 @@ async fn delete_if_owned<K: Child>(
 }
 
 /// Deletes the children of `plan.prune` that this model owns; returns those deleted.
-pub async fn prune(client: &Client, namespace: &str, owner_uid: &str, plan: &Plan) -> Result<Vec<ChildId>> {
+pub async fn prune(
+    client: &Client,
+    namespace: &str,
+    owner_uid: &str,
+    plan: &Plan,
+) -> Result<Vec<ChildId>> {
     let mut deleted = Vec::new();
     for id in &plan.prune {
         let name = id.name.as_str();
         let gone = match id.kind {
-            ChildKind::ConfigMap => delete_if_owned::<ConfigMap>(client, namespace, name, owner_uid).await?,
-            ChildKind::DaemonSet => delete_if_owned::<DaemonSet>(client, namespace, name, owner_uid).await?,
-            ChildKind::Deployment => delete_if_owned::<Deployment>(client, namespace, name, owner_uid).await?,
-            ChildKind::Service => delete_if_owned::<Service>(client, namespace, name, owner_uid).await?,
+            ChildKind::ConfigMap => {
+                delete_if_owned::<ConfigMap>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::DaemonSet => {
+                delete_if_owned::<DaemonSet>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::Deployment => {
+                delete_if_owned::<Deployment>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::Service => {
+                delete_if_owned::<Service>(client, namespace, name, owner_uid).await?
+            }
             ChildKind::HorizontalPodAutoscaler => {
-                delete_if_owned::<HorizontalPodAutoscaler>(client, namespace, name, owner_uid).await?
+                delete_if_owned::<HorizontalPodAutoscaler>(client, namespace, name, owner_uid)
+                    .await?
             }
             ChildKind::PodDisruptionBudget => {
                 delete_if_owned::<PodDisruptionBudget>(client, namespace, name, owner_uid).await?
             }
-            ChildKind::StatefulSet => delete_if_owned::<StatefulSet>(client, namespace, name, owner_uid).await?,
+            ChildKind::StatefulSet => {
+                delete_if_owned::<StatefulSet>(client, namespace, name, owner_uid).await?
+            }
         };
         if gone {
             deleted.push(id.clone());

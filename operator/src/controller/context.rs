@@ -47,7 +47,9 @@ pub async fn observe(model: &CollabModel, workloads: &Applied, ctx: &Context) ->
         // With no Redis configured the render refuses a local cloud, so only edge-only models
         // get here.
         ContextLocation::Nowhere => return ContextObserved::NotNeeded,
-        ContextLocation::Managed { .. } => return ContextObserved::from_managed(workloads.redis.as_ref()),
+        ContextLocation::Managed { .. } => {
+            return ContextObserved::from_managed(workloads.redis.as_ref());
+        }
         ContextLocation::Url(url) => url,
         ContextLocation::Secret(secret) => match secret_url(ctx, &namespace, &secret).await {
             Ok(url) => url,
@@ -76,7 +78,9 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
         Ok(location) => location,
         Err(e) => {
             // The schema makes this impossible; say so rather than blocking deletion forever.
-            let note = format!("cannot tell where the cloud context is ({e}); keys under {prefix} may remain");
+            let note = format!(
+                "cannot tell where the cloud context is ({e}); keys under {prefix} may remain"
+            );
             ctx.event(model, EventType::Warning, "ContextLeft", "DeleteContext", note).await;
             return Ok(Action::await_change());
         }
@@ -86,30 +90,47 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
         (Some(url), _) => url.clone(),
         (None, ContextLocation::Url(url)) => url,
         (None, ContextLocation::Managed { url }) => {
-            let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(ctx.client.clone(), &namespace)
-                .get_opt(&format!("{}-redis", model.name_any()))
-                .await
-                .map_err(Error::kube("reading the managed Redis"))?;
-            if ContextObserved::from_managed(sts.as_ref()) == (ContextObserved::Managed { ready: false }) {
+            let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
+                ctx.client.clone(),
+                &namespace,
+            )
+            .get_opt(&format!("{}-redis", model.name_any()))
+            .await
+            .map_err(Error::kube("reading the managed Redis"))?;
+            if ContextObserved::from_managed(sts.as_ref())
+                == (ContextObserved::Managed { ready: false })
+            {
                 // It keeps nothing on disk: with no ready replica there is no context left,
                 // and the StatefulSet goes with the model.
-                let note = "the managed Redis has no ready replica and keeps no data; nothing to delete".to_string();
+                let note =
+                    "the managed Redis has no ready replica and keeps no data; nothing to delete"
+                        .to_string();
                 ctx.event(model, EventType::Normal, "ContextDeleted", "DeleteContext", note).await;
                 return Ok(Action::await_change());
             }
             url
         }
-        (None, ContextLocation::Secret(secret)) => match secret_url(ctx, &namespace, &secret).await {
+        (None, ContextLocation::Secret(secret)) => match secret_url(ctx, &namespace, &secret).await
+        {
             Ok(url) => url,
             Err(e @ Error::RedisSecretMissing(_)) => {
                 // Typical of a namespace being deleted: the Secret went first. Without the URL
                 // the keys cannot be found; say which ones remain instead of blocking forever.
-                let note = format!("{e}: cannot reach Redis, keys under {prefix} remain (they expire with their TTL)");
+                let note = format!(
+                    "{e}: cannot reach Redis, keys under {prefix} remain (they expire with their TTL)"
+                );
                 ctx.event(model, EventType::Warning, "ContextLeft", "DeleteContext", note).await;
                 return Ok(Action::await_change());
             }
             Err(e) => {
-                ctx.event(model, EventType::Warning, "ContextCleanupFailed", "DeleteContext", e.to_string()).await;
+                ctx.event(
+                    model,
+                    EventType::Warning,
+                    "ContextCleanupFailed",
+                    "DeleteContext",
+                    e.to_string(),
+                )
+                .await;
                 return Err(e);
             }
         },
@@ -122,8 +143,11 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
             Ok(Action::await_change())
         }
         Err(e) => {
-            let note = format!("{e}; the model stays until its keys under {prefix} are deleted (retrying)");
-            ctx.event(model, EventType::Warning, "ContextCleanupFailed", "DeleteContext", note).await;
+            let note = format!(
+                "{e}; the model stays until its keys under {prefix} are deleted (retrying)"
+            );
+            ctx.event(model, EventType::Warning, "ContextCleanupFailed", "DeleteContext", note)
+                .await;
             Err(e)
         }
     }

@@ -88,7 +88,14 @@ impl Context {
         }
     }
 
-    async fn event(&self, model: &CollabModel, type_: EventType, reason: &str, action: &str, note: String) {
+    async fn event(
+        &self,
+        model: &CollabModel,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_string(),
@@ -160,7 +167,13 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
         Err(error @ Error::InvalidSpec(_)) => {
             // Retrying cannot help: the spec must change, which triggers a reconcile.
             ctx.event(model, EventType::Warning, "InvalidSpec", "Render", error.to_string()).await;
-            let observed = observed(model, &at, &Default::default(), ContextObserved::NotNeeded, Some(error.to_string()));
+            let observed = observed(
+                model,
+                &at,
+                &Default::default(),
+                ContextObserved::NotNeeded,
+                Some(error.to_string()),
+            );
             write_status(model, ctx, &observed).await?;
             return Ok(Action::await_change());
         }
@@ -185,12 +198,24 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
     let pruned = apply::prune(&ctx.client, &at.namespace, &uid, &plan).await?;
     if !pruned.is_empty() {
         let names: Vec<String> = pruned.iter().map(ToString::to_string).collect();
-        ctx.event(model, EventType::Normal, "Pruned", "Prune", format!("deleted {} (no longer in the spec)", names.join(", "))).await;
+        ctx.event(
+            model,
+            EventType::Normal,
+            "Pruned",
+            "Prune",
+            format!("deleted {} (no longer in the spec)", names.join(", ")),
+        )
+        .await;
     }
-    let generation_changed = model.status.as_ref().and_then(|s| s.observed_generation) != model.metadata.generation;
+    let generation_changed =
+        model.status.as_ref().and_then(|s| s.observed_generation) != model.metadata.generation;
     if generation_changed {
         let names: Vec<String> = applied.children.iter().map(ToString::to_string).collect();
-        let note = format!("applied generation {}: {}", model.metadata.generation.unwrap_or(0), names.join(", "));
+        let note = format!(
+            "applied generation {}: {}",
+            model.metadata.generation.unwrap_or(0),
+            names.join(", ")
+        );
         ctx.event(model, EventType::Normal, "Applied", "Apply", note).await;
     }
     let context = context::observe(model, &applied, ctx).await;
@@ -203,9 +228,14 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
     })
 }
 
-async fn write_status(model: &CollabModel, ctx: &Context, observed: &conditions::Observed) -> Result<()> {
+async fn write_status(
+    model: &CollabModel,
+    ctx: &Context,
+    observed: &conditions::Observed,
+) -> Result<()> {
     let now = Time(Timestamp::now());
-    let status = conditions::status(observed, model.status.as_ref(), model.metadata.generation, &now);
+    let status =
+        conditions::status(observed, model.status.as_ref(), model.metadata.generation, &now);
     if model.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -216,9 +246,13 @@ async fn write_status(model: &CollabModel, ctx: &Context, observed: &conditions:
         "kind": CollabModel::kind(&()),
         "status": status,
     });
-    api.patch_status(&model.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::kube("writing status"))?;
+    api.patch_status(
+        &model.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("writing status"))?;
     Ok(())
 }
 
@@ -243,7 +277,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) -> Result<()> {
         .list(&ListParams::default().limit(1))
         .await
         .map_err(Error::kube("listing CollabModels (is the CRD installed?)"))?;
-    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     Controller::new(models, watcher::Config::default().any_semantic())
         .owns(scoped::<ConfigMap>(&client, namespace), owned.clone())
         .owns(scoped::<DaemonSet>(&client, namespace), owned.clone())

@@ -32,7 +32,9 @@ pub fn observed(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus, Deployment, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::apps::v1::{
+        DaemonSet, DaemonSetStatus, Deployment, DeploymentSpec, DeploymentStatus,
+    };
 
     use super::*;
     use crate::crd::Mode;
@@ -66,7 +68,13 @@ mod tests {
     #[test]
     fn applied_workloads_become_the_observed_edge_cloud_and_endpoint() {
         let model = CollabModel::fixture();
-        let seen = observed(&model, &at(&model), &workloads(1, 2), ContextObserved::Managed { ready: true }, None);
+        let seen = observed(
+            &model,
+            &at(&model),
+            &workloads(1, 2),
+            ContextObserved::Managed { ready: true },
+            None,
+        );
         assert_eq!(seen.edge, Some(EdgeObserved { desired: 2, ready: 1 }));
         assert_eq!(seen.cloud, CloudObserved::Deployment { desired: 2, available: 2 });
         assert_eq!(seen.cloud_endpoint.as_deref(), Some("chat-cloud.models.svc:50051"));
@@ -92,13 +100,20 @@ mod tests {
         let mut model = CollabModel::fixture();
         model.spec.cloud.enabled = false;
         model.spec.external_cloud_endpoint = Some("cloud.example:443".into());
-        let seen = observed(&model, &at(&model), &workloads(2, 0), ContextObserved::Managed { ready: false }, None);
+        let seen = observed(
+            &model,
+            &at(&model),
+            &workloads(2, 0),
+            ContextObserved::Managed { ready: false },
+            None,
+        );
         assert_eq!(seen.cloud, CloudObserved::External("cloud.example:443".into()));
         assert_eq!(seen.context, ContextObserved::NotNeeded);
 
         model.spec.external_cloud_endpoint = None;
         model.spec.mode = Mode::Standalone;
-        let seen = observed(&model, &at(&model), &workloads(2, 0), ContextObserved::NotNeeded, None);
+        let seen =
+            observed(&model, &at(&model), &workloads(2, 0), ContextObserved::NotNeeded, None);
         assert_eq!(seen.cloud, CloudObserved::NotNeeded);
         assert_eq!(seen.cloud_endpoint, None);
     }

@@ -19,7 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 pub use config::{
-    CONFIG_HASH_ANNOTATION, CloudRuntimeConfig, EdgeRuntimeConfig, RuntimeConfig, context_key_prefix,
+    CONFIG_HASH_ANNOTATION, CloudRuntimeConfig, EdgeRuntimeConfig, RuntimeConfig,
+    context_key_prefix,
 };
 
 use crate::crd::{BundleSource, CollabModel, Mode, RedisSpec, SecretKeyRef};
