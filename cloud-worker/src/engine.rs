@@ -26,18 +26,51 @@ pub struct CloudEngine {
     caches: HashMap<SessionKey, CachedSession>,
     max_cached: usize,
     tick: u64,
+    /// Sessions whose cache this engine dropped (LRU eviction) or found past the requested
+    /// position, newest tick last; bounded, so that building their cache again counts as a
+    /// rebuild rather than a first build.
+    dropped: HashMap<SessionKey, u64>,
 }
 
-/// What the next-token step picked.
+/// What the next-token step picked, and what it cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloudPick {
     pub pick: Pick,
     pub top_k: Vec<Pick>,
+    pub cache: CacheUse,
+    /// Positions run through the cloud layers for this answer (1 on a hit after one upload).
+    pub computed: u64,
 }
+
+/// How the session's KV cache served a next-token step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// The cached KV was extended.
+    Hit,
+    /// No cache yet: the session's first answer on this worker.
+    Built,
+    /// The cache had been evicted or was past the requested position: recomputed from the
+    /// stored rows (exact catch-up from position 0).
+    Rebuilt,
+}
+
+/// How many dropped sessions the engine remembers, per cached session.
+const DROPPED_MEMORY: usize = 4;
 
 impl CloudEngine {
     pub fn new(partition: Partition, max_cached: usize) -> Self {
-        Self { partition, caches: HashMap::new(), max_cached: max_cached.max(1), tick: 0 }
+        Self {
+            partition,
+            caches: HashMap::new(),
+            max_cached: max_cached.max(1),
+            tick: 0,
+            dropped: HashMap::new(),
+        }
+    }
+
+    /// Sessions whose KV cache is in memory now.
+    pub fn cached_sessions(&self) -> usize {
+        self.caches.len()
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -74,16 +107,23 @@ impl CloudEngine {
         let key = (client.clone(), session.clone());
         self.tick += 1;
         let reuse = self.caches.get(&key).is_some_and(|c| c.cache.len() as u64 == from);
-        if !reuse {
+        let cache_use = if reuse {
+            CacheUse::Hit
+        } else {
             if from != 0 {
                 return Err(crate::Error::Internal(format!(
                     "the cached context of session {session} moved while it was being extended; retry"
                 )));
             }
+            // A cache past the requested position is dropped here; one evicted earlier is
+            // remembered in `dropped`.
+            let was_cached = self.caches.remove(&key).is_some();
+            let was_dropped = self.dropped.remove(&key).is_some();
             let cache = self.partition.empty_cache()?;
             self.evict_for_one_more();
             self.caches.insert(key.clone(), CachedSession { cache, last_used: self.tick });
-        }
+            if was_cached || was_dropped { CacheUse::Rebuilt } else { CacheUse::Built }
+        };
         let entry = self
             .caches
             .get_mut(&key)
@@ -96,14 +136,19 @@ impl CloudEngine {
             &[names::LOGITS],
         )?;
         let logits = out.take(names::LOGITS).unwrap_or_default();
+        let width = self.partition.shape.hidden_size.max(1);
         Ok(CloudPick {
             pick: sampling::sample(&logits, params, u),
             top_k: if top_k > 0 { sampling::top_k(&logits, top_k) } else { vec![] },
+            cache: cache_use,
+            computed: (rows.len() / width) as u64,
         })
     }
 
     pub fn forget(&mut self, client: &ClientId, session: &SessionId) {
-        self.caches.remove(&(client.clone(), session.clone()));
+        let key = (client.clone(), session.clone());
+        self.caches.remove(&key);
+        self.dropped.remove(&key);
     }
 
     fn evict_for_one_more(&mut self) {
@@ -114,6 +159,18 @@ impl CloudEngine {
                 return;
             };
             self.caches.remove(&oldest);
+            self.remember_dropped(oldest);
         }
+    }
+
+    fn remember_dropped(&mut self, key: SessionKey) {
+        let cap = self.max_cached * DROPPED_MEMORY;
+        if self.dropped.len() >= cap
+            && let Some(oldest) =
+                self.dropped.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+        {
+            self.dropped.remove(&oldest);
+        }
+        self.dropped.insert(key, self.tick);
     }
 }

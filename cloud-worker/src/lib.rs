@@ -2,9 +2,14 @@
 //! cloud partition of a bundle. Clients are identified by their bearer token only.
 
 pub mod clients;
+pub mod config;
 pub mod context;
 pub mod engine;
 mod error;
+pub mod full;
+pub mod metrics;
+pub mod serve;
 pub mod service;
+pub mod tls;
 
 pub use error::{Error, Result};

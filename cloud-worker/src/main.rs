@@ -1,30 +1,72 @@
-//! `cloud-worker`: serves the cloud partition of a bundle over gRPC on one address.
+//! `cloud-worker`: serves the cloud partition of a bundle over gRPC on one address (and, with
+//! `--full`, the whole model for the cloud-only baseline). `--config cloud.json` gives every
+//! setting the operator renders; a flag given on the command line (or through its environment
+//! variable) wins over the file.
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use collm_bundle::{Bundle, Parts};
-use collm_cloud_worker::clients::Clients;
+use collm_cloud_worker::config::{CatchUp, CloudConfig, load_clients};
 use collm_cloud_worker::context::{RedisArgs, StoreLimits};
 use collm_cloud_worker::engine::CloudEngine;
+use collm_cloud_worker::full::FullModel;
+use collm_cloud_worker::metrics::WorkerMetrics;
+use collm_cloud_worker::serve::{Bound, ServeOptions};
 use collm_cloud_worker::service::CloudWorker;
-use collm_protocol::{CloudServiceServer, Limits};
+use collm_cloud_worker::tls::TlsFiles;
+use collm_protocol::Limits;
 use collm_runtime::partition::{Partition, PartitionShape};
+use collm_telemetry::http::Readiness;
+use collm_telemetry::metrics::Registry;
 use sha2::Digest;
+
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 
 #[derive(Parser)]
 #[command(name = "cloud-worker", version, about = "The cloud half of a split model, over gRPC")]
 struct Args {
-    /// Bundle directory (only manifest.json, tokenizer.json and cloud.onnx are read).
+    /// The operator's runtime configuration (`/etc/collm/cloud.json`); flags override it.
     #[arg(long)]
-    bundle: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Clients allowed to call: one `client-id token` per line.
+    config: Option<PathBuf>,
+    /// Bundle directory (only manifest.json, tokenizer.json and cloud.onnx are read, and
+    /// edge.onnx with --full).
     #[arg(long)]
-    tokens: PathBuf,
+    bundle: Option<PathBuf>,
+    /// gRPC address [default: 127.0.0.1:50051, or every interface at the config's grpc_port].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Serve /healthz, /readyz and /metrics over HTTP on this address (port 0: any free port,
+    /// printed as `cloud-worker http on ADDR`). Off by default.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Clients allowed to call: one `client-id token` per line, or a file holding one bare
+    /// token (a Secret's value) which identifies the client `edge`.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (requires --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: require client certificates signed by this PEM CA.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Export traces to this OTLP/gRPC collector (default: $OTEL_EXPORTER_OTLP_ENDPOINT; off
+    /// when neither is set).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Also load the edge partition and serve Generate with the whole model (the cloud-only
+    /// baseline); the cloud partition is then loaded twice.
+    #[arg(long)]
+    full: bool,
     /// Sessions whose KV cache stays in memory (least recently used are dropped and rebuilt).
     #[arg(long, default_value_t = 64)]
     cached_sessions: usize,
@@ -37,12 +79,23 @@ struct Args {
     /// Seconds an idle session is kept.
     #[arg(long, default_value_t = 3600)]
     session_ttl: u64,
+    /// Seconds calls in flight may run on after SIGTERM before the worker exits anyway.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+    /// Milliseconds between checks of the context store (readiness, context bytes).
+    #[arg(long, default_value_t = 2000)]
+    store_check_interval_ms: u64,
     #[command(flatten)]
     redis: RedisArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Args::parse()) {
+    let matches = Args::command().get_matches();
+    let result = Args::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|args| {
+        let _telemetry = collm_telemetry::init("cloud-worker", args.otlp_endpoint.as_deref())?;
+        run(args, &matches)
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
@@ -51,15 +104,74 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(a: Args) -> Result<()> {
-    let clients = Clients::load(&a.tokens)?;
-    let bundle = Bundle::open(&a.bundle, Parts::Cloud)?;
+/// Whether the user gave this argument (command line or environment), rather than its default.
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+}
+
+/// Fills every setting the user did not give from the config file.
+fn apply_config(a: &mut Args, matches: &ArgMatches, c: &CloudConfig) -> Result<()> {
+    let any = |port: u16| SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    a.bundle = a.bundle.take().or_else(|| c.bundle.dir.clone());
+    a.listen = a.listen.or(c.grpc_port.map(any));
+    a.http_listen = a.http_listen.or(c.http_port.map(any));
+    a.tokens = a.tokens.take().or_else(|| c.edge_token_file.clone());
+    a.tls_cert = a.tls_cert.take().or_else(|| c.tls_cert_file.clone());
+    a.tls_key = a.tls_key.take().or_else(|| c.tls_key_file.clone());
+    a.tls_client_ca = a.tls_client_ca.take().or_else(|| c.tls_client_ca_file.clone());
+    if c.catch_up == CatchUp::Propagate {
+        tracing::warn!(
+            "catch_up propagate is not implemented by this worker: catching up exactly (answers equal the full model's, at more cloud compute)"
+        );
+    }
+    if let Some(ctx) = &c.context {
+        if !given(matches, "sessions_per_client")
+            && let Some(n) = ctx.max_sessions_per_client
+        {
+            a.sessions_per_client = n;
+        }
+        if !given(matches, "session_ttl")
+            && let Some(t) = ctx.ttl_seconds
+        {
+            a.session_ttl = t;
+        }
+        a.positions_per_session = a.positions_per_session.or(ctx.max_positions_per_session);
+        if !given(matches, "urls")
+            && let Some(url) = ctx.redis_url()?
+        {
+            a.redis.urls = vec![url];
+        }
+        if !given(matches, "key_prefix")
+            && let Some(prefix) = &ctx.key_prefix
+        {
+            a.redis.key_prefix = prefix.clone();
+        }
+    }
+    Ok(())
+}
+
+fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
+    let config = a.config.as_deref().map(CloudConfig::load).transpose()?;
+    if let Some(c) = &config {
+        apply_config(&mut a, matches, c)?;
+    }
+    let Some(bundle_dir) = a.bundle.clone() else {
+        bail!("no bundle: give --bundle DIR or bundle.dir in --config");
+    };
+    let Some(tokens) = a.tokens.clone() else {
+        bail!("no clients: give --tokens FILE or edge_token_file in --config");
+    };
+    let clients = load_clients(&tokens)?;
+    let bundle = Bundle::open(&bundle_dir, Parts::Cloud)?;
     let m = &bundle.manifest;
+    if let Some(c) = &config {
+        c.check_split(m.split_layer)?;
+    }
     let partition = Partition::load(
         &bundle.path(&m.cloud.file),
         PartitionShape::new(&m.config, m.cloud.first_layer..m.cloud.end_layer),
     )?;
-    let manifest = std::fs::read(a.bundle.join("manifest.json")).context("reading manifest")?;
+    let manifest = std::fs::read(bundle_dir.join("manifest.json")).context("reading manifest")?;
     let model_id = hex::encode(sha2::Sha256::digest(&manifest));
     let engine = CloudEngine::new(partition, a.cached_sessions);
     let limits = Limits::new(engine.hidden_size() as u32, engine.max_context() as u64);
@@ -68,28 +180,52 @@ fn run(a: Args) -> Result<()> {
             .positions_per_session
             .map_or(limits.max_context, |p| p.min(limits.max_context)),
         sessions_per_client: a.sessions_per_client,
-        ttl: std::time::Duration::from_secs(a.session_ttl),
+        ttl: Duration::from_secs(a.session_ttl),
     })?;
-    let worker = CloudWorker::new(clients, store, engine, limits, model_id);
+    let mut registry = Registry::default();
+    let metrics = WorkerMetrics::register(&mut registry);
+    let readiness = Readiness::new();
+    let mut worker = CloudWorker::new(clients, store, engine, limits, model_id)
+        .with_metrics(std::sync::Arc::clone(&metrics))
+        .with_readiness(readiness.clone());
+    if a.full {
+        worker = worker.with_full_model(FullModel::load(&bundle_dir)?);
+    }
+    let tls = match (a.tls_cert.clone(), a.tls_key.clone()) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: a.tls_client_ca.clone() }),
+        (None, None) if a.tls_client_ca.is_some() => {
+            bail!("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        }
+        _ => None,
+    };
+    let opts = ServeOptions {
+        grpc: a.listen.unwrap_or(DEFAULT_LISTEN),
+        http: a.http_listen,
+        tls,
+        drain_timeout: Duration::from_secs(a.drain_timeout),
+        check_interval: Duration::from_millis(a.store_check_interval_ms.max(100)),
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", a.listen))?;
-        println!("cloud-worker listening on {}", listener.local_addr()?);
-        tonic::transport::Server::builder()
-            .add_service(CloudServiceServer::new(worker))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown_signal(),
-            )
-            .await?;
+        let bound = Bound::bind(opts).await?;
+        // Tests and `collm up` read these lines; a closed stdout must not stop the worker.
+        let mut out = std::io::stdout();
+        if let Some(addr) = bound.grpc_addr() {
+            let _ = writeln!(out, "cloud-worker listening on {addr}");
+        }
+        if let Some(addr) = bound.http_addr() {
+            let _ = writeln!(out, "cloud-worker http on {addr}");
+        }
+        let _ = out.flush();
+        bound.serve(worker, registry, metrics, readiness, shutdown_signal()).await?;
+        tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM or SIGINT; tonic then stops accepting and finishes in-flight calls.
+/// Resolves on SIGTERM or SIGINT; the server then turns not ready, stops accepting and finishes
+/// the calls in flight.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) =

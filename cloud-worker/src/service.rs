@@ -1,5 +1,7 @@
 //! `CloudService` over a context store and the cloud engine: authenticate, parse into validated
-//! types, store or compute, and map every error through [`crate::Error`] once.
+//! types, store or compute, and map every error through [`crate::Error`] once. Every call is
+//! timed into [`WorkerMetrics`] and traced inside the per-request span the server opens (which
+//! continues the edge's trace, see `serve`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -7,17 +9,21 @@ use std::sync::{Arc, Mutex};
 use collm_protocol::pb;
 use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::{
-    CloudService, Limits, SessionId, ValidNextToken, ValidUpload, check_uploaded,
+    CloudService, Limits, SessionId, ValidGenerate, ValidNextToken, ValidUpload, check_uploaded,
 };
 use collm_runtime::sampling::SamplingParams;
+use collm_telemetry::http::Readiness;
+use collm_telemetry::metrics::Registry;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
-use tracing::instrument;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{Instrument, Span, instrument};
 
 use crate::clients::{ClientId, Clients};
 use crate::context::{Appended, ContextStore};
-use crate::engine::CloudEngine;
+use crate::engine::{CloudEngine, CloudPick};
+use crate::full::{Finished, FullModel};
+use crate::metrics::{Rpc, RpcTimer, WorkerMetrics};
 use crate::{Error, Result};
 
 pub struct CloudWorker<S> {
@@ -26,6 +32,9 @@ pub struct CloudWorker<S> {
     engine: Arc<Mutex<CloudEngine>>,
     limits: Limits,
     model_id: String,
+    metrics: Arc<WorkerMetrics>,
+    readiness: Readiness,
+    full: Option<Arc<FullModel>>,
 }
 
 impl<S: ContextStore> CloudWorker<S> {
@@ -42,11 +51,41 @@ impl<S: ContextStore> CloudWorker<S> {
             engine: Arc::new(Mutex::new(engine)),
             limits,
             model_id,
+            // Counted even when nobody serves them, so a handler never checks.
+            metrics: WorkerMetrics::register(&mut Registry::default()),
+            readiness: Readiness::new(),
+            full: None,
         }
     }
 
+    /// Counts into `metrics` (registered in the registry `/metrics` serves).
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// `Health` answers `serving: false` whenever `readiness` is not ready.
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Serves `Generate` with the full model (the cloud-only baseline).
+    pub fn with_full_model(mut self, full: FullModel) -> Self {
+        self.full = Some(Arc::new(full));
+        self
+    }
+
+    /// The context store, shared, for the readiness checks.
+    pub fn store(&self) -> Arc<S> {
+        Arc::clone(&self.store)
+    }
+
+    /// The client the call's bearer token names, recorded on the call's span.
     fn admit<T>(&self, req: &Request<T>) -> Result<ClientId> {
-        self.clients.authenticate(req.metadata())
+        let client = self.clients.authenticate(req.metadata())?;
+        Span::current().record("client", client.as_str());
+        Ok(client)
     }
 
     async fn next(&self, client: ClientId, req: ValidNextToken) -> Result<pb::NextTokenReply> {
@@ -63,16 +102,18 @@ impl<S: ContextStore> CloudWorker<S> {
         };
         let (engine, store) = (Arc::clone(&self.engine), Arc::clone(&self.store));
         let handle = tokio::runtime::Handle::current();
+        let span = Span::current();
         // The engine lock is taken on a blocking thread only, and held from reading the cache's
         // length to extending it, so concurrent requests can never interleave on one cache.
-        let picked = tokio::task::spawn_blocking(move || {
+        let (picked, cached): (CloudPick, usize) = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let mut engine =
                 engine.lock().map_err(|_| Error::Internal("engine poisoned".into()))?;
             let from = engine.usable_prefix(&client, &req.session, req.after);
             let segments =
                 handle.block_on(store.rows(&client, &req.session, from..req.after + 1))?;
             let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();
-            engine.next_token(
+            let picked = engine.next_token(
                 &client,
                 &req.session,
                 from,
@@ -80,10 +121,13 @@ impl<S: ContextStore> CloudWorker<S> {
                 &params,
                 req.u,
                 req.top_k as usize,
-            )
+            )?;
+            Ok::<_, Error>((picked, engine.cached_sessions()))
         })
         .await
         .map_err(|e| Error::Internal(format!("inference task failed: {e}")))??;
+        self.metrics.answered(&picked, cached);
+        tracing::debug!(cache = ?picked.cache, computed = picked.computed, "answered");
         Ok(pb::NextTokenReply {
             token: picked.pick.token,
             prob: picked.pick.prob,
@@ -95,94 +139,196 @@ impl<S: ContextStore> CloudWorker<S> {
             persisted: info.persisted,
         })
     }
+
+    async fn end(&self, client: ClientId, session: SessionId) -> Result<pb::EndSessionReply> {
+        let existed = self.store.end(&client, &session).await?;
+        let engine = Arc::clone(&self.engine);
+        let cached = tokio::task::spawn_blocking(move || {
+            engine.lock().ok().map(|mut engine| {
+                engine.forget(&client, &session);
+                engine.cached_sessions()
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("forgetting the session failed: {e}")))?;
+        if existed {
+            self.metrics.session_ended();
+        }
+        if let Some(n) = cached {
+            self.metrics.set_cached_sessions(n);
+        }
+        Ok(pb::EndSessionReply { existed })
+    }
+
+    /// The full model and the checked request, or why this call cannot generate.
+    fn admit_generation(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<(Arc<FullModel>, ValidGenerate)> {
+        self.admit(&req)?;
+        let full = self.full.as_ref().ok_or(Error::SplitOnly)?;
+        let valid = ValidGenerate::parse(req.into_inner(), &full.limits())?;
+        Ok((Arc::clone(full), valid))
+    }
+
+    /// Decodes on a blocking thread; the tokens arrive on the returned stream as they come.
+    fn spawn_generation(
+        &self,
+        full: Arc<FullModel>,
+        valid: ValidGenerate,
+        timer: RpcTimer,
+    ) -> GenerateStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let metrics = Arc::clone(&self.metrics);
+        let span = Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
+            let finished = full.generate(&valid, &mut |token, prob| {
+                metrics.generated();
+                tx.blocking_send(Ok(pb::GeneratedToken { token, prob })).is_ok()
+            });
+            match finished {
+                Ok(Finished::Done(g)) => {
+                    tracing::info!(tokens = g.tokens.len(), finish = %g.finish_reason, "generated");
+                    timer.finish(Code::Ok);
+                }
+                Ok(Finished::Abandoned) => timer.finish(Code::Cancelled),
+                Err(e) => {
+                    let status = Status::from(e);
+                    timer.finish(status.code());
+                    let _ = tx.blocking_send(Err(status));
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::UploadAck, Status>> + Send>>;
+type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GeneratedToken, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: ContextStore> CloudService for CloudWorker<S> {
     type UploadStream = AckStream;
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(client = tracing::field::Empty))]
     async fn upload(
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<AckStream>, Status> {
-        let client = self.admit(&req)?;
+        let timer = self.metrics.start(Rpc::Upload);
+        let client = match self.admit(&req) {
+            Ok(client) => client,
+            Err(e) => {
+                let status = Status::from(e);
+                timer.finish(status.code());
+                return Err(status);
+            }
+        };
         let mut chunks = req.into_inner();
-        let store = Arc::clone(&self.store);
+        let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&self.metrics));
         let limits = self.limits;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        let acks = async move {
+            let mut code = Code::Ok;
             while let Some(chunk) = chunks.next().await {
                 let ack = async {
                     let upload = ValidUpload::parse(chunk?, &limits).map_err(Error::from)?;
-                    let session = upload.session.clone();
+                    metrics.uploaded(upload.rows, upload.payload.len());
+                    let (session, start) = (upload.session.clone(), upload.start);
                     Ok::<_, Status>(match store.append(&client, upload).await? {
-                        Appended::Persisted(p) => ack_persisted(&session, p),
+                        Appended::Persisted(p) => {
+                            if start == 0 && p > 0 {
+                                metrics.session_opened();
+                            }
+                            ack_persisted(&session, p)
+                        }
                         Appended::MissingFrom(p) => ack_missing(&session, p),
                     })
                 }
                 .await;
+                if let Err(status) = &ack {
+                    code = status.code();
+                }
                 let failed = ack.is_err();
-                if tx.send(ack).await.is_err() || failed {
+                if tx.send(ack).await.is_err() {
+                    code = Code::Cancelled;
+                    break;
+                }
+                if failed {
                     break;
                 }
             }
-        });
+            timer.finish(code);
+        };
+        tokio::spawn(acks.in_current_span());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(client = tracing::field::Empty))]
     async fn next_token(
         &self,
         req: Request<pb::NextTokenRequest>,
     ) -> Result<Response<pb::NextTokenReply>, Status> {
-        let client = self.admit(&req)?;
-        let req = ValidNextToken::parse(req.into_inner(), &self.limits).map_err(Error::from)?;
-        Ok(Response::new(self.next(client, req).await?))
+        let timer = self.metrics.start(Rpc::NextToken);
+        let result = async {
+            let client = self.admit(&req)?;
+            let req = ValidNextToken::parse(req.into_inner(), &self.limits)?;
+            Ok(Response::new(self.next(client, req).await?))
+        }
+        .await
+        .map_err(|e: Error| Status::from(e));
+        timer.finish_with(&result);
+        result
     }
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(client = tracing::field::Empty))]
     async fn end_session(
         &self,
         req: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionReply>, Status> {
-        let client = self.admit(&req)?;
-        let session = SessionId::parse(&req.get_ref().session_id).map_err(Error::from)?;
-        let existed = self.store.end(&client, &session).await?;
-        let engine = Arc::clone(&self.engine);
-        tokio::task::spawn_blocking(move || {
-            if let Ok(mut engine) = engine.lock() {
-                engine.forget(&client, &session);
-            }
-        })
+        let timer = self.metrics.start(Rpc::EndSession);
+        let result = async {
+            let client = self.admit(&req)?;
+            let session = SessionId::parse(&req.get_ref().session_id)?;
+            Ok(Response::new(self.end(client, session).await?))
+        }
         .await
-        .map_err(|e| Error::Internal(format!("forgetting the session failed: {e}")))?;
-        Ok(Response::new(pb::EndSessionReply { existed }))
+        .map_err(|e: Error| Status::from(e));
+        timer.finish_with(&result);
+        result
     }
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(client = tracing::field::Empty))]
     async fn health(
         &self,
         req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthReply>, Status> {
+        let timer = self.metrics.start(Rpc::Health);
         // Authenticated too: an edge learns that its credentials are wrong before it uploads.
-        self.admit(&req)?;
-        Ok(Response::new(self.limits.health_reply(true, self.model_id.clone())))
+        let result = self.admit(&req).map_err(Status::from).map(|_| {
+            let serving = self.readiness.is_ready();
+            Response::new(self.limits.health_reply(serving, self.model_id.clone()))
+        });
+        timer.finish_with(&result);
+        result
     }
 
-    type GenerateStream =
-        Pin<Box<dyn Stream<Item = Result<pb::GeneratedToken, Status>> + Send>>;
+    type GenerateStream = GenerateStream;
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(client = tracing::field::Empty))]
     async fn generate(
         &self,
         req: Request<pb::GenerateRequest>,
-    ) -> Result<Response<Self::GenerateStream>, Status> {
-        self.admit(&req)?;
-        Err(Status::failed_precondition(
-            "this worker serves only the cloud partition; start it with --full to serve Generate",
-        ))
+    ) -> Result<Response<GenerateStream>, Status> {
+        let timer = self.metrics.start(Rpc::Generate);
+        match self.admit_generation(req) {
+            Ok((full, valid)) => Ok(Response::new(self.spawn_generation(full, valid, timer))),
+            Err(e) => {
+                let status = Status::from(e);
+                timer.finish(status.code());
+                Err(status)
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Process-wide setup: the `tracing` subscriber (stderr logs, and OpenTelemetry spans when an
 //! OTLP endpoint is configured) and the guard that flushes spans on drop.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -90,7 +91,11 @@ pub fn init(service_name: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry
             // The exporter's own transport must not trace itself into an endless loop.
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| !is_transport(meta.target())))
     });
-    let logs = tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in a pod's or a test's captured output.
+    let logs = tracing_subscriber::fmt::layer()
+        .compact()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
