@@ -31,6 +31,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write a small seeded random checkpoint of the Llama architecture (for tests).
     Tiny(cmd::tiny::Args),
+    /// Run a local stack: cloud workers and an edge agent on loopback, until interrupted.
+    Up(cmd::up::Args),
+    /// Send one chat message to an edge agent and stream the answer, coloured by source.
+    Chat(cmd::chat::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
         Command::Tiny(a) => cmd::tiny::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::Up(a) => cmd::up::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

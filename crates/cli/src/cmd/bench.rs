@@ -24,6 +24,8 @@ pub struct Args {
 enum What {
     /// Decode tokens/s and peak RSS: full, collaborative, standalone, and llama.cpp.
     Decode(DecodeArgs),
+    /// Concurrent streaming chat requests against a running edge agent: throughput, latency.
+    Load(super::load::LoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +61,7 @@ pub fn run(a: Args) -> Result<()> {
             Some(mode) => measure_one(&d, mode),
             None => orchestrate(&d),
         },
+        What::Load(l) => super::load::run(l),
     }
 }
 

@@ -1,6 +1,9 @@
 pub mod bench;
 pub mod calibrate;
+pub mod chat;
 pub mod export;
 pub mod generate;
+pub mod load;
 pub mod score;
 pub mod tiny;
+pub mod up;

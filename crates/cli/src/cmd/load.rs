@@ -1,0 +1,183 @@
+//! `collm bench load`: many concurrent streaming chat requests against one edge agent, as
+//! users would send them; reports how many failed, token throughput, and request and
+//! first-token latency percentiles. A benchmark: it measures, it does not judge.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// The edge agent, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    model: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Requests in all [default: --concurrency].
+    #[arg(long)]
+    requests: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Write the report (Markdown) here as well.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+}
+
+const PROMPTS: [&str; 4] = [
+    "Give me three tips for staying healthy.",
+    "What is the difference between a list and a tuple in Python?",
+    "Write a short poem about the sea.",
+    "Explain why the sky is blue in two sentences.",
+];
+
+/// One request's outcome.
+struct Outcome {
+    latency: Duration,
+    first_token: Option<Duration>,
+    tokens: u64,
+    edge_tokens: u64,
+    error: Option<String>,
+}
+
+fn one(url: &str, model: &str, prompt: &str, max_tokens: usize, seed: usize) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome { latency: Duration::ZERO, first_token: None, tokens: 0, edge_tokens: 0, error: None };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(900)))
+        .build()
+        .into();
+    let body = json!({
+        "model": model, "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens, "temperature": 0.7, "seed": seed, "stream": true,
+    });
+    let result = (|| -> Result<()> {
+        let resp = agent
+            .post(&format!("{url}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes())?;
+        if resp.status() != 200 {
+            bail!("HTTP {}: {}", resp.status(), resp.into_body().read_to_string().unwrap_or_default());
+        }
+        let mut done = false;
+        for line in BufReader::new(resp.into_body().into_reader()).lines() {
+            let line = line?;
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            if data == "[DONE]" {
+                done = true;
+                break;
+            }
+            let ev: Value = serde_json::from_str(data)?;
+            if let Some(e) = ev.get("error") {
+                bail!("stream error: {e}");
+            }
+            if outcome.first_token.is_none() && ev["collm"]["sources"].as_array().is_some_and(|s| !s.is_empty()) {
+                outcome.first_token = Some(started.elapsed());
+            }
+            if let Some(u) = ev["collm"].get("usage") {
+                outcome.tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+                outcome.edge_tokens = u["edge_tokens"].as_u64().unwrap_or(0)
+                    + u["latency_fallback_tokens"].as_u64().unwrap_or(0);
+            }
+        }
+        if !done {
+            bail!("the stream ended without [DONE]");
+        }
+        Ok(())
+    })();
+    outcome.latency = started.elapsed();
+    outcome.error = result.err().map(|e| format!("{e:#}"));
+    outcome
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub fn run(a: LoadArgs) -> Result<()> {
+    let total = a.requests.unwrap_or(a.concurrency);
+    if a.concurrency == 0 || total == 0 {
+        bail!("--concurrency and --requests must be at least 1");
+    }
+    let url = a.url.trim_end_matches('/').to_owned();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..a.concurrency.min(total))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= total {
+                            return mine;
+                        }
+                        mine.push(one(&url, &a.model, PROMPTS[i % PROMPTS.len()], a.max_tokens, i));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let failed: Vec<&str> = outcomes.iter().filter_map(|o| o.error.as_deref()).collect();
+    let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_none()).collect();
+    let mut latencies: Vec<f64> = ok.iter().map(|o| o.latency.as_secs_f64()).collect();
+    latencies.sort_by(f64::total_cmp);
+    let mut ttft: Vec<f64> = ok.iter().filter_map(|o| o.first_token).map(|d| d.as_secs_f64()).collect();
+    ttft.sort_by(f64::total_cmp);
+    let tokens: u64 = ok.iter().map(|o| o.tokens).sum();
+    let edge: u64 = ok.iter().map(|o| o.edge_tokens).sum();
+    let report = json!({
+        "requests": total, "concurrency": a.concurrency, "failed": failed.len(),
+        "completion_tokens": tokens, "wall_s": wall,
+        "throughput_tokens_per_s": tokens as f64 / wall,
+        "edge_share": if tokens > 0 { edge as f64 / tokens as f64 } else { 0.0 },
+        "latency_s": {"p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0)},
+        "time_to_first_token_s": {"p50": percentile(&ttft, 50.0), "p99": percentile(&ttft, 99.0)},
+        "first_errors": failed.iter().take(3).collect::<Vec<_>>(),
+    });
+    let text = format!(
+        "# Load benchmark\n\nCommand: `collm bench load --url {url} --model {} --concurrency {} --requests {total} --max-tokens {}`\n\n\
+         | requests | failed | tokens | wall s | tokens/s | edge share | latency p50 / p99 s | first token p50 / p99 s |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | {total} | {} | {tokens} | {wall:.1} | {:.1} | {:.0}% | {:.2} / {:.2} | {:.2} / {:.2} |\n",
+        a.model,
+        a.concurrency,
+        a.max_tokens,
+        failed.len(),
+        tokens as f64 / wall,
+        100.0 * report["edge_share"].as_f64().unwrap_or(0.0),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&ttft, 50.0),
+        percentile(&ttft, 99.0),
+    );
+    if let Some(path) = &a.report {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        println!("{report}");
+    } else {
+        print!("{text}");
+        for e in failed.iter().take(3) {
+            eprintln!("error: {e}");
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of {total} requests failed", failed.len());
+    }
+    Ok(())
+}
