@@ -29,6 +29,9 @@ pub struct LoadArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+    /// Ask for this mode in every request (standalone, collaborative, cloud, naive).
+    #[arg(long)]
+    mode: Option<String>,
 }
 
 const PROMPTS: [&str; 4] = [
@@ -44,21 +47,25 @@ struct Outcome {
     first_token: Option<Duration>,
     tokens: u64,
     edge_tokens: u64,
+    uploaded_bytes: u64,
     error: Option<String>,
 }
 
-fn one(url: &str, model: &str, prompt: &str, max_tokens: usize, seed: usize) -> Outcome {
+fn one(url: &str, model: &str, mode: Option<&str>, prompt: &str, max_tokens: usize, seed: usize) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome { latency: Duration::ZERO, first_token: None, tokens: 0, edge_tokens: 0, error: None };
+    let mut outcome = Outcome { latency: Duration::ZERO, first_token: None, tokens: 0, edge_tokens: 0, uploaded_bytes: 0, error: None };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(900)))
         .build()
         .into();
-    let body = json!({
+    let mut body = json!({
         "model": model, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens, "temperature": 0.7, "seed": seed, "stream": true,
     });
+    if let Some(mode) = mode {
+        body["mode"] = json!(mode);
+    }
     let result = (|| -> Result<()> {
         let resp = agent
             .post(&format!("{url}/v1/chat/completions"))
@@ -86,6 +93,7 @@ fn one(url: &str, model: &str, prompt: &str, max_tokens: usize, seed: usize) -> 
                 outcome.tokens = u["completion_tokens"].as_u64().unwrap_or(0);
                 outcome.edge_tokens = u["edge_tokens"].as_u64().unwrap_or(0)
                     + u["latency_fallback_tokens"].as_u64().unwrap_or(0);
+                outcome.uploaded_bytes = u["uploaded_bytes"].as_u64().unwrap_or(0);
             }
         }
         if !done {
@@ -124,7 +132,7 @@ pub fn run(a: LoadArgs) -> Result<()> {
                         if i >= total {
                             return mine;
                         }
-                        mine.push(one(&url, &a.model, PROMPTS[i % PROMPTS.len()], a.max_tokens, i));
+                        mine.push(one(&url, &a.model, a.mode.as_deref(), PROMPTS[i % PROMPTS.len()], a.max_tokens, i));
                     }
                 })
             })
@@ -140,9 +148,11 @@ pub fn run(a: LoadArgs) -> Result<()> {
     ttft.sort_by(f64::total_cmp);
     let tokens: u64 = ok.iter().map(|o| o.tokens).sum();
     let edge: u64 = ok.iter().map(|o| o.edge_tokens).sum();
+    let uploaded: u64 = ok.iter().map(|o| o.uploaded_bytes).sum();
     let report = json!({
         "requests": total, "concurrency": a.concurrency, "failed": failed.len(),
-        "completion_tokens": tokens, "wall_s": wall,
+        "completion_tokens": tokens, "wall_s": wall, "uploaded_bytes": uploaded,
+        "mode": a.mode,
         "throughput_tokens_per_s": tokens as f64 / wall,
         "edge_share": if tokens > 0 { edge as f64 / tokens as f64 } else { 0.0 },
         "latency_s": {"p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0)},
