@@ -39,6 +39,31 @@ impl ContextLocation {
     }
 }
 
+/// Where the finalizer looks for the model's keys.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CleanupSource {
+    /// No Redis configured: nothing was ever stored.
+    Nothing,
+    /// Delete under the prefix at this URL.
+    Url(String),
+    /// Read the URL from this Secret first.
+    Secret(SecretKeyRef),
+    /// The managed Redis at this URL, if it still runs: it keeps no data on disk, so with no
+    /// ready replica there is nothing left to delete.
+    ManagedIfRunning(String),
+}
+
+/// The operator's override (its own way to reach Redis) wins over whatever the spec says.
+pub fn cleanup_source(location: ContextLocation, url_override: Option<&str>) -> CleanupSource {
+    match (location, url_override) {
+        (ContextLocation::Nowhere, _) => CleanupSource::Nothing,
+        (_, Some(url)) => CleanupSource::Url(url.to_string()),
+        (ContextLocation::Url(url), None) => CleanupSource::Url(url),
+        (ContextLocation::Secret(secret), None) => CleanupSource::Secret(secret),
+        (ContextLocation::Managed { url }, None) => CleanupSource::ManagedIfRunning(url),
+    }
+}
+
 /// The managed Redis Service's in-cluster URL (the one cloud workers use).
 pub fn managed_url(at: &ModelRef) -> String {
     format!(
@@ -162,6 +187,37 @@ mod tests {
         );
         model.spec.context = None;
         assert_eq!(ContextLocation::of(&model).expect("no context"), ContextLocation::Nowhere);
+    }
+
+    #[test]
+    fn the_finalizer_cleans_where_the_spec_points_unless_the_operator_is_told_otherwise() {
+        let secret = SecretKeyRef { name: "redis".into(), key: "url".into() };
+        let managed = ContextLocation::Managed { url: "redis://chat-redis.models.svc:6379".into() };
+        assert_eq!(cleanup_source(ContextLocation::Nowhere, None), CleanupSource::Nothing);
+        assert_eq!(
+            cleanup_source(ContextLocation::Nowhere, Some("redis://o")),
+            CleanupSource::Nothing
+        );
+        assert_eq!(
+            cleanup_source(ContextLocation::Url("redis://r".into()), None),
+            CleanupSource::Url("redis://r".into())
+        );
+        assert_eq!(
+            cleanup_source(ContextLocation::Secret(secret.clone()), None),
+            CleanupSource::Secret(secret.clone())
+        );
+        assert_eq!(
+            cleanup_source(managed.clone(), None),
+            CleanupSource::ManagedIfRunning("redis://chat-redis.models.svc:6379".into())
+        );
+        for location in
+            [ContextLocation::Url("redis://r".into()), ContextLocation::Secret(secret), managed]
+        {
+            assert_eq!(
+                cleanup_source(location, Some("redis://o")),
+                CleanupSource::Url("redis://o".into())
+            );
+        }
     }
 
     #[test]

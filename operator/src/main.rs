@@ -111,6 +111,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // One TLS provider for the Kubernetes client and rediss:// connections alike; an error
+    // means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let _telemetry = collm_telemetry::init("collm-operator", args.otlp_endpoint.as_deref())?;
     let timing = LeaseTiming::new(
         Duration::from_secs(args.lease_duration_seconds),

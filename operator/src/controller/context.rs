@@ -1,6 +1,7 @@
 //! The cloud context as the controller sees it: probing an external Redis for ContextReady,
 //! and the finalizer's cleanup of the model's keys.
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -8,10 +9,18 @@ use kube::{Api, ResourceExt};
 
 use super::Context;
 use super::apply::Applied;
-use crate::cloud_context::{self, ContextLocation, redacted};
+use crate::cloud_context::{self, CleanupSource, ContextLocation, redacted};
 use crate::conditions::ContextObserved;
 use crate::crd::{CollabModel, SecretKeyRef};
 use crate::error::{Error, Result};
+use crate::render::{Component, ModelRef};
+
+fn at_redis_name(model: &CollabModel) -> String {
+    ModelRef::of(model).map_or_else(
+        |_| format!("{}-redis", model.name_any()),
+        |at| at.child_name(Component::Redis),
+    )
+}
 
 /// The Redis URL in a Secret of the model's namespace.
 async fn secret_url(ctx: &Context, namespace: &str, secret: &SecretKeyRef) -> Result<String> {
@@ -85,33 +94,33 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    let url = match (&ctx.redis_url_override, location) {
-        (_, ContextLocation::Nowhere) => return Ok(Action::await_change()),
-        (Some(url), _) => url.clone(),
-        (None, ContextLocation::Url(url)) => url,
-        (None, ContextLocation::Managed { url }) => {
-            let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
-                ctx.client.clone(),
-                &namespace,
-            )
-            .get_opt(&format!("{}-redis", model.name_any()))
-            .await
-            .map_err(Error::kube("reading the managed Redis"))?;
+    let url = match cloud_context::cleanup_source(location, ctx.redis_url_override.as_deref()) {
+        CleanupSource::Nothing => return Ok(Action::await_change()),
+        CleanupSource::Url(url) => url,
+        CleanupSource::ManagedIfRunning(url) => {
+            let name = at_redis_name(model);
+            let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube("reading the managed Redis"))?;
             if ContextObserved::from_managed(sts.as_ref())
                 == (ContextObserved::Managed { ready: false })
             {
-                // It keeps nothing on disk: with no ready replica there is no context left,
-                // and the StatefulSet goes with the model.
                 let note =
-                    "the managed Redis has no ready replica and keeps no data; nothing to delete"
-                        .to_string();
-                ctx.event(model, EventType::Normal, "ContextDeleted", "DeleteContext", note).await;
+                    "the managed Redis has no ready replica and keeps no data: nothing to delete";
+                ctx.event(
+                    model,
+                    EventType::Normal,
+                    "ContextDeleted",
+                    "DeleteContext",
+                    note.to_string(),
+                )
+                .await;
                 return Ok(Action::await_change());
             }
             url
         }
-        (None, ContextLocation::Secret(secret)) => match secret_url(ctx, &namespace, &secret).await
-        {
+        CleanupSource::Secret(secret) => match secret_url(ctx, &namespace, &secret).await {
             Ok(url) => url,
             Err(e @ Error::RedisSecretMissing(_)) => {
                 // Typical of a namespace being deleted: the Secret went first. Without the URL
@@ -123,14 +132,9 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
                 return Ok(Action::await_change());
             }
             Err(e) => {
-                ctx.event(
-                    model,
-                    EventType::Warning,
-                    "ContextCleanupFailed",
-                    "DeleteContext",
-                    e.to_string(),
-                )
-                .await;
+                let note = e.to_string();
+                ctx.event(model, EventType::Warning, "ContextCleanupFailed", "DeleteContext", note)
+                    .await;
                 return Err(e);
             }
         },

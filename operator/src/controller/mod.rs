@@ -291,7 +291,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) -> Result<()> {
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(model = %object, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+                // Failed reconciles are logged by error_policy; anything else (a watch the API
+                // server refuses, e.g. for lack of RBAC) must be visible.
+                Err(e @ kube::runtime::controller::Error::ReconcilerFailed(..)) => {
+                    tracing::debug!(error = %e, "reconcile failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "controller"),
             }
         })
         .await;
