@@ -159,6 +159,11 @@ impl Link {
                 "Redis at {target} refused this worker's credentials ({e}); check the password or ACL user in the Redis URL"
             ));
         }
+        if e.code() == Some("OOM") {
+            return Error::StoreUnavailable(format!(
+                "Redis at {target} is full (maxmemory reached, {what} refused); free memory or raise maxmemory"
+            ));
+        }
         if breaks_connection(e) || is_transient(e) {
             return Error::StoreUnavailable(format!(
                 "Redis at {target} is unreachable ({what}: {e}); retry later"
