@@ -168,10 +168,10 @@ impl Bound {
         };
         checks.abort();
         let _ = http_stop.send(true);
-        if let Some(task) = http_task {
-            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), task).await {
-                return Err(ServeError::Http(e));
-            }
+        if let Some(task) = http_task
+            && let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), task).await
+        {
+            return Err(ServeError::Http(e));
         }
         served
     }
