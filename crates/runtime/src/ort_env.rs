@@ -46,6 +46,7 @@ pub fn environment() -> Result<&'static Environment> {
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
         let pool = GlobalThreadPoolOptions::default()
             .with_intra_threads(intra_threads())
+            .and_then(|p| p.with_spin_control(spinning()))
             .map_err(|e| format!("thread pool: {e}"))?;
         builder
             .with_name("ce-collm")
@@ -55,6 +56,13 @@ pub fn environment() -> Result<&'static Environment> {
     })
     .as_ref()
     .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// Whether idle pool threads spin waiting for work (`COLLM_SPIN=0` turns it off). Spinning
+/// shortens each step when the process has the cores to itself; when an edge agent and a cloud
+/// worker share one machine (the local stack), their spinning threads steal each other's cores.
+pub fn spinning() -> bool {
+    std::env::var("COLLM_SPIN").map_or(true, |v| v != "0")
 }
 
 /// Intra-op threads per session: `COLLM_THREADS`, default all cores.

@@ -54,6 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut children = Children::default();
     for i in 0..a.workers {
         let mut cmd = Command::new(sibling("cloud-worker")?);
+        share_cores(&mut cmd);
         cmd.arg("--bundle").arg(&a.bundle).args(["--listen", "127.0.0.1:0"]);
         cmd.arg("--tokens").arg(&tokens).args(&a.worker_args);
         if let Some(url) = &a.redis {
@@ -63,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("cloud-worker {i}: http://{addr}");
     }
     let mut cmd = Command::new(sibling("edge-agent")?);
+    share_cores(&mut cmd);
     cmd.arg("--bundle").arg(&a.bundle).args(["--listen", &format!("127.0.0.1:{}", a.port)]);
     cmd.args(["--token", &token]);
     for addr in children.addrs.clone() {
@@ -171,6 +173,14 @@ impl Children {
 impl Drop for Children {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// The children share this machine's cores: ONNX Runtime threads spinning for work in one would
+/// take the cores the others compute on. Unless the user chose (`COLLM_SPIN`), they do not spin.
+fn share_cores(cmd: &mut Command) {
+    if std::env::var_os("COLLM_SPIN").is_none() {
+        cmd.env("COLLM_SPIN", "0");
     }
 }
 
