@@ -1,4 +1,4 @@
-//! The operator against a real API server (heavy: a local control plane, or KUBECONFIG's
+//! Heavy: the operator against a real API server (a local control plane, or KUBECONFIG's
 //! cluster): the chart installed with helm, two operator replicas running as the chart's
 //! ServiceAccount, a real redis-server. Each test works in a fresh namespace.
 
