@@ -206,6 +206,15 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
         check_interval: Duration::from_millis(a.store_check_interval_ms.max(100)),
     };
 
+    tracing::info!(
+        model = config.as_ref().and_then(|c| c.model.as_deref()).unwrap_or("-"),
+        bundle = %bundle_dir.display(),
+        split_layer = m.split_layer,
+        full = a.full,
+        tls = opts.tls.is_some(),
+        mutual_tls = a.tls_client_ca.is_some(),
+        "starting"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bound = Bound::bind(opts).await?;
