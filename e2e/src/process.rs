@@ -55,6 +55,19 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits up to `grace` for the process to exit; true when it did.
+    pub fn terminate(&mut self, grace: std::time::Duration) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

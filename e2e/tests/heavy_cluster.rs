@@ -679,6 +679,27 @@ fn exactly_one_of_two_replicas_leads_and_the_other_takes_over_when_it_dies() {
         Some(successor.as_str()),
         "{newcomer} does not steal the Lease"
     );
+
+    // A leader told to stop (SIGTERM, as on a rollout) releases the Lease: the newcomer takes
+    // over at its next retry instead of after a whole lease duration.
+    let stopped_at = Instant::now();
+    {
+        let mut replicas = env.replicas();
+        let current = replicas.iter_mut().find(|r| r.identity == successor).expect("successor");
+        assert!(current.daemon.terminate(Duration::from_secs(10)), "{successor} exits on SIGTERM");
+    }
+    check(eventually("the newcomer to take over the released Lease", WAIT, || {
+        ensure!(env.lease_holder()?.as_deref() == Some(newcomer.as_str()), "not yet");
+        Ok(())
+    }));
+    let handover = stopped_at.elapsed();
+    eprintln!("{newcomer} took over {handover:.1?} after {successor} stopped");
+    assert!(
+        handover < Duration::from_secs(collm_e2e::operator::LEASE_DURATION_SECONDS),
+        "a released Lease is taken before it would expire: {handover:?}"
+    );
+    env.replicas().retain(|r| r.identity != successor);
+    check(env.start_replica());
 }
 
 #[test]
