@@ -1,6 +1,18 @@
 //! The e2e harness: a cluster (KUBECONFIG or a local control plane), the Helm chart installed
 //! into it, two operator replicas running as the chart's ServiceAccount, and a real Redis.
 //! One environment per test binary ([`env`]); each test works in a fresh namespace.
+//!
+//! ```sh
+//! source scripts/env.sh
+//! cargo build --release -p collm-operator      # the tests run this binary
+//! cargo test --release -p collm-e2e            # local control plane (e2e/cluster/up)
+//! KUBECONFIG=~/.kube/config cargo test --release -p collm-e2e   # any cluster instead
+//! ```
+//!
+//! Needs kubectl, curl, setsid and redis-server on the machine; helm and the Kubernetes
+//! binaries come from `tools/build-go-tools`. `COLLM_OPERATOR_BIN` picks another operator
+//! binary; `COLLM_E2E_KEEP_LOGS=1` keeps the local cluster's logs. Everything started here is
+//! stopped when the test process exits, however it exits.
 
 pub mod chart;
 pub mod cluster;
