@@ -72,7 +72,9 @@ impl RedisArgs {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         match rt.block_on(probe.ping()) {
             Ok(()) => {}
-            Err(Error::StoreUnavailable(why)) => eprintln!("warning: {why}"),
+            Err(Error::StoreUnavailable(why)) => {
+                tracing::warn!("{why}; serving anyway, context requests fail until it is back");
+            }
             Err(e) => return Err(e.into()),
         }
         Ok(Arc::new(store))

@@ -8,63 +8,25 @@
 //! AUTH and TLS; restarts without persistence; a cut or silent link (toxiproxy).
 
 mod args;
+mod config;
 mod keys;
 mod link;
+mod quota;
 mod scripts;
 
 use std::ops::Range;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use collm_protocol::{Encoding, ProtocolError, SessionId, ValidUpload};
-use redis::cluster::ClusterClientBuilder;
-use redis::{AsyncConnectionConfig, TlsCertificates};
-use tokio::task::JoinSet;
 
 pub use args::RedisArgs;
+pub use config::RedisConfig;
 pub use keys::KeySpace;
 
-use self::keys::redact_url;
-use self::link::{Connector, Link};
+use self::link::Link;
+use self::quota::in_parallel;
 use super::{Appended, ContextStore, SessionInfo, StoreLimits};
 use crate::clients::ClientId;
 use crate::{Error, Result};
-
-/// Where the store's Redis is and how to reach it.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS. Several URLs (or
-    /// `cluster`) select Redis Cluster, the URLs being its seed nodes.
-    pub urls: Vec<String>,
-    pub cluster: bool,
-    /// Start of every key (see [`keys`]).
-    pub key_prefix: String,
-    /// PEM CA certificate to trust for `rediss://` instead of the system's roots.
-    pub ca_cert: Option<PathBuf>,
-    /// PEM client certificate and key, for a Redis that requires TLS client authentication.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// The most one store operation may take, reconnecting included.
-    pub timeout: Duration,
-}
-
-impl RedisConfig {
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
-
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            urls: vec![url.into()],
-            cluster: false,
-            key_prefix: KeySpace::DEFAULT_PREFIX.to_owned(),
-            ca_cert: None,
-            client_cert: None,
-            timeout: Self::DEFAULT_TIMEOUT,
-        }
-    }
-}
-
-/// A session created since this long is never pruned from its client's set: its first upload
-/// may still be on its way.
-const RESERVATION_GRACE: Duration = Duration::from_secs(5);
 
 pub struct RedisStore {
     link: Link,
@@ -73,51 +35,10 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store over `config`; connects on first use (see [`RedisStore::check`]).
+    /// A store over `config`; connects on first use (see [`RedisStore::ping`]).
     pub fn new(config: &RedisConfig, limits: StoreLimits) -> Result<Self> {
         let keys = KeySpace::new(&config.key_prefix).map_err(Error::Store)?;
-        let Some(first) = config.urls.first() else {
-            return Err(Error::Store("no Redis URL given".into()));
-        };
-        let target = if config.urls.len() > 1 || config.cluster {
-            format!(
-                "{} (cluster)",
-                config.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
-            )
-        } else {
-            redact_url(first)
-        };
-        let bad = |e: redis::RedisError| Error::Store(format!("Redis URL {target}: {e}"));
-        let tls = config.urls.iter().any(|u| u.starts_with("rediss://"));
-        let certs = if tls {
-            // rustls needs one process-wide crypto provider; another part of the worker may
-            // have installed one already, which is as good.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            Some(tls_certificates(config)?)
-        } else {
-            None
-        };
-        let connector = if config.urls.len() > 1 || config.cluster {
-            let mut builder = ClusterClientBuilder::new(config.urls.clone())
-                .connection_timeout(config.timeout)
-                .response_timeout(config.timeout)
-                .retries(1);
-            if let Some(certs) = certs {
-                builder = builder.certs(certs);
-            }
-            Connector::Cluster(builder.build().map_err(bad)?)
-        } else {
-            let client = match certs {
-                Some(certs) => redis::Client::build_with_tls(first.as_str(), certs),
-                None => redis::Client::open(first.as_str()),
-            }
-            .map_err(bad)?;
-            let conn = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.timeout))
-                .set_response_timeout(Some(config.timeout));
-            Connector::Single(client, conn)
-        };
-        Ok(Self { link: Link::new(connector, target, config.timeout), keys, limits })
+        Ok(Self { link: config::link(config)?, keys, limits })
     }
 
     /// The key layout in use.
@@ -158,116 +79,6 @@ impl RedisStore {
                 }
             })
             .await
-    }
-
-    /// Admits `session` under the client's sessions quota, pruning sessions whose keys expired
-    /// or were lost when the quota looks full.
-    async fn admit(&self, client: &ClientId, session: &SessionId) -> Result<()> {
-        let index = self.keys.client_sessions(client.as_str());
-        let max = self.limits.sessions_per_client;
-        let reserve = || {
-            self.link.run("a session quota check", |mut conn| {
-                let index = &index;
-                async move {
-                    scripts::RESERVE
-                        .key(index)
-                        .arg(session.as_str())
-                        .arg(max)
-                        .invoke_async::<Vec<String>>(&mut conn)
-                        .await
-                }
-            })
-        };
-        let mut reply = reserve().await?;
-        if reply.first().map(String::as_str) == Some("full") {
-            self.prune(client).await?;
-            reply = reserve().await?;
-        }
-        match reply.first().map(String::as_str) {
-            Some("ok") => {}
-            Some("full") => {
-                let held = reply.get(1).and_then(|h| h.parse().ok()).unwrap_or(max);
-                return Err(Error::TooManySessions { held, max });
-            }
-            _ => return Err(Error::Store(format!("unexpected quota reply {reply:?}"))),
-        }
-        let clients = self.keys.clients();
-        self.link
-            .run("registering the client", |mut conn| {
-                let clients = &clients;
-                async move {
-                    redis::cmd("SADD")
-                        .arg(clients)
-                        .arg(client.as_str())
-                        .query_async::<()>(&mut conn)
-                        .await
-                }
-            })
-            .await
-    }
-
-    /// Drops from the client's set the sessions whose keys are gone (expired, ended elsewhere,
-    /// evicted, flushed).
-    async fn prune(&self, client: &ClientId) -> Result<()> {
-        let index = self.keys.client_sessions(client.as_str());
-        let members: Vec<String> = self
-            .link
-            .run("listing the client's sessions", |mut conn| {
-                let index = &index;
-                async move {
-                    redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(&mut conn).await
-                }
-            })
-            .await?;
-        let metas: Vec<(String, String)> =
-            members.into_iter().map(|s| (self.keys.session_meta(client.as_str(), &s), s)).collect();
-        let gone: Vec<String> = self
-            .link
-            .run("checking the client's sessions", |conn| {
-                let metas = metas.clone();
-                async move {
-                    let mut checks = JoinSet::new();
-                    for (meta, session) in metas {
-                        let mut conn = conn.clone();
-                        checks.spawn(async move {
-                            let exists: bool =
-                                redis::cmd("EXISTS").arg(&meta).query_async(&mut conn).await?;
-                            Ok::<_, redis::RedisError>((!exists).then_some(session))
-                        });
-                    }
-                    let mut gone = Vec::new();
-                    while let Some(done) = checks.join_next().await {
-                        let found = done.map_err(|e| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::Client,
-                                "task",
-                                e.to_string(),
-                            ))
-                        })??;
-                        gone.extend(found);
-                    }
-                    Ok(gone)
-                }
-            })
-            .await?;
-        if gone.is_empty() {
-            return Ok(());
-        }
-        let grace = RESERVATION_GRACE.min(self.limits.ttl).as_millis() as u64;
-        self.link
-            .run("pruning the client's sessions", |mut conn| {
-                let (index, gone) = (&index, &gone);
-                async move {
-                    scripts::PRUNE
-                        .key(index)
-                        .arg(grace)
-                        .arg(gone)
-                        .invoke_async::<u64>(&mut conn)
-                        .await
-                }
-            })
-            .await?;
-        Ok(())
     }
 
     /// The session's metadata and the rows of `positions` (read together, atomically).
@@ -326,23 +137,6 @@ impl RedisStore {
             .await
             .map(drop)
     }
-}
-
-fn tls_certificates(config: &RedisConfig) -> Result<TlsCertificates> {
-    let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p).map_err(|e| {
-            Error::Store(format!("cannot read the Redis TLS {what} {}: {e}", p.display()))
-        })
-    };
-    let root_cert = config.ca_cert.as_ref().map(|p| read(p, "CA certificate")).transpose()?;
-    let client_tls = match &config.client_cert {
-        Some((cert, key)) => Some(redis::ClientTlsConfig {
-            client_cert: read(cert, "client certificate")?,
-            client_key: read(key, "client key")?,
-        }),
-        None => None,
-    };
-    Ok(TlsCertificates { client_tls, root_cert })
 }
 
 #[tonic::async_trait]
@@ -448,8 +242,10 @@ impl ContextStore for RedisStore {
         self.ping().await
     }
 
-    /// Bytes of rows stored for every client under this prefix (metadata not counted): one
-    /// `STRLEN` per session of every registered client, in parallel.
+    /// Bytes of rows stored for every client under this prefix (metadata not counted): the
+    /// sessions of every registered client, then one `STRLEN` per session, all in parallel on
+    /// the multiplexed connection. Every replica sharing the prefix reports the same total
+    /// (aggregate with max, not sum).
     async fn context_bytes(&self) -> Result<u64> {
         let clients_key = self.keys.clients();
         let clients: Vec<String> = self
@@ -459,45 +255,36 @@ impl ContextStore for RedisStore {
                 async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await }
             })
             .await?;
-        let keys = self.keys.clone();
-        self.link
-            .run("measuring the context", |conn| {
-                let (clients, keys) = (clients.clone(), keys.clone());
-                async move {
-                    let mut sizes = JoinSet::new();
-                    for client in clients {
-                        let (mut conn, keys) = (conn.clone(), keys.clone());
-                        sizes.spawn(async move {
-                            let sessions: Vec<String> = redis::cmd("ZRANGE")
-                                .arg(keys.client_sessions(&client))
-                                .arg(0)
-                                .arg(-1)
-                                .query_async(&mut conn)
-                                .await?;
-                            let mut bytes = 0u64;
-                            for s in sessions {
-                                let len: u64 = redis::cmd("STRLEN")
-                                    .arg(keys.session_rows(&client, &s))
-                                    .query_async(&mut conn)
-                                    .await?;
-                                bytes += len;
-                            }
-                            Ok::<_, redis::RedisError>(bytes)
-                        });
+        let indexes: Vec<(String, String)> =
+            clients.into_iter().map(|c| (self.keys.client_sessions(&c), c)).collect();
+        let sessions: Vec<Vec<String>> = self
+            .link
+            .run("listing sessions", |conn| {
+                let indexes = indexes.clone();
+                in_parallel(indexes, move |(index, _)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(&mut conn).await
                     }
-                    let mut total = 0;
-                    while let Some(done) = sizes.join_next().await {
-                        total += done.map_err(|e| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::Client,
-                                "task",
-                                e.to_string(),
-                            ))
-                        })??;
-                    }
-                    Ok(total)
-                }
+                })
             })
-            .await
+            .await?;
+        let rows: Vec<String> = indexes
+            .iter()
+            .zip(sessions)
+            .flat_map(|((_, client), sessions)| {
+                sessions.into_iter().map(|s| self.keys.session_rows(client, &s))
+            })
+            .collect();
+        let lengths: Vec<u64> = self
+            .link
+            .run("measuring the context", |conn| {
+                in_parallel(rows.clone(), move |key| {
+                    let mut conn = conn.clone();
+                    async move { redis::cmd("STRLEN").arg(key).query_async(&mut conn).await }
+                })
+            })
+            .await?;
+        Ok(lengths.iter().sum())
     }
 }
