@@ -83,8 +83,16 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let tls = options.tls.then(|| TlsFiles::generate(dir.path()));
         let mut server = Self { child: None, dir, port: free_port(), options, tls };
-        server.spawn();
-        server
+        // Another test may take the free port (or the cluster bus port) before this server
+        // binds it: try a few fresh ones.
+        for _ in 0..3 {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => server.port = free_port(),
+                Err(log) => panic!("redis-server on port {} did not start:\n{log}", server.port),
+            }
+        }
+        panic!("redis-server found no free port in three attempts");
     }
 
     fn args(&self) -> Vec<String> {
@@ -137,6 +145,13 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("redis-server on port {} did not start again:\n{log}", self.port);
+        }
+    }
+
+    /// Starts the server and waits until it answers PING; its log when it does not.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log_path = self.dir.path().join("redis.log");
         let log = std::fs::File::create(&log_path).expect("redis log file");
         let child = Command::new(Self::binary())
@@ -147,10 +162,17 @@ impl RedisServer {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        if !wait_until(START_TIMEOUT, || self.try_cli(&["PING"]).as_deref() == Some("PONG")) {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("redis-server on port {} not ready within {START_TIMEOUT:?}:\n{log}", self.port);
+        let mut exited = false;
+        let ready = wait_until(START_TIMEOUT, || {
+            exited = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            exited || self.try_cli(&["PING"]).as_deref() == Some("PONG")
+        });
+        if ready && !exited {
+            return Ok(());
         }
+        self.stop();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Err(if exited { log } else { format!("not ready within {START_TIMEOUT:?}:\n{log}") })
     }
 
     pub fn port(&self) -> u16 {
