@@ -1,7 +1,8 @@
 //! The Lua scripts that make each store operation atomic on a session's slot. Every script
 //! treats a session whose keys disagree (rows shorter or longer than `persisted` says, e.g. after
 //! a partial eviction) as gone, so the edge is told to upload again from 0 rather than being
-//! served rows that are not there.
+//! served rows that are not there. The quota scripts read `TIME` before writing, which needs
+//! Redis 5 or later (scripts replicated by their effects; tested on Debian's 7.0).
 
 use std::sync::LazyLock;
 
