@@ -46,7 +46,8 @@ impl EdgeFile {
     }
 
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let file: Self = serde_json::from_str(text).map_err(|e| format!("invalid edge config: {e}"))?;
+        let file: Self =
+            serde_json::from_str(text).map_err(|e| format!("invalid edge config: {e}"))?;
         if file.format > FORMAT {
             return Err(format!(
                 "edge config format {} is newer than this agent understands ({FORMAT}): upgrade the agent",
@@ -119,14 +120,16 @@ impl Settings {
         };
         let encoding = match (flags.encoding, file.encoding) {
             (Some(e), _) => e,
-            (None, Some(e)) => e.parse().map_err(|e: collm_runtime::codec::CodecError| {
-                Error::Startup(e.to_string())
-            })?,
+            (None, Some(e)) => e
+                .parse()
+                .map_err(|e: collm_runtime::codec::CodecError| Error::Startup(e.to_string()))?,
             (None, None) => Encoding::F16,
         };
         let cloud = if flags.cloud.is_empty() {
             file.cloud_endpoint
-                .map(|c| c.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .map(|c| {
+                    c.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+                })
                 .unwrap_or_default()
         } else {
             flags.cloud

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use collm_cloud_client::{CloudLink, CloudSession};
 use collm_protocol::{SessionId, TraceParent, pb};
+use collm_runtime::ExitPolicy;
 use collm_runtime::codec::{self, Encoding};
 use collm_runtime::sampling::{self, Pick, SamplingParams};
 use collm_runtime::transport::NextTokenRequest;
-use collm_runtime::ExitPolicy;
 use serde::Serialize;
 use tokio::sync::mpsc;
 

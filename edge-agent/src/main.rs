@@ -20,7 +20,11 @@ use collm_telemetry::metrics::Registry;
 use tracing::Instrument;
 
 #[derive(Parser)]
-#[command(name = "edge-agent", version, about = "The edge half of a split model, as an OpenAI-compatible API")]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "The edge half of a split model, as an OpenAI-compatible API"
+)]
 struct Args {
     /// The operator's runtime configuration (`edge.json`); flags override it.
     #[arg(long)]
@@ -124,7 +128,8 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
         (endpoints, Some(token)) => {
             let mut config = LinkConfig::new(endpoints.to_vec(), token, engine.hidden_size);
             config.model_id = Some(engine.model_id.clone());
-            config.tls = s.tls_ca.clone().map(|ca| TlsFiles { ca, identity: s.tls_identity.clone() });
+            config.tls =
+                s.tls_ca.clone().map(|ca| TlsFiles { ca, identity: s.tls_identity.clone() });
             // Try once before serving, so the first requests find the cloud; if none answers,
             // the edge answers on its own (degraded) while the link keeps dialing.
             let link = CloudLink::new(config)?;
@@ -177,7 +182,10 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
 }
 
 /// Every API request in a span that continues the caller's trace.
-async fn traced(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn traced(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let span = collm_telemetry::propagation::http_server_span(&req);
     next.run(req).instrument(span).await
 }

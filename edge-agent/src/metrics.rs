@@ -52,7 +52,11 @@ impl Metrics {
             cloud_connected: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("collm_edge");
-        r.register("requests", "API requests by endpoint, mode and HTTP status", m.requests.clone());
+        r.register(
+            "requests",
+            "API requests by endpoint, mode and HTTP status",
+            m.requests.clone(),
+        );
         r.register(
             "request_seconds",
             "Whole API request latency (streams: until the last event)",
@@ -74,7 +78,11 @@ impl Metrics {
             "Cloud requests that failed or timed out (the edge answered instead)",
             m.cloud_errors.clone(),
         );
-        r.register("uploaded_bytes", "Hidden-state bytes sent to the cloud", m.uploaded_bytes.clone());
+        r.register(
+            "uploaded_bytes",
+            "Hidden-state bytes sent to the cloud",
+            m.uploaded_bytes.clone(),
+        );
         r.register(
             "degraded_responses",
             "Responses answered without a reachable cloud",

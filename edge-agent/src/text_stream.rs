@@ -21,7 +21,11 @@ pub struct TextStream {
 
 impl TextStream {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { ids: Vec::new(), released: String::new(), stops: stops.into_iter().filter(|s| !s.is_empty()).collect() }
+        Self {
+            ids: Vec::new(),
+            released: String::new(),
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+        }
     }
 
     /// Adds a token; `decode` turns all ids so far into text.

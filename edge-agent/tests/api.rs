@@ -16,7 +16,8 @@ fn collaboration_over_http_and_grpc_equals_the_in_process_answer() {
     // Never exiting with lossless uploads: exactly the full model.
     let a = agent(&bundle, &[&w.addr], &["--encoding", "f32", "--threshold", "1.5"]);
     let full = in_process(&bundle, &["--mode", "full", "--max-tokens", "24"]);
-    let (status, answer) = post(&format!("http://{}", a.addr), "/v1/completions", &completion(24, json!({})));
+    let (status, answer) =
+        post(&format!("http://{}", a.addr), "/v1/completions", &completion(24, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
     let usage = &answer["usage"];
@@ -39,11 +40,15 @@ fn collaboration_over_http_and_grpc_equals_the_in_process_answer() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(tokens(&answer), ids(&reference, "tokens"));
     let sources = answer["collm"]["sources"].as_array().expect("sources");
-    assert!(sources.iter().any(|s| s == "edge") && sources.iter().any(|s| s == "cloud"), "{sources:?}");
+    assert!(
+        sources.iter().any(|s| s == "edge") && sources.iter().any(|s| s == "cloud"),
+        "{sources:?}"
+    );
 
     // Naive collaboration computes the same answer but ships the whole context every time.
     let naive = json!({"temperature": 0.8, "seed": 11, "mode": "naive"});
-    let (status, naive) = post(&format!("http://{}", a.addr), "/v1/completions", &completion(32, naive));
+    let (status, naive) =
+        post(&format!("http://{}", a.addr), "/v1/completions", &completion(32, naive));
     assert_eq!(status, 200, "{naive}");
     assert_eq!(tokens(&naive), tokens(&answer));
     assert!(
@@ -66,7 +71,8 @@ fn standalone_needs_no_cloud_and_the_cloud_baseline_runs_the_full_model_remotely
     assert_eq!(tokens(&answer), ids(&reference, "tokens"));
     assert_eq!(answer["usage"]["cloud_tokens"], 0);
     // A standalone agent cannot serve the cloud modes: it says so.
-    let (status, err) = post(&base, "/v1/completions", &completion(4, json!({"mode": "collaborative"})));
+    let (status, err) =
+        post(&base, "/v1/completions", &completion(4, json!({"mode": "collaborative"})));
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error"]["code"], "cloud_unavailable");
     drop(a);
@@ -74,7 +80,8 @@ fn standalone_needs_no_cloud_and_the_cloud_baseline_runs_the_full_model_remotely
     let w = worker(&bundle, dir.path(), &["--full"]);
     let a = agent(&bundle, &[&w.addr], &["--mode", "cloud"]);
     let full = in_process(&bundle, &["--mode", "full", "--max-tokens", "20", "--encoding", "f32"]);
-    let (status, answer) = post(&format!("http://{}", a.addr), "/v1/completions", &completion(20, json!({})));
+    let (status, answer) =
+        post(&format!("http://{}", a.addr), "/v1/completions", &completion(20, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
     assert_eq!(answer["usage"]["mode"], "cloud");
@@ -119,7 +126,9 @@ fn streamed_chat_follows_the_openai_format_and_matches_the_whole_answer() {
         } else {
             usage = Some(ev["usage"].clone());
         }
-        token_ids.extend(ev["collm"]["tokens"].as_array().into_iter().flatten().map(|t| t.as_u64().expect("id")));
+        token_ids.extend(
+            ev["collm"]["tokens"].as_array().into_iter().flatten().map(|t| t.as_u64().expect("id")),
+        );
     });
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert_eq!(text, content);
@@ -134,7 +143,8 @@ fn streamed_chat_follows_the_openai_format_and_matches_the_whole_answer() {
     if let Some(cut) = full_text.char_indices().nth(6).map(|(i, _)| i) {
         let stop = &full_text[cut..full_text.len().min(cut + 3)];
         if !stop.is_empty() && full_text.find(stop) == Some(cut) {
-            let (_, stopped) = post(&base, "/v1/completions", &completion(30, json!({"stop": stop})));
+            let (_, stopped) =
+                post(&base, "/v1/completions", &completion(30, json!({"stop": stop})));
             assert_eq!(stopped["choices"][0]["text"], json!(&full_text[..cut]));
             assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
         }
@@ -170,25 +180,43 @@ fn bad_requests_get_openai_errors_and_the_agent_keeps_serving() {
     let base = format!("http://{}", a.addr);
     let chat = "/v1/chat/completions";
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("malformed JSON", b"{\"model\": \"tiny\", \"messages\": [".to_vec(), 400, "not valid JSON"),
+        (
+            "malformed JSON",
+            b"{\"model\": \"tiny\", \"messages\": [".to_vec(),
+            400,
+            "not valid JSON",
+        ),
         ("not an object", b"[1, 2]".to_vec(), 400, "JSON object"),
         (
             "wrong type",
-            br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":"many"}"#.to_vec(),
+            br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":"many"}"#
+                .to_vec(),
             400,
             "max_tokens",
         ),
-        ("unknown model", br#"{"model":"gpt-9","messages":[{"role":"user","content":"hi"}]}"#.to_vec(), 404, "gpt-9"),
-        ("empty messages", br#"{"model":"tiny","messages":[]}"#.to_vec(), 400, "at least one message"),
+        (
+            "unknown model",
+            br#"{"model":"gpt-9","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+            404,
+            "gpt-9",
+        ),
+        (
+            "empty messages",
+            br#"{"model":"tiny","messages":[]}"#.to_vec(),
+            400,
+            "at least one message",
+        ),
         (
             "max_tokens beyond the context",
-            br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":100000}"#.to_vec(),
+            br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":100000}"#
+                .to_vec(),
             400,
             "context",
         ),
         (
             "invalid UTF-8",
-            b"{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}".to_vec(),
+            b"{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}"
+                .to_vec(),
             400,
             "UTF-8",
         ),
@@ -198,11 +226,14 @@ fn bad_requests_get_openai_errors_and_the_agent_keeps_serving() {
     for (what, body, status, needle) in cases {
         let (got, err) = post_raw(&base, chat, &body);
         assert_eq!(got, status, "{what}: {err}");
-        let message = err["error"]["message"].as_str().unwrap_or_else(|| panic!("{what}: no message in {err}"));
+        let message = err["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no message in {err}"));
         assert!(message.contains(needle), "{what}: {message:?} lacks {needle:?}");
         assert!(err["error"]["type"].is_string(), "{what}: {err}");
     }
-    let (status, err) = post(&base, "/v1/completions", &json!({"model": "tiny", "prompt": [1, 999999]}));
+    let (status, err) =
+        post(&base, "/v1/completions", &json!({"model": "tiny", "prompt": [1, 999999]}));
     assert_eq!(status, 400, "{err}");
     assert!(err["error"]["message"].as_str().expect("message").contains("vocabulary"));
     let (status, _) = post(&base, "/v1/nothing", &json!({}));

@@ -44,11 +44,14 @@ fn an_absent_cloud_degrades_the_answer_and_a_cloud_that_appears_is_used() {
     assert_eq!(answer["usage"]["degraded"], true, "{answer}");
     assert_eq!(usage(&answer, "latency_fallback_tokens"), usage(&answer, "completion_tokens"));
     let standalone = in_process(&bundle, &["--mode", "standalone", "--max-tokens", "12"]);
-    assert_eq!(tokens(&answer), ids(&standalone, "tokens"), "the fallback is the deepest exit head");
+    assert_eq!(
+        tokens(&answer),
+        ids(&standalone, "tokens"),
+        "the fallback is the deepest exit head"
+    );
 
     let _w = worker_on(&bundle, dir.path(), &format!("127.0.0.1:{port}"), &[]);
-    let answer =
-        until(&base, &body, Duration::from_secs(20), |a| a["usage"]["degraded"] == false);
+    let answer = until(&base, &body, Duration::from_secs(20), |a| a["usage"]["degraded"] == false);
     let full = in_process(&bundle, &["--mode", "full", "--max-tokens", "12"]);
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
     assert_eq!(usage(&answer, "cloud_tokens"), usage(&answer, "completion_tokens"));
@@ -85,7 +88,11 @@ fn a_slow_link_is_answered_by_the_edge_within_the_budget_and_a_cut_one_degrades(
     assert_eq!(slow["usage"]["degraded"], false, "{slow}");
     let t = Instant::now();
     post(&base, "/v1/completions", &body);
-    assert!(t.elapsed() < Duration::from_millis(1500), "a slow cloud held the edge up: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "a slow cloud held the edge up: {:?}",
+        t.elapsed()
+    );
 
     link.remove_toxics("slow");
     let answer = until(&base, &body, Duration::from_secs(20), |a| {
@@ -97,8 +104,10 @@ fn a_slow_link_is_answered_by_the_edge_within_the_budget_and_a_cut_one_degrades(
     let cut = until(&base, &body, Duration::from_secs(20), |a| a["usage"]["degraded"] == true);
     assert_eq!(usage(&cut, "cloud_tokens"), 0, "{cut}");
     link.enable();
-    let answer =
-        until(&base, &body, Duration::from_secs(30), |a| a["usage"]["degraded"] == false && a["usage"]["cloud_tokens"] == a["usage"]["completion_tokens"]);
+    let answer = until(&base, &body, Duration::from_secs(30), |a| {
+        a["usage"]["degraded"] == false
+            && a["usage"]["cloud_tokens"] == a["usage"]["completion_tokens"]
+    });
     assert_eq!(tokens(&answer), full);
 }
 
@@ -113,7 +122,9 @@ fn disrupted(base: &str, max_tokens: usize, mut disrupt: impl FnMut()) -> (Vec<u
         if i == 10 {
             disrupt();
         }
-        ids.extend(ev["collm"]["tokens"].as_array().into_iter().flatten().map(|t| t.as_u64().expect("id")));
+        ids.extend(
+            ev["collm"]["tokens"].as_array().into_iter().flatten().map(|t| t.as_u64().expect("id")),
+        );
         if !ev["usage"].is_null() {
             usage = ev["usage"].clone();
         }
@@ -155,7 +166,11 @@ fn a_context_store_flushed_mid_generation_loses_no_session() {
     let toxiproxy = Toxiproxy::start();
     let link = toxiproxy.proxy("cloud", w.addr.trim_start_matches("http://"));
     link.add_latency("lag", 3, 0);
-    let a = agent(&bundle, &[&format!("http://{}", link.listen())], &["--encoding", "f32", "--threshold", "1.5"]);
+    let a = agent(
+        &bundle,
+        &[&format!("http://{}", link.listen())],
+        &["--encoding", "f32", "--threshold", "1.5"],
+    );
     let base = format!("http://{}", a.addr);
 
     let (ids, usage) = disrupted(&base, 80, || redis.flush());

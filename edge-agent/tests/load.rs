@@ -31,7 +31,11 @@ fn thirty_two_concurrent_streams_through_collm_up_all_complete() {
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(Duration::from_secs(120)).expect("collm up prints its edge line");
-    let url = line.trim().strip_prefix("edge: ").unwrap_or_else(|| panic!("unexpected {line:?}")).to_string();
+    let url = line
+        .trim()
+        .strip_prefix("edge: ")
+        .unwrap_or_else(|| panic!("unexpected {line:?}"))
+        .to_string();
 
     let out = Command::new(bin("collm"))
         .args(["bench", "load", "--url", &url, "--model", "tiny", "--concurrency", "32"])
@@ -52,5 +56,9 @@ fn thirty_two_concurrent_streams_through_collm_up_all_complete() {
     assert!(report["completion_tokens"].as_u64().expect("tokens") >= 64, "{report}");
     assert!(status.success(), "collm up did not stop cleanly on SIGTERM: {status}");
     let leftover = Command::new("pgrep").args(["-f", path_str(&bundle)]).output().expect("pgrep");
-    assert!(leftover.stdout.is_empty(), "children left running: {}", String::from_utf8_lossy(&leftover.stdout));
+    assert!(
+        leftover.stdout.is_empty(),
+        "children left running: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
 }

@@ -46,7 +46,8 @@ fn mutual_tls_between_edge_and_cloud() {
     let flags = tls_flags(&certs.client_cert, &certs.client_key);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let a = agent(&bundle, &[&url], &flags);
-    let (status, answer) = post(&format!("http://{}", a.addr), "/v1/completions", &completion(12, json!({})));
+    let (status, answer) =
+        post(&format!("http://{}", a.addr), "/v1/completions", &completion(12, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["usage"]["degraded"], false, "{answer}");
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
@@ -57,9 +58,13 @@ fn mutual_tls_between_edge_and_cloud() {
     let flags = tls_flags(&other.client_cert, &other.client_key);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let a = agent(&bundle, &[&url], &flags);
-    let (status, answer) = post(&format!("http://{}", a.addr), "/v1/completions", &completion(4, json!({})));
+    let (status, answer) =
+        post(&format!("http://{}", a.addr), "/v1/completions", &completion(4, json!({})));
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["usage"]["degraded"], true, "an untrusted client must not reach the cloud: {answer}");
+    assert_eq!(
+        answer["usage"]["degraded"], true,
+        "an untrusted client must not reach the cloud: {answer}"
+    );
 }
 
 trait Tap {

@@ -176,8 +176,8 @@ impl CloudTransport for GrpcCloud {
         let entry = match self.sessions.entry(session) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let id = SessionId::parse(&format!("{}-{session}", self.prefix))
-                    .map_err(Error::from)?;
+                let id =
+                    SessionId::parse(&format!("{}-{session}", self.prefix)).map_err(Error::from)?;
                 v.insert(CloudSession::new(self.link.clone(), id, upload.encoding))
             }
         };
@@ -191,10 +191,8 @@ impl CloudTransport for GrpcCloud {
         req: NextTokenRequest,
     ) -> collm_runtime::Result<CloudAnswer> {
         let timeout = self.link.config().ack_timeout;
-        let s = self
-            .sessions
-            .get_mut(&session)
-            .ok_or(collm_runtime::Error::UnknownSession(session))?;
+        let s =
+            self.sessions.get_mut(&session).ok_or(collm_runtime::Error::UnknownSession(session))?;
         Ok(self.rt.block_on(s.next_token(req, timeout))?)
     }
 

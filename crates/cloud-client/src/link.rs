@@ -241,7 +241,9 @@ impl Inner {
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true);
         if let Some(tls) = &cfg.tls {
-            endpoint = endpoint.tls_config(crate::tls::client_config(tls)?).map_err(|e| connect_err(&e))?;
+            endpoint = endpoint
+                .tls_config(crate::tls::client_config(tls)?)
+                .map_err(|e| connect_err(&e))?;
         }
         let channel = tokio::time::timeout(cfg.connect_timeout, endpoint.connect())
             .await

@@ -33,7 +33,16 @@ pub struct CloudSession {
 impl CloudSession {
     /// A session named `id` on the wire (unique per edge: the cloud scopes it to the client).
     pub fn new(link: CloudLink, id: SessionId, encoding: Encoding) -> Self {
-        Self { link, id, encoding, kept: Vec::new(), sent_on: None, uploaded_bytes: 0, asked: 0, trace: None }
+        Self {
+            link,
+            id,
+            encoding,
+            kept: Vec::new(),
+            sent_on: None,
+            uploaded_bytes: 0,
+            asked: 0,
+            trace: None,
+        }
     }
 
     /// The trace the session's cloud requests belong to.
@@ -128,9 +137,7 @@ impl CloudSession {
                 }
             }
         };
-        tokio::time::timeout(timeout, asked)
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        tokio::time::timeout(timeout, asked).await.map_err(|_| Error::Timeout(timeout))?
     }
 
     /// The baseline without a context manager: every request ships the whole context to a
@@ -157,9 +164,7 @@ impl CloudSession {
             end_on(&conn, &id).await;
             answer
         };
-        tokio::time::timeout(timeout, asked)
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        tokio::time::timeout(timeout, asked).await.map_err(|_| Error::Timeout(timeout))?
     }
 
     /// Tells the cloud the session is over (best effort: an unreachable cloud forgets it when
@@ -172,7 +177,11 @@ impl CloudSession {
         }
     }
 
-    async fn ask_on(&mut self, conn: &Arc<Connection>, req: &NextTokenRequest) -> Result<CloudAnswer> {
+    async fn ask_on(
+        &mut self,
+        conn: &Arc<Connection>,
+        req: &NextTokenRequest,
+    ) -> Result<CloudAnswer> {
         let id = self.id.clone();
         let end = req.after as u64 + 1;
         if self.sent_on != Some(conn.generation) {
@@ -270,5 +279,6 @@ impl CloudSession {
 
 async fn end_on(conn: &Connection, id: &SessionId) {
     let req = pb::EndSessionRequest { session_id: id.as_str().to_owned() };
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.client.clone().end_session(req)).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), conn.client.clone().end_session(req)).await;
 }

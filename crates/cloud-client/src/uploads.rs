@@ -142,11 +142,7 @@ impl UploadPipe {
     }
 
     /// The ack state once `done` holds (or the stream failed), within `timeout`.
-    async fn wait(
-        &self,
-        timeout: Duration,
-        done: impl Fn(&AckState) -> bool,
-    ) -> Result<AckState> {
+    async fn wait(&self, timeout: Duration, done: impl Fn(&AckState) -> bool) -> Result<AckState> {
         let mut acks = self.acks.clone();
         let state = tokio::time::timeout(timeout, acks.wait_for(|s| s.failed.is_some() || done(s)))
             .await

@@ -124,7 +124,8 @@ impl EdgeDecoder {
         let start = self.cache.len();
         let wanted: Vec<&str> = self.wanted.iter().map(String::as_str).collect();
         let logits_count = usize::from(last && self.heads_needed);
-        let mut out = edge.run(&mut self.cache, PartitionInput::Tokens(&feed), logits_count, &wanted)?;
+        let mut out =
+            edge.run(&mut self.cache, PartitionInput::Tokens(&feed), logits_count, &wanted)?;
         let hidden = out.take(names::HIDDEN).unwrap_or_default();
         let ready = last.then(|| ReadyToPick {
             after: self.cache.len() - 1,

@@ -7,8 +7,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Encoding};
-use crate::exit::ExitPolicy;
 use crate::decoder::EdgeDecoder;
+use crate::exit::ExitPolicy;
 use crate::partition::Partition;
 use crate::sampling::{self, SamplingParams};
 use crate::transport::{CloudTransport, NextTokenRequest, SessionId, Upload};

@@ -34,9 +34,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Invalid { .. } | ApiError::ContextLength { .. } | ApiError::Unsupported(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Invalid { .. }
+            | ApiError::ContextLength { .. }
+            | ApiError::Unsupported(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCloud(_) => StatusCode::SERVICE_UNAVAILABLE,

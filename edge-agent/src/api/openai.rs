@@ -154,9 +154,8 @@ pub fn parse<T: Body>(body: &[u8]) -> Result<T, ApiError> {
     if text.trim().is_empty() {
         return Err(ApiError::invalid("the request body is empty: send a JSON object", None));
     }
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::invalid(format!("the request body is not valid JSON: {e}"), None)
-    })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
     if !value.is_object() {
         return Err(ApiError::invalid("the request body must be a JSON object", None));
     }
@@ -319,7 +318,10 @@ impl Common {
         };
         if let Some(t) = self.threshold {
             if !(t > 0.0) || t.is_nan() {
-                return Err(ApiError::invalid(format!("`threshold` must be > 0, got {t}"), "threshold"));
+                return Err(ApiError::invalid(
+                    format!("`threshold` must be > 0, got {t}"),
+                    "threshold",
+                ));
             }
         }
         Ok(ValidRequest {
@@ -374,11 +376,14 @@ mod tests {
     fn malformed_bodies_say_what_is_wrong() {
         assert!(message(chat("{\"model\":").unwrap_err()).contains("not valid JSON"));
         assert!(message(chat("").unwrap_err()).contains("empty"));
-        let e = parse::<ChatRequest>(b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}")
-            .unwrap_err();
+        let e = parse::<ChatRequest>(
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}",
+        )
+        .unwrap_err();
         assert!(message(e).contains("UTF-8"));
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#)
-            .unwrap_err();
+        let e =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#)
+                .unwrap_err();
         assert!(message(e).contains("max_tokens"));
         let e = chat(r#"{"model":"m","messages":"hello"}"#).unwrap_err();
         assert!(message(e).contains("messages"));
@@ -386,15 +391,19 @@ mod tests {
 
     #[test]
     fn requests_that_cannot_be_served_are_refused() {
-        let e = chat(r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        let e =
+            chat(r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::NOT_FOUND);
-        assert!(message(chat(r#"{"model":"m","messages":[]}"#).unwrap_err()).contains("at least one"));
+        assert!(
+            message(chat(r#"{"model":"m","messages":[]}"#).unwrap_err()).contains("at least one")
+        );
         let e = chat(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).unwrap_err();
         assert!(message(e).contains("wizard"));
         let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#)
             .unwrap_err();
         assert!(message(e).contains("temperature"));
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#).unwrap_err();
+        let e =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#).unwrap_err();
         assert!(message(e).contains("`n`"));
         let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"mode":"turbo"}"#)
             .unwrap_err();
@@ -406,8 +415,10 @@ mod tests {
 
     #[test]
     fn extensions_and_prompt_forms_are_understood() {
-        let v = completion(r#"{"model":"m","prompt":[1,2,3],"mode":"standalone","threshold":0.5,"stop":"\n"}"#)
-            .expect("valid");
+        let v = completion(
+            r#"{"model":"m","prompt":[1,2,3],"mode":"standalone","threshold":0.5,"stop":"\n"}"#,
+        )
+        .expect("valid");
         assert_eq!(v.input, Input::Tokens(vec![1, 2, 3]));
         assert_eq!(v.mode, Some(Mode::Standalone));
         assert_eq!(v.max_tokens, Some(16));

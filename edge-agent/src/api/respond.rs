@@ -192,7 +192,9 @@ pub async fn respond(
     if v.stream {
         let (events_tx, events_rx) = mpsc::channel::<Result<Event, Infallible>>(32);
         tokio::spawn(stream_events(envelope, stream, generation, v.include_usage, events_tx));
-        Ok(Sse::new(ReceiverStream::new(events_rx)).keep_alive(KeepAlive::default()).into_response())
+        Ok(Sse::new(ReceiverStream::new(events_rx))
+            .keep_alive(KeepAlive::default())
+            .into_response())
     } else {
         whole(envelope, stream, generation).await
     }
@@ -221,8 +223,22 @@ struct Piece {
 }
 
 impl TokenText {
-    fn new(state: Arc<AppState>, stops: Vec<String>, tokens: mpsc::Receiver<Token>, started: Instant) -> Self {
-        Self { state, text: TextStream::new(stops), tokens, started, count: 0, sources: vec![], ids: vec![], reported: 0 }
+    fn new(
+        state: Arc<AppState>,
+        stops: Vec<String>,
+        tokens: mpsc::Receiver<Token>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            state,
+            text: TextStream::new(stops),
+            tokens,
+            started,
+            count: 0,
+            sources: vec![],
+            ids: vec![],
+            reported: 0,
+        }
     }
 
     /// The next piece of text, `None` once the generation stopped sending.
@@ -265,10 +281,16 @@ impl TokenText {
 type GenerationTask = tokio::task::JoinHandle<crate::Result<(Finish, Summary)>>;
 
 async fn outcome(task: GenerationTask) -> Result<(Finish, Summary), ApiError> {
-    task.await.map_err(|e| ApiError::Internal(format!("generation task: {e}")))?.map_err(ApiError::from)
+    task.await
+        .map_err(|e| ApiError::Internal(format!("generation task: {e}")))?
+        .map_err(ApiError::from)
 }
 
-async fn whole(env: Envelope, mut stream: TokenText, task: GenerationTask) -> Result<Response, ApiError> {
+async fn whole(
+    env: Envelope,
+    mut stream: TokenText,
+    task: GenerationTask,
+) -> Result<Response, ApiError> {
     let mut sources = Vec::new();
     let mut stopped = false;
     while let Some(piece) = stream.next().await {
@@ -308,7 +330,10 @@ async fn stream_events(
         stopped = piece.stopped;
         if !piece.text.is_empty() || !piece.tokens.is_empty() || first {
             let mut body = env.body(vec![env.choice(&piece.text, true, first, None)], true);
-            body.insert("collm".into(), json!({ "sources": piece.sources, "tokens": piece.tokens }));
+            body.insert(
+                "collm".into(),
+                json!({ "sources": piece.sources, "tokens": piece.tokens }),
+            );
             if !send(Value::Object(body)).await {
                 return; // The client went away; dropping `stream` ends the generation.
             }

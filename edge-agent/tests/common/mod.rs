@@ -72,7 +72,8 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(cmd: &mut Command, prefix: &str) -> Self {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawns");
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawns");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -194,14 +195,20 @@ pub fn get(base: &str, path: &str) -> (u16, String) {
 
 /// A streamed request: every `data:` payload in order (the last is `[DONE]`). `on_event` sees
 /// each parsed event as it arrives (to act mid-stream).
-pub fn stream(base: &str, path: &str, body: &Value, mut on_event: impl FnMut(usize, &Value)) -> Vec<String> {
+pub fn stream(
+    base: &str,
+    path: &str,
+    body: &Value,
+    mut on_event: impl FnMut(usize, &Value),
+) -> Vec<String> {
     let resp = http()
         .post(&format!("{base}{path}"))
         .header("content-type", "application/json")
         .send(body.to_string().as_bytes())
         .expect("the agent answers");
     assert_eq!(resp.status().as_u16(), 200, "stream refused");
-    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type =
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     assert!(content_type.starts_with("text/event-stream"), "content-type {content_type}");
     let reader = BufReader::new(resp.into_body().into_reader());
     let mut events = vec![];
@@ -223,7 +230,8 @@ pub fn stream(base: &str, path: &str, body: &Value, mut on_event: impl FnMut(usi
 
 /// A greedy completion request for the tiny prompt.
 pub fn completion(max_tokens: usize, extra: Value) -> Value {
-    let mut body = json!({"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0});
+    let mut body =
+        json!({"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             b.insert(k.clone(), v.clone());
@@ -243,7 +251,12 @@ pub fn tokens(answer: &Value) -> Vec<u64> {
 }
 
 pub fn ids(v: &Value, field: &str) -> Vec<u64> {
-    v[field].as_array().unwrap_or_else(|| panic!("no {field} in {v}")).iter().map(|t| t.as_u64().expect("id")).collect()
+    v[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {v}"))
+        .iter()
+        .map(|t| t.as_u64().expect("id"))
+        .collect()
 }
 
 pub fn read_all(mut r: impl Read) -> String {

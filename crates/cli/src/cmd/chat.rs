@@ -53,7 +53,10 @@ pub fn run(a: Args) -> Result<()> {
     let model = match a.model {
         Some(m) => m,
         None => {
-            let mut resp = http().get(&format!("{base}/v1/models")).call().with_context(|| format!("cannot reach {base}"))?;
+            let mut resp = http()
+                .get(&format!("{base}/v1/models"))
+                .call()
+                .with_context(|| format!("cannot reach {base}"))?;
             let models: Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
             models["data"][0]["id"].as_str().context("the agent lists no model")?.to_owned()
         }

@@ -51,9 +51,23 @@ struct Outcome {
     error: Option<String>,
 }
 
-fn one(url: &str, model: &str, mode: Option<&str>, prompt: &str, max_tokens: usize, seed: usize) -> Outcome {
+fn one(
+    url: &str,
+    model: &str,
+    mode: Option<&str>,
+    prompt: &str,
+    max_tokens: usize,
+    seed: usize,
+) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome { latency: Duration::ZERO, first_token: None, tokens: 0, edge_tokens: 0, uploaded_bytes: 0, error: None };
+    let mut outcome = Outcome {
+        latency: Duration::ZERO,
+        first_token: None,
+        tokens: 0,
+        edge_tokens: 0,
+        uploaded_bytes: 0,
+        error: None,
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(900)))
@@ -72,7 +86,11 @@ fn one(url: &str, model: &str, mode: Option<&str>, prompt: &str, max_tokens: usi
             .header("content-type", "application/json")
             .send(body.to_string().as_bytes())?;
         if resp.status() != 200 {
-            bail!("HTTP {}: {}", resp.status(), resp.into_body().read_to_string().unwrap_or_default());
+            bail!(
+                "HTTP {}: {}",
+                resp.status(),
+                resp.into_body().read_to_string().unwrap_or_default()
+            );
         }
         let mut done = false;
         for line in BufReader::new(resp.into_body().into_reader()).lines() {
@@ -86,7 +104,9 @@ fn one(url: &str, model: &str, mode: Option<&str>, prompt: &str, max_tokens: usi
             if let Some(e) = ev.get("error") {
                 bail!("stream error: {e}");
             }
-            if outcome.first_token.is_none() && ev["collm"]["sources"].as_array().is_some_and(|s| !s.is_empty()) {
+            if outcome.first_token.is_none()
+                && ev["collm"]["sources"].as_array().is_some_and(|s| !s.is_empty())
+            {
                 outcome.first_token = Some(started.elapsed());
             }
             if let Some(u) = ev["collm"].get("usage") {
@@ -132,7 +152,14 @@ pub fn run(a: LoadArgs) -> Result<()> {
                         if i >= total {
                             return mine;
                         }
-                        mine.push(one(&url, &a.model, a.mode.as_deref(), PROMPTS[i % PROMPTS.len()], a.max_tokens, i));
+                        mine.push(one(
+                            &url,
+                            &a.model,
+                            a.mode.as_deref(),
+                            PROMPTS[i % PROMPTS.len()],
+                            a.max_tokens,
+                            i,
+                        ));
                     }
                 })
             })
@@ -144,7 +171,8 @@ pub fn run(a: LoadArgs) -> Result<()> {
     let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_none()).collect();
     let mut latencies: Vec<f64> = ok.iter().map(|o| o.latency.as_secs_f64()).collect();
     latencies.sort_by(f64::total_cmp);
-    let mut ttft: Vec<f64> = ok.iter().filter_map(|o| o.first_token).map(|d| d.as_secs_f64()).collect();
+    let mut ttft: Vec<f64> =
+        ok.iter().filter_map(|o| o.first_token).map(|d| d.as_secs_f64()).collect();
     ttft.sort_by(f64::total_cmp);
     let tokens: u64 = ok.iter().map(|o| o.tokens).sum();
     let edge: u64 = ok.iter().map(|o| o.edge_tokens).sum();

@@ -60,7 +60,12 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(url) = &a.redis {
             cmd.args(["--redis-url", url]);
         }
-        let addr = children.start(&format!("cloud-worker {i}"), cmd, "cloud-worker listening on ", &stop)?;
+        let addr = children.start(
+            &format!("cloud-worker {i}"),
+            cmd,
+            "cloud-worker listening on ",
+            &stop,
+        )?;
         eprintln!("cloud-worker {i}: http://{addr}");
     }
     let mut cmd = Command::new(sibling("edge-agent")?);
@@ -87,7 +92,13 @@ struct Children {
 
 impl Children {
     /// Spawns `cmd` and waits for its first stdout line `<prefix><address>`.
-    fn start(&mut self, name: &str, mut cmd: Command, prefix: &str, stop: &AtomicBool) -> Result<String> {
+    fn start(
+        &mut self,
+        name: &str,
+        mut cmd: Command,
+        prefix: &str,
+        stop: &AtomicBool,
+    ) -> Result<String> {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -189,7 +200,10 @@ fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating collm")?;
     let path = exe.with_file_name(name);
     if !path.exists() {
-        bail!("{} not found next to collm: build the workspace (cargo build --release --workspace)", path.display());
+        bail!(
+            "{} not found next to collm: build the workspace (cargo build --release --workspace)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -209,4 +223,3 @@ fn fresh_token() -> String {
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
