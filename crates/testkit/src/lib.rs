@@ -7,9 +7,12 @@
 //! - [`Toxiproxy`]: a `toxiproxy-server` (built from Go modules by `tools/build-go-tools`) and a
 //!   small client for its HTTP API, to cut, slow or silence a link.
 //!
+//! - [`tiny_bundle`]: the tiny seeded model exported as a bundle by `collm`.
+//!
 //! Everything here panics with a message saying what is missing: it only runs inside tests.
 
 mod redis_server;
+mod tiny;
 mod tls;
 mod toxiproxy;
 
@@ -17,6 +20,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use redis_server::{RedisCluster, RedisServer, RedisServerBuilder};
+pub use tiny::tiny_bundle;
 pub use tls::TlsFiles;
 pub use toxiproxy::{Proxy, Toxiproxy};
 

@@ -34,25 +34,9 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// A tiny seeded model exported with the split after layer 2 and exits at layers 1 and 2.
+/// The tiny seeded model, split after layer 2 with exits at layers 1 and 2.
 pub fn tiny_bundle(dir: &Path) -> PathBuf {
-    let gguf = dir.join("tiny.gguf");
-    let out = collm(&["tiny", "--out", path_str(&gguf), "--seed", "7"]);
-    assert!(out.status.success(), "tiny: {}", String::from_utf8_lossy(&out.stderr));
-    let bundle = dir.join("tiny");
-    let out = collm(&[
-        "export",
-        "--gguf",
-        path_str(&gguf),
-        "--out",
-        path_str(&bundle),
-        "--split-layer",
-        "2",
-        "--exit-layers",
-        "1,2",
-    ]);
-    assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
-    bundle
+    collm_testkit::tiny_bundle(&bin("collm"), dir, "tiny")
 }
 
 /// `collm generate --json` in process (the reference the agent must reproduce).
