@@ -227,23 +227,10 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
             let _ = writeln!(out, "cloud-worker http on {addr}");
         }
         let _ = out.flush();
-        bound.serve(worker, registry, metrics, readiness, shutdown_signal()).await?;
+        bound
+            .serve(worker, registry, metrics, readiness, collm_telemetry::http::shutdown_signal())
+            .await?;
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// Resolves on SIGTERM or SIGINT; the server then turns not ready, stops accepting and finishes
-/// the calls in flight.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -174,7 +174,7 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", s.listen))?;
     println!("edge-agent listening on http://{}", listener.local_addr()?);
     let shutdown = async move {
-        shutdown_signal().await;
+        collm_telemetry::http::shutdown_signal().await;
         readiness.begin_shutdown();
     };
     collm_telemetry::http::serve(listener, app, shutdown).await?;
@@ -188,18 +188,4 @@ async fn traced(
 ) -> axum::response::Response {
     let span = collm_telemetry::propagation::http_server_span(&req);
     next.run(req).instrument(span).await
-}
-
-/// Resolves on SIGTERM or SIGINT; the server then stops accepting and finishes what it serves.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

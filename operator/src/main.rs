@@ -89,25 +89,6 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -160,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         }))
     };
     tokio::spawn(async move {
-        shutdown_signal().await;
+        collm_telemetry::http::shutdown_signal().await;
         tracing::info!("shutting down");
         readiness.begin_shutdown();
         let _ = stop.send(true);
