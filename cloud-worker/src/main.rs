@@ -218,6 +218,7 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bound = Bound::bind(opts).await?;
+        let shutdown = collm_telemetry::http::shutdown_signal();
         // Tests and `collm up` read these lines; a closed stdout must not stop the worker.
         let mut out = std::io::stdout();
         if let Some(addr) = bound.grpc_addr() {
@@ -227,9 +228,7 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
             let _ = writeln!(out, "cloud-worker http on {addr}");
         }
         let _ = out.flush();
-        bound
-            .serve(worker, registry, metrics, readiness, collm_telemetry::http::shutdown_signal())
-            .await?;
+        bound.serve(worker, registry, metrics, readiness, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -172,9 +172,10 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
     let listener = collm_telemetry::http::bind(s.listen)
         .await
         .with_context(|| format!("cannot listen on {}", s.listen))?;
+    let signal = collm_telemetry::http::shutdown_signal();
     println!("edge-agent listening on http://{}", listener.local_addr()?);
     let shutdown = async move {
-        collm_telemetry::http::shutdown_signal().await;
+        signal.await;
         readiness.begin_shutdown();
     };
     collm_telemetry::http::serve(listener, app, shutdown).await?;

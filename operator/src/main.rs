@@ -127,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(args.redis_timeout_seconds),
     ));
 
+    let signal = collm_telemetry::http::shutdown_signal();
     let readiness = collm_telemetry::http::Readiness::new();
     let router = collm_telemetry::http::router(Arc::new(registry), readiness.clone());
     let listener = collm_telemetry::http::bind(args.http_addr)
@@ -141,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
         }))
     };
     tokio::spawn(async move {
-        collm_telemetry::http::shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down");
         readiness.begin_shutdown();
         let _ = stop.send(true);

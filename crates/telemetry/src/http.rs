@@ -119,18 +119,23 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
-/// Resolves on SIGTERM or SIGINT: the moment a service turns not ready, stops accepting and
-/// finishes what it serves. Pending forever if the handlers cannot be installed.
-pub async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers now and returns a future that resolves on either: the
+/// moment a service turns not ready, stops accepting and finishes what it serves. Call it before
+/// announcing readiness, so a signal sent right after the announcement is not lost (until the
+/// handlers exist, SIGTERM kills the process outright). Pending forever if the handlers cannot be
+/// installed. Needs a Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers =
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    async move {
+        let Ok((mut term, mut int)) = handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
