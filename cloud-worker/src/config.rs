@@ -45,15 +45,7 @@ pub enum ConfigError {
 }
 
 /// How positions the cloud has not processed are caught up (the operator's `catchUp`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CatchUp {
-    /// Run them through the cloud layers: answers equal the full model's.
-    #[default]
-    Exact,
-    /// Derive the deeper layers' KV from the edge's exit states (cheaper, approximate).
-    Propagate,
-}
+pub use collm_runtime::CatchUp;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 pub struct BundleConfig {

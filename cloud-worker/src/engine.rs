@@ -1,13 +1,14 @@
-//! The cloud partition and its local KV caches. A cache is only a cache: the rows it was built
-//! from live in the context store, so a missing or evicted cache is rebuilt by running the
-//! stored rows through the cloud layers again (exact catch-up).
+//! The cloud layers and their local KV caches. A cache is only a cache: the rows it was built
+//! from live in the context store, so a missing or evicted cache is rebuilt by catching up on
+//! the stored rows again (the edge's record of which positions it answered comes with every
+//! request, so `propagate` catch-up rebuilds the same cache).
 
 use std::collections::HashMap;
 
-use collm_bundle::graph::names;
 use collm_protocol::SessionId;
-use collm_runtime::partition::{KvCache, Partition, PartitionInput};
+use collm_runtime::partition::KvCache;
 use collm_runtime::sampling::{self, Pick, SamplingParams};
+use collm_runtime::{CatchUp, CloudLayers, EdgeAnswered};
 
 use crate::Result;
 use crate::clients::ClientId;
@@ -19,10 +20,10 @@ struct CachedSession {
     last_used: u64,
 }
 
-/// One cloud partition (ONNX Runtime sessions run `&mut`, so callers serialise on a lock) and a
+/// The cloud layers (ONNX Runtime sessions run `&mut`, so callers serialise on a lock) and a
 /// bounded LRU of per-session KV caches.
 pub struct CloudEngine {
-    partition: Partition,
+    layers: CloudLayers,
     caches: HashMap<SessionKey, CachedSession>,
     max_cached: usize,
     tick: u64,
@@ -40,6 +41,8 @@ pub struct CloudPick {
     pub cache: CacheUse,
     /// Positions run through the cloud layers for this answer (1 on a hit after one upload).
     pub computed: u64,
+    /// Positions whose K/V were propagated instead (`propagate` catch-up).
+    pub propagated: u64,
 }
 
 /// How the session's KV cache served a next-token step.
@@ -58,9 +61,9 @@ pub enum CacheUse {
 const DROPPED_MEMORY: usize = 4;
 
 impl CloudEngine {
-    pub fn new(partition: Partition, max_cached: usize) -> Self {
+    pub fn new(layers: CloudLayers, max_cached: usize) -> Self {
         Self {
-            partition,
+            layers,
             caches: HashMap::new(),
             max_cached: max_cached.max(1),
             tick: 0,
@@ -74,11 +77,15 @@ impl CloudEngine {
     }
 
     pub fn hidden_size(&self) -> usize {
-        self.partition.shape.hidden_size
+        self.layers.partition().shape.hidden_size
     }
 
     pub fn max_context(&self) -> usize {
-        self.partition.shape.max_position
+        self.layers.partition().shape.max_position
+    }
+
+    pub fn catch_up(&self) -> CatchUp {
+        self.layers.catch_up()
     }
 
     /// Positions the cached KV of this session covers, if it can serve a request for the token
@@ -91,8 +98,8 @@ impl CloudEngine {
         }
     }
 
-    /// Runs `rows` (positions `from..=after`, decoded) through the cloud layers on top of the
-    /// session's cache and picks the next token exactly as the in-process cloud does.
+    /// Catches up on `rows` (positions `from..=after`, decoded) on top of the session's cache
+    /// and picks the next token exactly as the in-process cloud does.
     #[allow(clippy::too_many_arguments)]
     pub fn next_token(
         &mut self,
@@ -100,6 +107,7 @@ impl CloudEngine {
         session: &SessionId,
         from: u64,
         rows: &[f32],
+        edge_answered: &EdgeAnswered,
         params: &SamplingParams,
         u: f64,
         top_k: usize,
@@ -119,7 +127,7 @@ impl CloudEngine {
             // remembered in `dropped`.
             let was_cached = self.caches.remove(&key).is_some();
             let was_dropped = self.dropped.remove(&key).is_some();
-            let cache = self.partition.empty_cache()?;
+            let cache = self.layers.empty_cache()?;
             self.evict_for_one_more();
             self.caches.insert(key.clone(), CachedSession { cache, last_used: self.tick });
             if was_cached || was_dropped { CacheUse::Rebuilt } else { CacheUse::Built }
@@ -129,19 +137,14 @@ impl CloudEngine {
             .get_mut(&key)
             .ok_or_else(|| crate::Error::Internal("cache vanished".into()))?;
         entry.last_used = self.tick;
-        let mut out = self.partition.run(
-            &mut entry.cache,
-            PartitionInput::Hidden(rows),
-            1,
-            &[names::LOGITS],
-        )?;
-        let logits = out.take(names::LOGITS).unwrap_or_default();
-        let width = self.partition.shape.hidden_size.max(1);
+        let stepped = self.layers.step(&mut entry.cache, rows, edge_answered)?;
+        let logits = stepped.logits;
         Ok(CloudPick {
             pick: sampling::sample(&logits, params, u),
             top_k: if top_k > 0 { sampling::top_k(&logits, top_k) } else { vec![] },
             cache: cache_use,
-            computed: (rows.len() / width) as u64,
+            computed: stepped.exact,
+            propagated: stepped.propagated,
         })
     }
 

@@ -11,7 +11,7 @@ use collm_runtime::generate::{GenerateOptions, Generation, Mode, generate};
 use collm_runtime::transport::{
     CloudAnswer, CloudTransport, InProcessCloud, NextTokenRequest, SessionId, Upload, UploadAck,
 };
-use collm_runtime::{Encoding, ExitPolicy, SamplingParams, SplitModel};
+use collm_runtime::{CatchUp, Encoding, ExitPolicy, SamplingParams, SplitModel};
 
 use crate::{Error, Result};
 
@@ -43,7 +43,7 @@ impl FullModel {
     /// Verifies and loads the bundle's tokenizer and both partitions.
     pub fn load(dir: &Path) -> Result<Self> {
         let mut model = SplitModel::open(dir, true)?;
-        let cloud = model.take_in_process_cloud().ok_or_else(|| {
+        let cloud = model.take_in_process_cloud(CatchUp::Exact)?.ok_or_else(|| {
             Error::Internal("the bundle was opened without its cloud partition".into())
         })?;
         let exits = model.exit_layers();

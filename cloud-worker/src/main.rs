@@ -21,6 +21,7 @@ use collm_cloud_worker::serve::{Bound, ServeOptions};
 use collm_cloud_worker::service::CloudWorker;
 use collm_cloud_worker::tls::TlsFiles;
 use collm_protocol::Limits;
+use collm_runtime::CloudLayers;
 use collm_runtime::partition::{Partition, PartitionShape};
 use collm_telemetry::http::Readiness;
 use collm_telemetry::metrics::Registry;
@@ -35,8 +36,8 @@ struct Args {
     /// The operator's runtime configuration (`/etc/collm/cloud.json`); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Bundle directory (only manifest.json, tokenizer.json and cloud.onnx are read, and
-    /// edge.onnx with --full).
+    /// Bundle directory (only manifest.json, tokenizer.json and cloud.onnx are read, with
+    /// cloud_kv.onnx for propagate catch-up and edge.onnx with --full).
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// gRPC address [default: 127.0.0.1:50051, or every interface at the config's grpc_port].
@@ -67,6 +68,12 @@ struct Args {
     /// baseline); the cloud partition is then loaded twice.
     #[arg(long)]
     full: bool,
+    /// How positions the cloud has not run yet are caught up before it answers: `exact` (through
+    /// the cloud layers: answers equal the full model's) or `propagate` (positions the edge
+    /// answered get their K/V from the uploaded hidden state: far less compute, approximate)
+    /// [default: the config's catch_up, else exact].
+    #[arg(long)]
+    catch_up: Option<CatchUp>,
     /// Sessions whose KV cache stays in memory (least recently used are dropped and rebuilt).
     #[arg(long, default_value_t = 64)]
     cached_sessions: usize,
@@ -119,11 +126,7 @@ fn apply_config(a: &mut Args, matches: &ArgMatches, c: &CloudConfig) -> Result<(
     a.tls_cert = a.tls_cert.take().or_else(|| c.tls_cert_file.clone());
     a.tls_key = a.tls_key.take().or_else(|| c.tls_key_file.clone());
     a.tls_client_ca = a.tls_client_ca.take().or_else(|| c.tls_client_ca_file.clone());
-    if c.catch_up == CatchUp::Propagate {
-        tracing::warn!(
-            "catch_up propagate is not implemented by this worker: catching up exactly (answers equal the full model's, at more cloud compute)"
-        );
-    }
+    a.catch_up = a.catch_up.or(Some(c.catch_up));
     if let Some(ctx) = &c.context {
         if !given(matches, "sessions_per_client")
             && let Some(n) = ctx.max_sessions_per_client
@@ -173,7 +176,13 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     )?;
     let manifest = std::fs::read(bundle_dir.join("manifest.json")).context("reading manifest")?;
     let model_id = hex::encode(sha2::Sha256::digest(&manifest));
-    let engine = CloudEngine::new(partition, a.cached_sessions);
+    let catch_up = a.catch_up.unwrap_or_default();
+    let propagation = match catch_up {
+        CatchUp::Exact => None,
+        CatchUp::Propagate => collm_runtime::split::load_propagation(&bundle_dir, m)?,
+    };
+    let layers = CloudLayers::new(partition, propagation, catch_up)?;
+    let engine = CloudEngine::new(layers, a.cached_sessions);
     let limits = Limits::new(engine.hidden_size() as u32, engine.max_context() as u64);
     let store = a.redis.open_store(StoreLimits {
         positions_per_session: a
@@ -210,6 +219,7 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
         model = config.as_ref().and_then(|c| c.model.as_deref()).unwrap_or("-"),
         bundle = %bundle_dir.display(),
         split_layer = m.split_layer,
+        catch_up = %catch_up,
         full = a.full,
         tls = opts.tls.is_some(),
         mutual_tls = a.tls_client_ca.is_some(),

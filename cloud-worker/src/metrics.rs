@@ -55,6 +55,7 @@ pub struct WorkerMetrics {
     cache_misses: Counter,
     cache_rebuilds: Counter,
     positions_computed: Counter,
+    positions_propagated: Counter,
     cached_sessions: Gauge,
     context_bytes: Gauge,
     context_store_up: Gauge,
@@ -76,6 +77,7 @@ impl WorkerMetrics {
             cache_misses: Counter::default(),
             cache_rebuilds: Counter::default(),
             positions_computed: Counter::default(),
+            positions_propagated: Counter::default(),
             cached_sessions: Gauge::default(),
             context_bytes: Gauge::default(),
             context_store_up: Gauge::default(),
@@ -134,6 +136,11 @@ impl WorkerMetrics {
             m.positions_computed.clone(),
         );
         r.register(
+            "collm_cloud_positions_propagated",
+            "Positions whose cloud-layer keys and values were propagated from the edge's hidden state instead of computed (propagate catch-up)",
+            m.positions_propagated.clone(),
+        );
+        r.register(
             "collm_cloud_kv_cached_sessions",
             "Sessions whose KV cache is in this worker's memory",
             m.cached_sessions.clone(),
@@ -185,6 +192,7 @@ impl WorkerMetrics {
             }
         };
         self.positions_computed.inc_by(pick.computed);
+        self.positions_propagated.inc_by(pick.propagated);
         self.set_cached_sessions(cached_sessions);
     }
 
@@ -249,7 +257,8 @@ mod tests {
     use super::*;
 
     fn pick(cache: CacheUse, computed: u64) -> CloudPick {
-        CloudPick { pick: Pick { token: 1, prob: 0.5 }, top_k: vec![], cache, computed }
+        let propagated = computed / 2;
+        CloudPick { pick: Pick { token: 1, prob: 0.5 }, top_k: vec![], cache, computed, propagated }
     }
 
     #[test]
@@ -277,6 +286,7 @@ mod tests {
             "collm_cloud_kv_cache_misses_total 2",
             "collm_cloud_kv_cache_rebuilds_total 1",
             "collm_cloud_positions_computed_total 13",
+            "collm_cloud_positions_propagated_total 5",
             "collm_cloud_context_bytes 4096",
             "collm_cloud_context_store_up 1",
         ] {

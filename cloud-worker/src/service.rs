@@ -11,6 +11,7 @@ use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::{
     CloudService, Limits, SessionId, ValidGenerate, ValidNextToken, ValidUpload, check_uploaded,
 };
+use collm_runtime::EdgeAnswered;
 use collm_runtime::sampling::SamplingParams;
 use collm_telemetry::http::Readiness;
 use collm_telemetry::metrics::Registry;
@@ -95,6 +96,8 @@ impl<S: ContextStore> CloudWorker<S> {
             .await?
             .ok_or_else(|| Error::UnknownSession(req.session.as_str().to_owned()))?;
         check_uploaded(info.persisted, req.after)?;
+        let edge_answered = EdgeAnswered::from_flat(&req.edge_answered)
+            .map_err(collm_protocol::ProtocolError::InvalidEdgeAnswers)?;
         let params = SamplingParams {
             temperature: req.sampling.temperature,
             top_k: req.sampling.top_k as usize,
@@ -118,6 +121,7 @@ impl<S: ContextStore> CloudWorker<S> {
                 &req.session,
                 from,
                 &rows,
+                &edge_answered,
                 &params,
                 req.u,
                 req.top_k as usize,

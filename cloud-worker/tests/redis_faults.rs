@@ -31,7 +31,13 @@ fn upload(start: usize, rows: &[f32], hidden: usize) -> Upload {
 }
 
 fn ask(after: usize) -> NextTokenRequest {
-    NextTokenRequest { after, params: SamplingParams::default(), u: 0.5, top_k: 3 }
+    NextTokenRequest {
+        after,
+        params: SamplingParams::default(),
+        u: 0.5,
+        top_k: 3,
+        edge_answered: Default::default(),
+    }
 }
 
 fn assert_unavailable_naming_redis(

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use collm_cloud_client::{CloudLink, CloudSession};
 use collm_protocol::{SessionId, TraceParent, pb};
-use collm_runtime::ExitPolicy;
 use collm_runtime::codec::{self, Encoding};
 use collm_runtime::sampling::{self, Pick, SamplingParams};
 use collm_runtime::transport::NextTokenRequest;
+use collm_runtime::{EdgeAnswered, ExitPolicy};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -173,6 +173,10 @@ impl Generator {
         let max_new = req.max_tokens.min(decoder.room());
         let mut produced = 0;
         let mut finish = Finish::Length;
+        // Positions whose token the edge picked without asking: a `propagate` cloud derives
+        // their deeper K/V from the uploaded state. Positions the cloud was asked about stay
+        // out even when it failed to answer, so every replica runs them exactly.
+        let mut edge_answered = EdgeAnswered::default();
         while produced < max_new {
             let (next, step) = engine.step(decoder).await?;
             decoder = next;
@@ -199,8 +203,12 @@ impl Generator {
             );
             let edge_pick = |layer| sampling::sample(ready.head(layer), &req.sampling, ready.u);
             let (pick, source) = match choice {
-                Choice::Exit(layer) => (edge_pick(layer), Source::Edge),
+                Choice::Exit(layer) => {
+                    edge_answered.push(ready.after as u64);
+                    (edge_pick(layer), Source::Edge)
+                }
                 Choice::Fallback(why) => {
+                    edge_answered.push(ready.after as u64);
                     summary.degraded |= why == Fallback::Unreachable;
                     (edge_pick(deepest), Source::EdgeFallback)
                 }
@@ -213,6 +221,7 @@ impl Generator {
                         params: req.sampling,
                         u: ready.u,
                         top_k: 0,
+                        edge_answered: edge_answered.clone(),
                     };
                     match self.ask(s, req.mode, ask, timeout).await {
                         Ok(pick) => (pick, Source::Cloud),

@@ -6,8 +6,8 @@ use collm_checkpoint::{Checkpoint, Weight};
 
 use crate::graph::{self, GraphOptions};
 use crate::manifest::{
-    CLOUD_FILE, EDGE_FILE, ExitHead, FORMAT_VERSION, MANIFEST_FILE, Manifest, Partition,
-    TOKENIZER_FILE, TokenizerInfo, WeightFormat,
+    CLOUD_FILE, CLOUD_KV_FILE, EDGE_FILE, ExitHead, FORMAT_VERSION, MANIFEST_FILE, Manifest,
+    Partition, TOKENIZER_FILE, TokenizerInfo, WeightFormat,
 };
 use crate::{Error, Result, verify};
 
@@ -103,6 +103,12 @@ pub fn export(
     write(out, CLOUD_FILE, &collm_onnx::encode(&cloud), progress)?;
     drop(cloud);
 
+    progress("building cloud K/V propagation graph");
+    let cloud_kv = graph::cloud_kv_graph(&ckpt, plan.split_layer, &plan.graph);
+    let (cloud_kv_in, cloud_kv_out) = graph::io_specs(&cloud_kv);
+    write(out, CLOUD_KV_FILE, &collm_onnx::encode(&cloud_kv), progress)?;
+    drop(cloud_kv);
+
     write(out, TOKENIZER_FILE, ckpt.tokenizer_json.as_bytes(), progress)?;
 
     let mut manifest = Manifest {
@@ -126,6 +132,13 @@ pub fn export(
             inputs: cloud_in,
             outputs: cloud_out,
         },
+        cloud_kv: Some(Partition {
+            file: CLOUD_KV_FILE.to_string(),
+            first_layer: plan.split_layer,
+            end_layer: cfg.num_layers,
+            inputs: cloud_kv_in,
+            outputs: cloud_kv_out,
+        }),
         exits: exits.iter().map(|&layer| ExitHead { layer, calibration: None }).collect(),
         tokenizer: TokenizerInfo {
             file: TOKENIZER_FILE.to_string(),
@@ -136,7 +149,7 @@ pub fn export(
         files: Default::default(),
     };
     progress("hashing files");
-    for f in [EDGE_FILE, CLOUD_FILE, TOKENIZER_FILE] {
+    for f in [EDGE_FILE, CLOUD_FILE, CLOUD_KV_FILE, TOKENIZER_FILE] {
         manifest.files.insert(f.to_string(), verify::sha256_file(&out.join(f))?);
     }
     write_manifest(out, &manifest)?;

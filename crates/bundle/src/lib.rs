@@ -1,4 +1,5 @@
-//! The model bundle: `manifest.json`, `edge.onnx`, `cloud.onnx`, `tokenizer.json`.
+//! The model bundle: `manifest.json`, `edge.onnx`, `cloud.onnx`, `cloud_kv.onnx`,
+//! `tokenizer.json`.
 //! [`export()`] writes one from a checkpoint; [`Bundle::open`] verifies one before use.
 
 pub mod calibration;

@@ -11,6 +11,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const EDGE_FILE: &str = "edge.onnx";
 pub const CLOUD_FILE: &str = "cloud.onnx";
+pub const CLOUD_KV_FILE: &str = "cloud_kv.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct Manifest {
     pub weights: WeightFormat,
     pub edge: Partition,
     pub cloud: Partition,
+    /// The cloud layers' K/V propagation graph (`propagate` catch-up); absent from bundles
+    /// exported before it existed, which then only catch up exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_kv: Option<Partition>,
     /// Early-exit heads on the edge, shallowest first.
     pub exits: Vec<ExitHead>,
     pub tokenizer: TokenizerInfo,

@@ -33,6 +33,7 @@ impl Bundle {
         }
         if parts != Parts::Edge {
             needed.push(manifest.cloud.file.clone());
+            needed.extend(manifest.cloud_kv.as_ref().map(|p| p.file.clone()));
         }
         for file in needed {
             let expected = manifest.files.get(&file).ok_or_else(|| {

@@ -232,13 +232,14 @@ impl CloudSession {
         id: &SessionId,
         req: &NextTokenRequest,
     ) -> Result<CloudAnswer> {
-        let wire = collm_protocol::outgoing::next_token_request(
+        let mut wire = collm_protocol::outgoing::next_token_request(
             id,
             req.after as u64,
             convert::sampling(&req.params),
             req.u,
             req.top_k as u32,
         );
+        wire.edge_answered = req.edge_answered.to_flat();
         let t = Instant::now();
         let mut request = tonic::Request::new(wire);
         if let Some(parent) = &self.trace {

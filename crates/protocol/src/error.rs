@@ -82,6 +82,14 @@ pub enum ProtocolError {
     #[error("uniform draw u must be in [0, 1), got {0}")]
     InvalidDraw(f64),
 
+    #[error("invalid edge_answered: {0}")]
+    InvalidEdgeAnswers(String),
+
+    #[error(
+        "edge_answered holds {values} values, more than the {max} ([start, end) pairs) a session's context can need"
+    )]
+    TooManyEdgeAnswers { values: usize, max: u64 },
+
     #[error("top_k of {requested} alternatives exceeds the limit of {max}")]
     TopKTooLarge { requested: u32, max: u32 },
 
@@ -126,13 +134,16 @@ impl ProtocolError {
             | InvalidTemperature(_)
             | InvalidTopP(_)
             | InvalidDraw(_)
+            | InvalidEdgeAnswers(_)
             | TopKTooLarge { .. }
             | EmptyPrompt
             | PromptTooLong { .. }
             | UnknownTokenId { .. }
             | NoTokensAsked
             | MalformedTraceparent(_) => tonic::Code::InvalidArgument,
-            TooManyRows { .. } | PayloadTooLarge { .. } => tonic::Code::ResourceExhausted,
+            TooManyRows { .. } | PayloadTooLarge { .. } | TooManyEdgeAnswers { .. } => {
+                tonic::Code::ResourceExhausted
+            }
             BeyondContext { .. } => tonic::Code::OutOfRange,
             Gap { .. } | NotUploaded { .. } => tonic::Code::FailedPrecondition,
             MissingCredentials | MalformedCredentials(_) => tonic::Code::Unauthenticated,

@@ -56,5 +56,6 @@ pub fn next_token_request(
         sampling: Some(sampling.to_wire()),
         u,
         top_k,
+        edge_answered: vec![],
     }
 }

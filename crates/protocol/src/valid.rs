@@ -252,6 +252,9 @@ pub struct ValidNextToken {
     pub u: f64,
     /// Alternatives to return, at most `Limits::max_top_k`.
     pub top_k: u32,
+    /// Positions the edge answered, `[start, end)` pairs flattened (bounded in size here; the
+    /// runtime's `EdgeAnswered::from_flat` checks their order).
+    pub edge_answered: Vec<u64>,
 }
 
 impl ValidNextToken {
@@ -273,7 +276,20 @@ impl ValidNextToken {
                 max: limits.max_top_k,
             });
         }
-        Ok(Self { session, after: req.after, sampling, u: req.u, top_k: req.top_k })
+        if req.edge_answered.len() as u64 > limits.max_context.saturating_mul(2) {
+            return Err(ProtocolError::TooManyEdgeAnswers {
+                values: req.edge_answered.len(),
+                max: limits.max_context.saturating_mul(2),
+            });
+        }
+        Ok(Self {
+            session,
+            after: req.after,
+            sampling,
+            u: req.u,
+            top_k: req.top_k,
+            edge_answered: req.edge_answered,
+        })
     }
 }
 

@@ -216,7 +216,14 @@ fn next_token_for_a_position_never_uploaded_is_failed_precondition() {
 }
 
 fn next(sampling: Option<pb::SamplingParams>, u: f64, top_k: u32) -> pb::NextTokenRequest {
-    pb::NextTokenRequest { session_id: "chat-1".into(), after: 3, sampling, u, top_k }
+    pb::NextTokenRequest {
+        session_id: "chat-1".into(),
+        after: 3,
+        sampling,
+        u,
+        top_k,
+        edge_answered: vec![],
+    }
 }
 
 fn params(temperature: f32, top_p: Option<f32>) -> Option<pb::SamplingParams> {
@@ -228,7 +235,15 @@ fn a_next_token_request_round_trips_and_defaults_to_greedy() {
     let sampling = Sampling { temperature: 0.7, top_k: 40, top_p: 0.9 };
     let req = next_token_request(&session(), 3, sampling, 0.25, 5);
     let valid = ValidNextToken::parse(req, &limits()).expect("valid");
-    assert_eq!(valid, ValidNextToken { session: session(), after: 3, sampling, u: 0.25, top_k: 5 });
+    let expected = ValidNextToken {
+        session: session(),
+        after: 3,
+        sampling,
+        u: 0.25,
+        top_k: 5,
+        edge_answered: vec![],
+    };
+    assert_eq!(valid, expected);
     let greedy = ValidNextToken::parse(next(None, 0.0, 0), &limits()).expect("valid");
     assert_eq!(greedy.sampling, Sampling::default());
     let unset_top_p =
@@ -253,6 +268,20 @@ fn out_of_range_sampling_parameters_are_invalid_argument() {
         let err = ValidNextToken::parse(req, &limits()).expect_err(needle);
         assert_status(&tonic::Status::from(err), Code::InvalidArgument, needle);
     }
+}
+
+#[test]
+fn edge_answers_beyond_what_a_context_can_hold_are_refused_before_any_work() {
+    let mut req = next(None, 0.5, 0);
+    req.edge_answered = (0..200).collect();
+    assert!(ValidNextToken::parse(req.clone(), &limits()).is_ok(), "2 x max_context values fit");
+    req.edge_answered.push(300);
+    let err = ValidNextToken::parse(req, &limits()).expect_err("too many");
+    assert_status(
+        &tonic::Status::from(err),
+        Code::ResourceExhausted,
+        "edge_answered holds 201 values",
+    );
 }
 
 #[test]

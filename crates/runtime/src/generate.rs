@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catch_up::EdgeAnswered;
 use crate::codec::{self, Encoding};
 use crate::decoder::EdgeDecoder;
 use crate::exit::ExitPolicy;
@@ -128,6 +129,7 @@ pub fn generate(
     let start = Instant::now();
     let mut first_token_at = None;
     let max_new = opts.max_tokens.min(decoder.room());
+    let mut edge_answered = EdgeAnswered::default();
     let result = (|| {
         let mut index = 0;
         while index < max_new {
@@ -161,6 +163,7 @@ pub fn generate(
                     };
                     match (confident, cloud.as_deref_mut()) {
                         (Some(layer), _) => {
+                            edge_answered.push(ready.after as u64);
                             (sampling::sample(ready.head(layer), &opts.sampling, u), Origin::Edge)
                         }
                         (None, Some(cloud)) => {
@@ -172,6 +175,7 @@ pub fn generate(
                                     params: opts.sampling,
                                     u,
                                     top_k: 0,
+                                    edge_answered: edge_answered.clone(),
                                 },
                             )?;
                             generation.timings.cloud_ms += ms(t_cloud);

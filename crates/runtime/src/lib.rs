@@ -1,6 +1,8 @@
 //! The split runtime: edge and cloud partitions on ONNX Runtime, KV caches, text in and out,
 //! sampling, the early-exit decision and the edge→cloud transport seam.
 
+pub mod catch_up;
+pub mod cloud_layers;
 pub mod codec;
 pub mod decoder;
 pub mod exit;
@@ -15,6 +17,8 @@ pub mod split;
 pub mod text;
 pub mod transport;
 
+pub use catch_up::{CatchUp, EdgeAnswered};
+pub use cloud_layers::CloudLayers;
 pub use codec::Encoding;
 pub use exit::{ExitPolicy, OperatingPoint};
 pub use generate::{GenerateOptions, Generation, Mode, Origin, TokenEvent, generate};

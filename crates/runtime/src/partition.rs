@@ -80,6 +80,10 @@ impl RunOutputs {
 pub struct Partition {
     session: Session,
     pub shape: PartitionShape,
+    /// Whether the graph reads an attention bias and a logits count (the K/V propagation
+    /// graph has neither attention nor heads).
+    takes_bias: bool,
+    takes_count: bool,
 }
 
 fn ort_err(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
@@ -97,7 +101,9 @@ impl Partition {
             .map_err(|e| {
                 Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
             })?;
-        Ok(Self { session, shape })
+        let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
+        let (takes_bias, takes_count) = (takes(names::ATTENTION_BIAS), takes(names::LOGITS_COUNT));
+        Ok(Self { session, shape, takes_bias, takes_count })
     }
 
     pub fn empty_cache(&self) -> Result<KvCache> {
@@ -169,19 +175,23 @@ impl Partition {
             names::POSITION_IDS.into(),
             Tensor::from_array((vec![1i64, seq as i64], positions)).map_err(t)?.into(),
         ));
-        inputs.push((
-            names::ATTENTION_BIAS.into(),
-            Tensor::from_array((
-                vec![1i64, 1, seq as i64, (past + seq) as i64],
-                causal_bias(past, seq),
-            ))
-            .map_err(t)?
-            .into(),
-        ));
-        inputs.push((
-            names::LOGITS_COUNT.into(),
-            Tensor::from_array((vec![1i64], vec![logits_count as i64])).map_err(t)?.into(),
-        ));
+        if self.takes_bias {
+            inputs.push((
+                names::ATTENTION_BIAS.into(),
+                Tensor::from_array((
+                    vec![1i64, 1, seq as i64, (past + seq) as i64],
+                    causal_bias(past, seq),
+                ))
+                .map_err(t)?
+                .into(),
+            ));
+        }
+        if self.takes_count {
+            inputs.push((
+                names::LOGITS_COUNT.into(),
+                Tensor::from_array((vec![1i64], vec![logits_count as i64])).map_err(t)?.into(),
+            ));
+        }
         for (i, layer) in s.layers.clone().enumerate() {
             let (k, v) = &cache.layers[i];
             inputs.push((names::past_key(layer).into(), k.view().into()));

@@ -5,12 +5,15 @@ use std::path::Path;
 
 use collm_bundle::{Bundle, Manifest, Parts};
 
-use crate::Result;
+use crate::catch_up::CatchUp;
+use crate::cloud_layers::CloudLayers;
 use crate::partition::{Partition, PartitionShape};
 use crate::text::TextCodec;
 use crate::transport::InProcessCloud;
+use crate::{Error, Result};
 
 pub struct SplitModel {
+    pub dir: std::path::PathBuf,
     pub manifest: Manifest,
     pub text: TextCodec,
     pub edge: Partition,
@@ -35,15 +38,34 @@ impl SplitModel {
         } else {
             None
         };
-        Ok(Self { manifest: m, text, edge, cloud })
+        Ok(Self { dir: dir.to_path_buf(), manifest: m, text, edge, cloud })
     }
 
     pub fn exit_layers(&self) -> Vec<usize> {
         self.manifest.exits.iter().map(|e| e.layer).collect()
     }
 
-    /// Moves the cloud partition into an in-process transport.
-    pub fn take_in_process_cloud(&mut self) -> Option<InProcessCloud> {
-        self.cloud.take().map(InProcessCloud::new)
+    /// Moves the cloud partition into an in-process transport catching up as `catch_up` says
+    /// (`propagate` loads the bundle's K/V propagation graph, verified when the bundle opened).
+    pub fn take_in_process_cloud(&mut self, catch_up: CatchUp) -> Result<Option<InProcessCloud>> {
+        let Some(partition) = self.cloud.take() else { return Ok(None) };
+        let propagation = match catch_up {
+            CatchUp::Exact => None,
+            CatchUp::Propagate => load_propagation(&self.dir, &self.manifest)?,
+        };
+        Ok(Some(InProcessCloud::new(CloudLayers::new(partition, propagation, catch_up)?)))
     }
+}
+
+/// The bundle's K/V propagation graph, if it has one.
+pub fn load_propagation(dir: &Path, m: &Manifest) -> Result<Option<Partition>> {
+    let Some(p) = &m.cloud_kv else { return Ok(None) };
+    if (p.first_layer, p.end_layer) != (m.cloud.first_layer, m.cloud.end_layer) {
+        return Err(Error::Invalid(format!(
+            "the bundle's K/V propagation graph covers layers {}..{} but its cloud partition {}..{}",
+            p.first_layer, p.end_layer, m.cloud.first_layer, m.cloud.end_layer
+        )));
+    }
+    Partition::load(&dir.join(&p.file), PartitionShape::new(&m.config, p.first_layer..p.end_layer))
+        .map(Some)
 }

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use crate::catch_up::EdgeAnswered;
+use crate::cloud_layers::CloudLayers;
 use crate::codec::{self, Encoding};
-use crate::partition::{KvCache, Partition, PartitionInput};
+use crate::partition::{KvCache, Partition};
 use crate::sampling::{self, Pick, SamplingParams};
 use crate::{Error, Result};
-use collm_bundle::graph::names;
 
 /// Hidden states of positions `[start, start + rows)` in a transport encoding.
 #[derive(Debug, Clone)]
@@ -26,13 +27,15 @@ pub struct UploadAck {
 }
 
 /// What the edge asks: the token following position `after`, picked with `params` and the
-/// uniform draw `u` (so a seeded generation is the same whoever answers).
-#[derive(Debug, Clone, Copy)]
+/// uniform draw `u` (so a seeded generation is the same whoever answers), and the positions
+/// whose next token the edge answered so far (what `propagate` catch-up may propagate).
+#[derive(Debug, Clone)]
 pub struct NextTokenRequest {
     pub after: usize,
     pub params: SamplingParams,
     pub u: f64,
     pub top_k: usize,
+    pub edge_answered: EdgeAnswered,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,28 +59,28 @@ struct CloudSession {
     uploaded: usize,
 }
 
-/// The cloud partition in the edge's own process.
+/// The cloud layers in the edge's own process.
 pub struct InProcessCloud {
-    partition: Partition,
+    layers: CloudLayers,
     sessions: HashMap<SessionId, CloudSession>,
 }
 
 impl InProcessCloud {
-    pub fn new(partition: Partition) -> Self {
-        Self { partition, sessions: HashMap::new() }
+    pub fn new(layers: CloudLayers) -> Self {
+        Self { layers, sessions: HashMap::new() }
     }
 
     /// The cloud partition itself, for whole-sequence passes (scoring, calibration).
     pub fn partition_mut(&mut self) -> &mut Partition {
-        &mut self.partition
+        self.layers.partition_mut()
     }
 }
 
 impl CloudTransport for InProcessCloud {
     fn upload(&mut self, session: SessionId, upload: Upload) -> Result<UploadAck> {
-        let width = self.partition.shape.hidden_size;
+        let width = self.layers.partition().shape.hidden_size;
         if !self.sessions.contains_key(&session) {
-            let cache = self.partition.empty_cache()?;
+            let cache = self.layers.empty_cache()?;
             self.sessions.insert(session, CloudSession { cache, pending: Vec::new(), uploaded: 0 });
         }
         let s = self.sessions.get_mut(&session).ok_or(Error::UnknownSession(session))?;
@@ -94,7 +97,7 @@ impl CloudTransport for InProcessCloud {
     }
 
     fn next_token(&mut self, session: SessionId, req: NextTokenRequest) -> Result<CloudAnswer> {
-        let width = self.partition.shape.hidden_size;
+        let width = self.layers.partition().shape.hidden_size;
         let s = self.sessions.get_mut(&session).ok_or(Error::UnknownSession(session))?;
         if req.after >= s.uploaded {
             return Err(Error::Invalid(format!(
@@ -102,16 +105,14 @@ impl CloudTransport for InProcessCloud {
                 req.after, s.uploaded
             )));
         }
-        // Exact catch-up: every uploaded position up to `after` goes through the cloud layers.
+        // Catch up on every uploaded position up to `after`, as the cloud's catch-up mode says.
         let processed = s.cache.len();
         if req.after < processed {
             return Err(Error::Invalid(format!("position {} was already answered", req.after)));
         }
         let n = req.after + 1 - processed;
         let rows: Vec<f32> = s.pending.drain(..n * width).collect();
-        let mut out =
-            self.partition.run(&mut s.cache, PartitionInput::Hidden(&rows), 1, &[names::LOGITS])?;
-        let logits = out.take(names::LOGITS).unwrap_or_default();
+        let logits = self.layers.step(&mut s.cache, &rows, &req.edge_answered)?.logits;
         Ok(CloudAnswer {
             pick: sampling::sample(&logits, &req.params, req.u),
             top_k: if req.top_k > 0 { sampling::top_k(&logits, req.top_k) } else { vec![] },

@@ -190,7 +190,7 @@ pub fn fuse_rows(parts: &[&Weight]) -> Option<Weight> {
 }
 
 /// `x @ [W1; W2; ...]^T` split back into one output per weight (fused when the formats allow).
-fn linear_group(
+pub fn linear_group(
     g: &mut GraphBuilder,
     x: &str,
     parts: &[(&Weight, String)],
@@ -237,12 +237,35 @@ pub fn rope_tables(g: &mut GraphBuilder, cfg: &LlamaConfig) -> (String, String) 
     )
 }
 
+/// Rotary position inputs: the tables and each position's index.
+pub struct Rope<'a> {
+    pub position_ids: &'a str,
+    pub cos: &'a str,
+    pub sin: &'a str,
+}
+
 /// Values every decoder layer of a partition reads.
 pub struct LayerInputs<'a> {
-    pub position_ids: &'a str,
+    pub rope: Rope<'a>,
     pub attention_bias: &'a str,
-    pub rope_cos: &'a str,
-    pub rope_sin: &'a str,
+}
+
+/// Rotates `t` (`[1, seq, heads · head_dim]`) by its positions.
+pub fn rotary(
+    g: &mut GraphBuilder,
+    cfg: &LlamaConfig,
+    rope: &Rope<'_>,
+    t: &str,
+    heads: usize,
+) -> String {
+    g.op(
+        "RotaryEmbedding",
+        &[t, rope.cos, rope.sin, rope.position_ids],
+        vec![
+            ("interleaved", Attr::Int(cfg.rope_interleaved as i64)),
+            ("num_heads", Attr::Int(heads as i64)),
+        ],
+    )
 }
 
 /// One pre-norm decoder layer; returns the new residual stream. Declares the layer's KV cache
@@ -271,18 +294,8 @@ pub fn decoder_layer(
         opts,
     );
     let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
-    let rotary = |g: &mut GraphBuilder, t: &str, heads: usize| {
-        g.op(
-            "RotaryEmbedding",
-            &[t, io.rope_cos, io.rope_sin, io.position_ids],
-            vec![
-                ("interleaved", Attr::Int(cfg.rope_interleaved as i64)),
-                ("num_heads", Attr::Int(heads as i64)),
-            ],
-        )
-    };
-    let q = rotary(g, q, cfg.num_heads);
-    let k = rotary(g, k, cfg.num_kv_heads);
+    let q = rotary(g, cfg, &io.rope, q, cfg.num_heads);
+    let k = rotary(g, cfg, &io.rope, k, cfg.num_kv_heads);
     let attn = g.fresh_name("attention");
     let (past_k, past_v) = (names::past_key(index), names::past_value(index));
     let (present_k, present_v) = (names::present_key(index), names::present_value(index));

@@ -1,8 +1,11 @@
-//! Partition graphs built from a checkpoint: pure functions from weights to ONNX models.
+//! Partition graphs built from a checkpoint: pure functions from weights to ONNX models (the
+//! edge and cloud partitions, and the cloud's K/V propagation graph for `propagate` catch-up).
 
 mod layers;
 pub mod names;
 mod partition;
+mod propagate;
 
 pub use layers::{GraphOptions, ONNX_OPSET};
 pub use partition::{cloud_graph, edge_graph, io_specs};
+pub use propagate::cloud_kv_graph;

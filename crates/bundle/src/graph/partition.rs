@@ -5,7 +5,7 @@ use collm_checkpoint::{Checkpoint, LlamaConfig, Weight};
 use collm_onnx::{Dim, GraphBuilder, ModelProto, TensorProto, TensorType};
 
 use super::layers::{
-    GraphOptions, LayerInputs, Linear, MS_DOMAIN, ONNX_OPSET, decoder_layer, last_positions,
+    GraphOptions, LayerInputs, Linear, MS_DOMAIN, ONNX_OPSET, Rope, decoder_layer, last_positions,
     rms_norm, rope_tables,
 };
 use super::names;
@@ -23,7 +23,7 @@ fn common_inputs(g: &mut GraphBuilder) -> (String, String, String) {
     (pos, bias, count)
 }
 
-fn kv_dims(cfg: &LlamaConfig, seq: &str) -> Vec<Dim> {
+pub(super) fn kv_dims(cfg: &LlamaConfig, seq: &str) -> Vec<Dim> {
     vec![1i64.into(), cfg.num_kv_heads.into(), seq.into(), cfg.head_dim.into()]
 }
 
@@ -59,7 +59,7 @@ fn layer_stack(
     x
 }
 
-fn hidden_dims(cfg: &LlamaConfig, seq: &str) -> Vec<Dim> {
+pub(super) fn hidden_dims(cfg: &LlamaConfig, seq: &str) -> Vec<Dim> {
     vec![1i64.into(), seq.into(), cfg.hidden_size.into()]
 }
 
@@ -126,8 +126,10 @@ pub fn edge_graph(
     let x = g.op("Gather", &[&table, &ids], vec![("axis", collm_onnx::Attr::Int(0))]);
     let unit = ones(&mut g, cfg);
     let head = LmHead::declare(&mut g, ckpt, opts);
-    let io =
-        LayerInputs { position_ids: &pos, attention_bias: &bias, rope_cos: &cos, rope_sin: &sin };
+    let io = LayerInputs {
+        rope: Rope { position_ids: &pos, cos: &cos, sin: &sin },
+        attention_bias: &bias,
+    };
     let h = layer_stack(&mut g, ckpt, 0..split, x, &io, opts, |g, depth, x| {
         if exits.contains(&depth) {
             exit_head(g, cfg, &head, depth, x, &count, &unit);
@@ -178,8 +180,10 @@ pub fn cloud_graph(ckpt: &Checkpoint, split: usize, opts: &GraphOptions) -> Mode
     let x = g.input(names::HIDDEN, TensorType::F32, &hidden_dims(cfg, "seq"));
     let (pos, bias, count) = common_inputs(&mut g);
     let (cos, sin) = rope_tables(&mut g, cfg);
-    let io =
-        LayerInputs { position_ids: &pos, attention_bias: &bias, rope_cos: &cos, rope_sin: &sin };
+    let io = LayerInputs {
+        rope: Rope { position_ids: &pos, cos: &cos, sin: &sin },
+        attention_bias: &bias,
+    };
     let h = layer_stack(&mut g, ckpt, split..cfg.num_layers, x, &io, opts, |_, _, _| {});
     let unit = ones(&mut g, cfg);
     let state = rms_norm(&mut g, &h, &unit, cfg.rms_eps);

@@ -81,7 +81,7 @@ fn measure_one(d: &DecodeArgs, mode: Mode) -> Result<()> {
         stop_ids: vec![],
     };
     let exits = model.exit_layers();
-    let mut cloud = model.take_in_process_cloud();
+    let mut cloud = model.take_in_process_cloud(collm_runtime::CatchUp::Exact)?;
     let mut speeds = vec![];
     let mut edge_share = 0.0;
     for run in 0..=d.runs {

@@ -77,7 +77,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut model = SplitModel::open(&a.bundle, true)?;
     let cfg = model.manifest.config.clone();
     let exits = model.exit_layers();
-    let mut cloud = model.take_in_process_cloud().context("cloud partition")?;
+    let mut cloud =
+        model.take_in_process_cloud(collm_runtime::CatchUp::Exact)?.context("cloud partition")?;
     let started = Instant::now();
     let (train, heldout) = collect(&mut model, &mut cloud, &exits, &prompts, &a)?;
     eprintln!(

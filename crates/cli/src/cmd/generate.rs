@@ -5,7 +5,8 @@ use anyhow::{Result, bail};
 use collm_runtime::text::ChatMessage;
 use collm_runtime::transport::CloudTransport;
 use collm_runtime::{
-    Encoding, ExitPolicy, GenerateOptions, Mode, OperatingPoint, Origin, SamplingParams, SplitModel,
+    CatchUp, Encoding, ExitPolicy, GenerateOptions, Mode, OperatingPoint, Origin, SamplingParams,
+    SplitModel,
 };
 
 #[derive(clap::Args)]
@@ -45,6 +46,10 @@ pub struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How the in-process cloud catches up on positions the edge answered: exact | propagate
+    /// (with --cloud, the worker's own setting applies).
+    #[arg(long, default_value = "exact", conflicts_with = "cloud")]
+    catch_up: CatchUp,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -88,7 +93,9 @@ pub fn run(a: Args) -> Result<()> {
         (Some(url), Some(token)) if a.mode != Mode::Standalone => Some(Box::new(
             collm_cloud_client::GrpcCloud::connect(url, token, model.edge.shape.hidden_size)?,
         )),
-        _ => model.take_in_process_cloud().map(|c| Box::new(c) as Box<dyn CloudTransport>),
+        _ => {
+            model.take_in_process_cloud(a.catch_up)?.map(|c| Box::new(c) as Box<dyn CloudTransport>)
+        }
     };
     let color = std::io::stdout().is_terminal();
     let text_codec = &model.text;

@@ -1,0 +1,60 @@
+//! The cloud's K/V propagation graph, for `propagate` catch-up: for positions whose next token
+//! the edge answered, every cloud layer's keys and values are derived from the split hidden
+//! state (that layer's RMSNorm, K/V projections and rotary) instead of running the layers. The
+//! first cloud layer's K/V come out exact (they only read its input); deeper layers' are the
+//! approximation, as in CALM's state propagation for early-exited tokens.
+//!
+//! Inputs and outputs follow the cloud partition's names (`hidden`, `position_ids`,
+//! `past_key.{l}` … `present_value.{l}`), so the cloud's KV cache extends with either graph.
+
+use collm_checkpoint::Checkpoint;
+use collm_onnx::{Attr, GraphBuilder, ModelProto, TensorProto, TensorType};
+
+use super::layers::{
+    GraphOptions, MS_DOMAIN, ONNX_OPSET, Rope, linear_group, rms_norm, rope_tables,
+};
+use super::names;
+use super::partition::{hidden_dims, kv_dims};
+
+/// Builds the propagation graph for the cloud layers `[split, N)`.
+pub fn cloud_kv_graph(ckpt: &Checkpoint, split: usize, opts: &GraphOptions) -> ModelProto {
+    let cfg = &ckpt.config;
+    let mut g = GraphBuilder::new("ce-collm-cloud-kv");
+    let x = g.input(names::HIDDEN, TensorType::F32, &hidden_dims(cfg, "seq"));
+    let pos = g.input(names::POSITION_IDS, TensorType::I64, &[1i64.into(), "seq".into()]);
+    let (cos, sin) = rope_tables(&mut g, cfg);
+    let rope = Rope { position_ids: &pos, cos: &cos, sin: &sin };
+    // `[1, seq, kv_heads · head_dim]` → `[1, kv_heads, seq, head_dim]`, the cache layout.
+    let heads_first = g.const_i64(&[0, 0, cfg.num_kv_heads as i64, cfg.head_dim as i64]);
+    for i in split..cfg.num_layers {
+        let w = &ckpt.layers[i];
+        g.set_scope(&format!("layer{i}/"));
+        let p = format!("layers.{i}");
+        let norm = g.initializer(TensorProto::f32(
+            &format!("{p}.attn_norm"),
+            &[cfg.hidden_size as i64],
+            &w.attn_norm,
+        ));
+        let h = rms_norm(&mut g, &x, &norm, cfg.rms_eps);
+        let kv = linear_group(
+            &mut g,
+            &h,
+            &[(&w.wk, format!("{p}.wk")), (&w.wv, format!("{p}.wv"))],
+            opts,
+        );
+        let k = super::layers::rotary(&mut g, cfg, &rope, &kv[0], cfg.num_kv_heads);
+        for (value, past, present) in [
+            (k, names::past_key(i), names::present_key(i)),
+            (kv[1].clone(), names::past_value(i), names::present_value(i)),
+        ] {
+            g.input(&past, TensorType::F32, &kv_dims(cfg, "past"));
+            let split_heads = g.op("Reshape", &[&value, &heads_first], vec![]);
+            let new =
+                g.op("Transpose", &[&split_heads], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+            let all = g.op("Concat", &[&past, &new], vec![("axis", Attr::Int(2))]);
+            g.output(&all, &present, TensorType::F32, &kv_dims(cfg, "total"));
+        }
+    }
+    g.set_scope("");
+    g.finish(&[("", ONNX_OPSET), (MS_DOMAIN, 1)], &[])
+}

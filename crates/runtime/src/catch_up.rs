@@ -1,0 +1,208 @@
+//! Catch-up: how the cloud runs uploaded positions it has not processed yet before it answers
+//! "which token follows position `after`?". Pure: which positions, which way.
+//!
+//! - `exact`: every position goes through the cloud layers; answers equal the full model's.
+//! - `propagate`: a position whose next token the edge answered gets the cloud layers' keys and
+//!   values from its split hidden state alone (see `collm_bundle::graph::cloud_kv_graph`), far
+//!   cheaper than running the layers; the prompt, positions the cloud answered and the asked
+//!   position still run exactly.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+/// A cloud's catch-up mode (the operator's `catchUp`, the worker's `catch_up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    #[default]
+    Exact,
+    Propagate,
+}
+
+impl std::str::FromStr for CatchUp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(Self::Exact),
+            "propagate" => Ok(Self::Propagate),
+            other => Err(format!("unknown catch-up mode {other:?} (expected exact or propagate)")),
+        }
+    }
+}
+
+impl std::fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Exact => "exact",
+            Self::Propagate => "propagate",
+        })
+    }
+}
+
+/// Positions whose next token the edge answered without asking the cloud, as sorted, disjoint,
+/// non-adjacent ranges. The edge sends them with every next-token request, so any replica, even
+/// one rebuilding a session from position 0, classifies every position the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeAnswered {
+    ranges: Vec<Range<u64>>,
+}
+
+impl EdgeAnswered {
+    /// Records that the edge answered the token after `position`. Positions arrive in
+    /// increasing order; one at or below the last recorded is ignored.
+    pub fn push(&mut self, position: u64) {
+        match self.ranges.last_mut() {
+            Some(last) if position < last.end => {}
+            Some(last) if position == last.end => last.end += 1,
+            _ => self.ranges.push(position..position + 1),
+        }
+    }
+
+    pub fn contains(&self, position: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.end <= position);
+        self.ranges.get(i).is_some_and(|r| r.start <= position)
+    }
+
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.ranges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The wire form: `[start₀, end₀, start₁, end₁, …]`.
+    pub fn to_flat(&self) -> Vec<u64> {
+        self.ranges.iter().flat_map(|r| [r.start, r.end]).collect()
+    }
+
+    /// Parses the wire form, refusing what a well-behaved edge never sends.
+    pub fn from_flat(flat: &[u64]) -> Result<Self, String> {
+        if flat.len() % 2 != 0 {
+            return Err(format!(
+                "edge_answered holds [start, end) pairs but has {} values",
+                flat.len()
+            ));
+        }
+        let mut ranges: Vec<Range<u64>> = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let r = pair[0]..pair[1];
+            if r.is_empty() {
+                return Err(format!("edge_answered range {}..{} is empty", r.start, r.end));
+            }
+            if let Some(prev) = ranges.last()
+                && r.start <= prev.end
+            {
+                return Err(format!(
+                    "edge_answered ranges must increase and not touch: {}..{} after {}..{}",
+                    r.start, r.end, prev.start, prev.end
+                ));
+            }
+            ranges.push(r);
+        }
+        Ok(Self { ranges })
+    }
+}
+
+/// How a run of positions is caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// Through the cloud layers.
+    Exact,
+    /// K/V derived from the split hidden state.
+    Propagated,
+}
+
+/// Consecutive positions caught up the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUpRun {
+    pub positions: Range<u64>,
+    pub kind: RunKind,
+}
+
+/// Splits positions `from..=after` into runs, in order. The asked position `after` is always
+/// exact: its logits are the answer.
+pub fn plan(mode: CatchUp, from: u64, after: u64, edge: &EdgeAnswered) -> Vec<CatchUpRun> {
+    let mut runs: Vec<CatchUpRun> = Vec::new();
+    for p in from..=after {
+        let kind = if mode == CatchUp::Propagate && p != after && edge.contains(p) {
+            RunKind::Propagated
+        } else {
+            RunKind::Exact
+        };
+        match runs.last_mut() {
+            Some(run) if run.kind == kind => run.positions.end = p + 1,
+            _ => runs.push(CatchUpRun { positions: p..p + 1, kind }),
+        }
+    }
+    runs
+}
+
+/// Positions of each kind in `runs`: (exact, propagated).
+pub fn counts(runs: &[CatchUpRun]) -> (u64, u64) {
+    runs.iter().fold((0, 0), |(e, p), r| {
+        let n = r.positions.end - r.positions.start;
+        match r.kind {
+            RunKind::Exact => (e + n, p),
+            RunKind::Propagated => (e, p + n),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(positions: &[u64]) -> EdgeAnswered {
+        let mut e = EdgeAnswered::default();
+        for &p in positions {
+            e.push(p);
+        }
+        e
+    }
+
+    #[test]
+    fn edge_answers_merge_into_ranges_and_round_trip_the_wire() {
+        let e = answered(&[3, 4, 5, 5, 2, 9, 11, 12]);
+        assert_eq!(e.ranges(), &[3..6, 9..10, 11..13]);
+        assert_eq!(EdgeAnswered::from_flat(&e.to_flat()), Ok(e.clone()));
+        assert!(e.contains(3) && e.contains(5) && e.contains(12));
+        assert!(!e.contains(2) && !e.contains(6) && !e.contains(10) && !e.contains(13));
+    }
+
+    #[test]
+    fn malformed_wire_ranges_are_refused() {
+        assert!(EdgeAnswered::from_flat(&[1, 2, 3]).unwrap_err().contains("pairs"));
+        assert!(EdgeAnswered::from_flat(&[4, 4]).unwrap_err().contains("empty"));
+        assert!(EdgeAnswered::from_flat(&[1, 5, 3, 8]).unwrap_err().contains("increase"));
+        assert!(EdgeAnswered::from_flat(&[1, 5, 5, 8]).unwrap_err().contains("touch"));
+        assert_eq!(EdgeAnswered::from_flat(&[]), Ok(EdgeAnswered::default()));
+    }
+
+    #[test]
+    fn exact_mode_runs_everything_through_the_layers() {
+        let runs = plan(CatchUp::Exact, 0, 9, &answered(&[2, 3, 4, 7]));
+        assert_eq!(runs, vec![CatchUpRun { positions: 0..10, kind: RunKind::Exact }]);
+    }
+
+    #[test]
+    fn propagate_mode_propagates_edge_answers_but_never_the_asked_position() {
+        // Prompt 0..4, the edge answered after 4, 5 and 7, the cloud after 6; asked: after 8.
+        let runs = plan(CatchUp::Propagate, 4, 8, &answered(&[4, 5, 7, 8]));
+        let expect = [
+            (4..6, RunKind::Propagated),
+            (6..7, RunKind::Exact),
+            (7..8, RunKind::Propagated),
+            (8..9, RunKind::Exact),
+        ];
+        let expect: Vec<_> =
+            expect.into_iter().map(|(positions, kind)| CatchUpRun { positions, kind }).collect();
+        assert_eq!(runs, expect);
+        assert_eq!(counts(&runs), (2, 3));
+        // Rebuilding from 0 classifies the same positions the same way.
+        let rebuilt = plan(CatchUp::Propagate, 0, 8, &answered(&[4, 5, 7, 8]));
+        assert_eq!(rebuilt[0], CatchUpRun { positions: 0..4, kind: RunKind::Exact });
+        assert_eq!(&rebuilt[1..], &expect[..]);
+    }
+}

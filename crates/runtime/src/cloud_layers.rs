@@ -1,0 +1,117 @@
+//! The cloud's layers as a next-token step: catch up on a session's unprocessed positions as the
+//! catch-up mode says (see [`crate::catch_up`]), then return the asked position's logits.
+
+use collm_bundle::graph::names;
+
+use crate::catch_up::{self, CatchUp, EdgeAnswered, RunKind};
+use crate::partition::{KvCache, Partition, PartitionInput};
+use crate::{Error, Result};
+
+/// The cloud partition and, for `propagate` catch-up, the K/V propagation graph.
+pub struct CloudLayers {
+    partition: Partition,
+    propagation: Option<Partition>,
+    catch_up: CatchUp,
+}
+
+/// What one step computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stepped {
+    /// Next-token logits of the asked position.
+    pub logits: Vec<f32>,
+    /// Positions run through the cloud layers.
+    pub exact: u64,
+    /// Positions whose K/V were propagated from the split hidden state.
+    pub propagated: u64,
+}
+
+impl CloudLayers {
+    /// Exact catch-up.
+    pub fn exact(partition: Partition) -> Self {
+        Self { partition, propagation: None, catch_up: CatchUp::Exact }
+    }
+
+    /// `propagate` needs the bundle's propagation graph (`cloud_kv.onnx`); it must cover the
+    /// same layers as the partition.
+    pub fn new(
+        partition: Partition,
+        propagation: Option<Partition>,
+        catch_up: CatchUp,
+    ) -> Result<Self> {
+        match (&propagation, catch_up) {
+            (None, CatchUp::Propagate) => Err(Error::Invalid(
+                "propagate catch-up needs the bundle's cloud K/V propagation graph (cloud_kv.onnx), which this bundle lacks: export it again with this version of collm, or catch up exactly".into(),
+            )),
+            (Some(p), _) if p.shape.layers != partition.shape.layers => Err(Error::Invalid(format!(
+                "the K/V propagation graph covers layers {:?} but the cloud partition {:?}",
+                p.shape.layers, partition.shape.layers
+            ))),
+            _ => Ok(Self { partition, propagation, catch_up }),
+        }
+    }
+
+    pub fn catch_up(&self) -> CatchUp {
+        self.catch_up
+    }
+
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// The cloud partition itself, for whole-sequence passes (scoring, calibration).
+    pub fn partition_mut(&mut self) -> &mut Partition {
+        &mut self.partition
+    }
+
+    pub fn empty_cache(&self) -> Result<KvCache> {
+        self.partition.empty_cache()
+    }
+
+    /// Extends `cache` with `rows` (the split hidden states of positions `cache.len()..=after`,
+    /// decoded) and returns the logits of the last one.
+    pub fn step(
+        &mut self,
+        cache: &mut KvCache,
+        rows: &[f32],
+        edge: &EdgeAnswered,
+    ) -> Result<Stepped> {
+        let width = self.partition.shape.hidden_size.max(1);
+        let n = (rows.len() / width) as u64;
+        if n == 0 || rows.len() % width != 0 {
+            return Err(Error::Invalid(format!(
+                "a cloud step needs whole rows of {width} values, got {}",
+                rows.len()
+            )));
+        }
+        let from = cache.len() as u64;
+        let runs = catch_up::plan(self.catch_up, from, from + n - 1, edge);
+        let (exact, propagated) = catch_up::counts(&runs);
+        let mut logits = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            let slice = &rows[((run.positions.start - from) as usize) * width
+                ..((run.positions.end - from) as usize) * width];
+            let last = i + 1 == runs.len();
+            match run.kind {
+                RunKind::Exact => {
+                    let wanted: &[&str] = if last { &[names::LOGITS] } else { &[] };
+                    let mut out = self.partition.run(
+                        cache,
+                        PartitionInput::Hidden(slice),
+                        usize::from(last),
+                        wanted,
+                    )?;
+                    if last {
+                        logits = out.take(names::LOGITS).unwrap_or_default();
+                    }
+                }
+                RunKind::Propagated => {
+                    let graph = self.propagation.as_mut().ok_or_else(|| {
+                        Error::Invalid("propagated positions without a propagation graph".into())
+                    })?;
+                    graph.run(cache, PartitionInput::Hidden(slice), 0, &[])?;
+                }
+            }
+        }
+        Ok(Stepped { logits, exact, propagated })
+    }
+}
