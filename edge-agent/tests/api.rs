@@ -60,6 +60,28 @@ fn collaboration_over_http_and_grpc_equals_the_in_process_answer() {
 }
 
 #[test]
+fn a_propagating_cloud_behind_the_agent_answers_as_the_in_process_propagating_cloud() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = tiny_bundle(dir.path());
+    let w = worker(&bundle, dir.path(), &["--catch-up", "propagate"]);
+    let a = agent(&bundle, &[&w.addr], &["--encoding", "f16", "--threshold", "0.02"]);
+    let args =
+        ["--max-tokens", "32", "--threshold", "0.02", "--temperature", "0.8", "--seed", "11"];
+    let mut propagate = args.to_vec();
+    propagate.extend(["--catch-up", "propagate"]);
+    let reference = in_process(&bundle, &propagate);
+    let exact = in_process(&bundle, &args);
+    assert_ne!(ids(&exact, "tokens"), ids(&reference, "tokens"), "these settings must tell apart");
+    let body = completion(32, json!({"temperature": 0.8, "seed": 11}));
+    let (status, answer) = post(&format!("http://{}", a.addr), "/v1/completions", &body);
+    assert_eq!(status, 200, "{answer}");
+    // The agent told the cloud which positions it answered, exactly as the in-process loop does.
+    assert_eq!(tokens(&answer), ids(&reference, "tokens"));
+    let sources = answer["collm"]["sources"].as_array().expect("sources");
+    assert!(sources.iter().any(|s| s == "edge") && sources.iter().any(|s| s == "cloud"));
+}
+
+#[test]
 fn standalone_needs_no_cloud_and_the_cloud_baseline_runs_the_full_model_remotely() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());

@@ -54,6 +54,16 @@ impl CloudLayers {
         self.catch_up
     }
 
+    /// Switches the catch-up mode (for comparing the two on one loaded model); `propagate`
+    /// needs the propagation graph.
+    pub fn set_catch_up(&mut self, catch_up: CatchUp) -> Result<()> {
+        if catch_up == CatchUp::Propagate && self.propagation.is_none() {
+            return Err(Error::Invalid("propagate catch-up needs the propagation graph".into()));
+        }
+        self.catch_up = catch_up;
+        Ok(())
+    }
+
     pub fn partition(&self) -> &Partition {
         &self.partition
     }

@@ -74,6 +74,10 @@ impl InProcessCloud {
     pub fn partition_mut(&mut self) -> &mut Partition {
         self.layers.partition_mut()
     }
+
+    pub fn layers_mut(&mut self) -> &mut CloudLayers {
+        &mut self.layers
+    }
 }
 
 impl CloudTransport for InProcessCloud {

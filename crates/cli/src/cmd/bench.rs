@@ -26,6 +26,8 @@ enum What {
     Decode(DecodeArgs),
     /// Concurrent streaming chat requests against a running edge agent: throughput, latency.
     Load(super::load::LoadArgs),
+    /// Propagate vs exact catch-up: answer agreement and cloud compute on ShareGPT prompts.
+    CatchUp(super::catch_up::CatchUpArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
             None => orchestrate(&d),
         },
         What::Load(l) => super::load::run(l),
+        What::CatchUp(c) => super::catch_up::run(c),
     }
 }
 

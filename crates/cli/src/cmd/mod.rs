@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod calibrate;
+pub mod catch_up;
 pub mod chat;
 pub mod export;
 pub mod generate;
