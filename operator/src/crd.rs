@@ -133,8 +133,9 @@ pub struct CollabModelSpec {
     pub cloud: CloudSpec,
 
     /// How the cloud fills in positions it has not processed: `exact` runs them through the cloud
-    /// layers (output equals the full model); `propagate` derives them from the edge's exit state
-    /// (much less cloud compute, small quality cost).
+    /// layers (output equals the full model); `propagate` derives the cloud layers' keys and
+    /// values for positions the edge answered from their uploaded hidden state (less cloud
+    /// compute, approximate: the bundle needs cloud_kv.onnx, and answers can differ from exact).
     #[serde(default)]
     pub catch_up: CatchUp,
 

@@ -52,6 +52,8 @@ struct Tally {
     prompts: usize,
     tokens: usize,
     edge_tokens: usize,
+    /// Prompt positions: always caught up exactly (the edge answered none of them).
+    prompt_positions: usize,
     /// Positions the cloud was asked about (teacher-forced), and how many of its answers
     /// with propagation have the exact answer's top-1 token.
     cloud_answers: usize,
@@ -81,7 +83,7 @@ impl Tally {
 Command: `{command}`\n\n\
 {} ShareGPT prompts, {} generated tokens, edge share {:.1}% (greedy, collaborative).\n\n\
 | | exact | propagate |\n|---|---:|---:|\n\
-| cloud positions run through the cloud layers | {} | {} |\n\
+| cloud positions run through the cloud layers ({} of them prompt) | {} | {} |\n\
 | cloud positions propagated (K/V projections only) | 0 | {} |\n\
 | cloud time for the same requests (s) | {:.2} | {:.2} |\n\
 | top-1 agreement of the cloud's answers with exact (teacher-forced, {} answers) | 100% | {:.1}% |\n\
@@ -92,6 +94,7 @@ cloud time ratio propagate / exact = {:.2}.\n",
             self.prompts,
             self.tokens,
             100.0 * ratio(self.edge_tokens, self.tokens),
+            self.prompt_positions,
             self.exact_positions_exact_mode,
             self.exact_positions_propagate_mode,
             self.propagated_positions,
@@ -159,6 +162,7 @@ pub fn run(a: CatchUpArgs) -> Result<()> {
         let free = generate(&mut cloud, &mut model, CatchUp::Propagate)?;
         teacher_forced(&mut model, &mut cloud, &prompt_ids, &exact, &mut tally)?;
         tally.prompts += 1;
+        tally.prompt_positions += prompt_ids.len();
         tally.tokens += exact.tokens.len();
         tally.edge_tokens += exact.origins.iter().filter(|o| **o == Origin::Edge).count();
         let same = exact.tokens.iter().zip(&free.tokens).take_while(|(x, y)| x == y).count();
