@@ -6,8 +6,7 @@ mod common;
 
 use collm_cloud_client::GrpcCloud;
 use collm_protocol::{BearerToken, CloudServiceClient, pb};
-use collm_runtime::sampling::SamplingParams;
-use collm_runtime::transport::{CloudTransport, NextTokenRequest, Upload};
+use collm_runtime::transport::{CloudTransport, Upload};
 use collm_runtime::{Encoding, codec};
 use common::*;
 
@@ -17,16 +16,6 @@ fn upload(start: usize, rows: &[f32], hidden: usize) -> Upload {
         rows: rows.len() / hidden,
         encoding: Encoding::F32,
         payload: codec::encode(rows, hidden, Encoding::F32),
-    }
-}
-
-fn ask(after: usize) -> NextTokenRequest {
-    NextTokenRequest {
-        after,
-        params: SamplingParams::default(),
-        u: 0.5,
-        top_k: 3,
-        edge_answered: Default::default(),
     }
 }
 

@@ -21,23 +21,21 @@ fn mixing_threshold(bundle: &std::path::Path) -> String {
     format!("{}", c[c.len() / 2])
 }
 
+/// A worker on the tiny bundle with `extra` flags.
+fn start(bundle: &std::path::Path, tokens: &std::path::Path, extra: &[&str]) -> ServingWorker {
+    let mut args = vec!["--bundle", path_str(bundle), "--tokens", path_str(tokens)];
+    args.extend(["--listen", "127.0.0.1:0"]);
+    args.extend_from_slice(extra);
+    ServingWorker::start(&args)
+}
+
 #[test]
 fn propagate_over_grpc_equals_the_in_process_propagate_cloud_and_is_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());
     let tokens = tokens_file(dir.path());
-    let worker = ServingWorker::start(&[
-        "--bundle",
-        path_str(&bundle),
-        "--tokens",
-        path_str(&tokens),
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--catch-up",
-        "propagate",
-    ]);
+    let worker =
+        start(&bundle, &tokens, &["--http-listen", "127.0.0.1:0", "--catch-up", "propagate"]);
     let threshold = mixing_threshold(&bundle);
     let common = [
         "--threshold",
@@ -102,16 +100,7 @@ fn malformed_edge_answers_are_invalid_argument_and_the_session_survives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());
     let tokens = tokens_file(dir.path());
-    let worker = ServingWorker::start(&[
-        "--bundle",
-        path_str(&bundle),
-        "--tokens",
-        path_str(&tokens),
-        "--listen",
-        "127.0.0.1:0",
-        "--catch-up",
-        "propagate",
-    ]);
+    let worker = start(&bundle, &tokens, &["--catch-up", "propagate"]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(malformed_edge_answers(worker.url())).expect("checks hold");
 }

@@ -9,8 +9,7 @@ mod redis_support;
 use std::time::{Duration, Instant};
 
 use collm_cloud_client::GrpcCloud;
-use collm_runtime::sampling::SamplingParams;
-use collm_runtime::transport::{CloudTransport, NextTokenRequest, Upload};
+use collm_runtime::transport::{CloudTransport, Upload};
 use collm_runtime::{Encoding, codec};
 use collm_testkit::{RedisServer, Toxiproxy};
 use common::*;
@@ -27,16 +26,6 @@ fn upload(start: usize, rows: &[f32], hidden: usize) -> Upload {
         rows: rows.len() / hidden,
         encoding: Encoding::F32,
         payload: codec::encode(rows, hidden, Encoding::F32),
-    }
-}
-
-fn ask(after: usize) -> NextTokenRequest {
-    NextTokenRequest {
-        after,
-        params: SamplingParams::default(),
-        u: 0.5,
-        top_k: 3,
-        edge_answered: Default::default(),
     }
 }
 

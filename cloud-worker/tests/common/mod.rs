@@ -122,3 +122,14 @@ pub fn generate_json(bundle: &Path, extra: &[&str]) -> serde_json::Value {
 pub fn field(v: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
     v[name].as_array().unwrap_or_else(|| panic!("no {name} in {v}")).clone()
 }
+
+/// "The token after `after`", greedy with three alternatives, as the in-process edge asks it.
+pub fn ask(after: usize) -> collm_runtime::transport::NextTokenRequest {
+    collm_runtime::transport::NextTokenRequest {
+        after,
+        params: collm_runtime::SamplingParams::default(),
+        u: 0.5,
+        top_k: 3,
+        edge_answered: Default::default(),
+    }
+}

@@ -79,7 +79,7 @@ impl EdgeAnswered {
 
     /// Parses the wire form, refusing what a well-behaved edge never sends.
     pub fn from_flat(flat: &[u64]) -> Result<Self, String> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return Err(format!(
                 "edge_answered holds [start, end) pairs but has {} values",
                 flat.len()
@@ -173,10 +173,15 @@ mod tests {
 
     #[test]
     fn malformed_wire_ranges_are_refused() {
-        assert!(EdgeAnswered::from_flat(&[1, 2, 3]).unwrap_err().contains("pairs"));
-        assert!(EdgeAnswered::from_flat(&[4, 4]).unwrap_err().contains("empty"));
-        assert!(EdgeAnswered::from_flat(&[1, 5, 3, 8]).unwrap_err().contains("increase"));
-        assert!(EdgeAnswered::from_flat(&[1, 5, 5, 8]).unwrap_err().contains("touch"));
+        for (flat, needle) in [
+            (&[1, 2, 3][..], "pairs"),
+            (&[4, 4], "empty"),
+            (&[1, 5, 3, 8], "increase"),
+            (&[1, 5, 5, 8], "touch"),
+        ] {
+            let err = EdgeAnswered::from_flat(flat).expect_err(needle);
+            assert!(err.contains(needle), "{flat:?}: {err}");
+        }
         assert_eq!(EdgeAnswered::from_flat(&[]), Ok(EdgeAnswered::default()));
     }
 

@@ -87,7 +87,7 @@ impl CloudLayers {
     ) -> Result<Stepped> {
         let width = self.partition.shape.hidden_size.max(1);
         let n = (rows.len() / width) as u64;
-        if n == 0 || rows.len() % width != 0 {
+        if n == 0 || !rows.len().is_multiple_of(width) {
             return Err(Error::Invalid(format!(
                 "a cloud step needs whole rows of {width} values, got {}",
                 rows.len()

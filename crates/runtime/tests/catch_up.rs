@@ -3,8 +3,10 @@
 //! is an approximation that is deterministic (a rebuild from position 0 gives the same answer
 //! as the incremental path), and a bundle without the graph is refused clearly.
 
+mod support;
+
+use collm_bundle::Manifest;
 use collm_bundle::graph::names;
-use collm_bundle::{ExportPlan, GraphOptions, Manifest, WeightFormat};
 use collm_runtime::partition::{Partition, PartitionInput, PartitionShape};
 use collm_runtime::split::load_propagation;
 use collm_runtime::{CatchUp, CloudLayers, EdgeAnswered};
@@ -12,18 +14,7 @@ use collm_runtime::{CatchUp, CloudLayers, EdgeAnswered};
 const IDS: [u32; 14] = [1, 40, 77, 3, 120, 9, 200, 31, 58, 2, 99, 7, 64, 150];
 
 fn tiny_bundle(dir: &std::path::Path, split_layer: usize) -> Manifest {
-    let gguf = dir.join("tiny.gguf");
-    let spec = collm_checkpoint::tiny::TinySpec::default();
-    collm_checkpoint::tiny::write_gguf(&gguf, &spec, 42, collm_gguf::GgmlType::F32)
-        .expect("tiny GGUF");
-    let ckpt = collm_checkpoint::Checkpoint::from_gguf(&gguf).expect("loads");
-    let plan = ExportPlan {
-        split_layer,
-        exit_layers: vec![split_layer],
-        weights: WeightFormat::F32,
-        graph: GraphOptions::default(),
-    };
-    collm_bundle::export(ckpt, &plan, &dir.join("bundle"), &mut |_| {}).expect("exports")
+    support::tiny_bundle(dir, split_layer, &[split_layer])
 }
 
 /// The split hidden states of `IDS`, one row per position.

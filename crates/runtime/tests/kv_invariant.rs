@@ -1,29 +1,15 @@
 //! Incremental decoding with the KV cache computes exactly what recomputing the whole sequence
 //! computes (the cache is an optimisation, never a change of answer).
 
-use collm_bundle::graph::names;
-use collm_bundle::{ExportPlan, GraphOptions, WeightFormat};
-use collm_runtime::partition::{Partition, PartitionInput, PartitionShape};
+mod support;
 
-fn tiny_bundle(dir: &std::path::Path) -> collm_bundle::Manifest {
-    let gguf = dir.join("tiny.gguf");
-    let spec = collm_checkpoint::tiny::TinySpec::default();
-    collm_checkpoint::tiny::write_gguf(&gguf, &spec, 42, collm_gguf::GgmlType::F32)
-        .expect("tiny GGUF");
-    let ckpt = collm_checkpoint::Checkpoint::from_gguf(&gguf).expect("loads");
-    let plan = ExportPlan {
-        split_layer: 2,
-        exit_layers: vec![1, 2],
-        weights: WeightFormat::F32,
-        graph: GraphOptions::default(),
-    };
-    collm_bundle::export(ckpt, &plan, &dir.join("bundle"), &mut |_| {}).expect("exports")
-}
+use collm_bundle::graph::names;
+use collm_runtime::partition::{Partition, PartitionInput, PartitionShape};
 
 #[test]
 fn incremental_decoding_equals_recomputing_the_sequence() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let m = tiny_bundle(dir.path());
+    let m = support::tiny_bundle(dir.path(), 2, &[1, 2]);
     let b = dir.path().join("bundle");
     let mut edge =
         Partition::load(&b.join("edge.onnx"), PartitionShape::new(&m.config, 0..2)).expect("edge");
@@ -75,7 +61,7 @@ fn incremental_decoding_equals_recomputing_the_sequence() {
 #[test]
 fn the_context_limit_is_enforced_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let m = tiny_bundle(dir.path());
+    let m = support::tiny_bundle(dir.path(), 2, &[1, 2]);
     let b = dir.path().join("bundle");
     let mut edge =
         Partition::load(&b.join("edge.onnx"), PartitionShape::new(&m.config, 0..2)).expect("edge");

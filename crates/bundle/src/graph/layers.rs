@@ -268,6 +268,22 @@ pub fn rotary(
     )
 }
 
+/// Layer `index`'s RMSNorm before attention, applied to `x` (what its Q, K and V read).
+pub fn attention_norm(
+    g: &mut GraphBuilder,
+    cfg: &LlamaConfig,
+    index: usize,
+    w: &LayerWeights,
+    x: &str,
+) -> String {
+    let gain = g.initializer(TensorProto::f32(
+        &format!("layers.{index}.attn_norm"),
+        &[cfg.hidden_size as i64],
+        &w.attn_norm,
+    ));
+    rms_norm(g, x, &gain, cfg.rms_eps)
+}
+
 /// One pre-norm decoder layer; returns the new residual stream. Declares the layer's KV cache
 /// as graph inputs/outputs under [`names::past_key`] etc.
 pub fn decoder_layer(
@@ -281,12 +297,7 @@ pub fn decoder_layer(
 ) -> String {
     g.set_scope(&format!("layer{index}/"));
     let p = format!("layers.{index}");
-    let attn_norm = g.initializer(TensorProto::f32(
-        &format!("{p}.attn_norm"),
-        &[cfg.hidden_size as i64],
-        &w.attn_norm,
-    ));
-    let h = rms_norm(g, x, &attn_norm, cfg.rms_eps);
+    let h = attention_norm(g, cfg, index, w, x);
     let qkv = linear_group(
         g,
         &h,

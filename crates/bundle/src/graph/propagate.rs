@@ -8,10 +8,10 @@
 //! `past_key.{l}` … `present_value.{l}`), so the cloud's KV cache extends with either graph.
 
 use collm_checkpoint::Checkpoint;
-use collm_onnx::{Attr, GraphBuilder, ModelProto, TensorProto, TensorType};
+use collm_onnx::{Attr, GraphBuilder, ModelProto, TensorType};
 
 use super::layers::{
-    GraphOptions, MS_DOMAIN, ONNX_OPSET, Rope, linear_group, rms_norm, rope_tables,
+    GraphOptions, MS_DOMAIN, ONNX_OPSET, Rope, attention_norm, linear_group, rope_tables,
 };
 use super::names;
 use super::partition::{hidden_dims, kv_dims};
@@ -30,12 +30,7 @@ pub fn cloud_kv_graph(ckpt: &Checkpoint, split: usize, opts: &GraphOptions) -> M
         let w = &ckpt.layers[i];
         g.set_scope(&format!("layer{i}/"));
         let p = format!("layers.{i}");
-        let norm = g.initializer(TensorProto::f32(
-            &format!("{p}.attn_norm"),
-            &[cfg.hidden_size as i64],
-            &w.attn_norm,
-        ));
-        let h = rms_norm(&mut g, &x, &norm, cfg.rms_eps);
+        let h = attention_norm(&mut g, cfg, i, w, &x);
         let kv = linear_group(
             &mut g,
             &h,
