@@ -1,77 +1,22 @@
 //! With an OTLP endpoint, a worker exports a span per call that continues the edge's trace: the
 //! call's span has the edge's trace id and the edge's span as parent, the handler's span nests
-//! in it, and every span names the service `cloud-worker`. A fake OTLP/gRPC collector in the
-//! test receives what a real one would; spans still buffered are flushed when SIGTERM stops the
+//! in it, and every span names the service `cloud-worker`. A fake OTLP/gRPC collector
+//! (`collm_testkit::FakeCollector`) receives what a real one would; spans still buffered are flushed when SIGTERM stops the
 //! worker.
 
 mod common;
 mod serving_support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use collm_protocol::outgoing::{encode_upload, next_token_request};
 use collm_protocol::trace::{self, TraceParent};
 use collm_protocol::{BearerToken, CloudServiceClient, Encoding, Sampling, SessionId, pb};
+use collm_testkit::FakeCollector;
 use common::{path_str, tiny_bundle};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use serving_support::*;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status};
-
-/// A received span: its service, name, trace, own and parent ids.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-}
-
-#[derive(Default, Clone)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Received>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        req: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().map_err(|_| Status::internal("poisoned"))?;
-        for rs in req.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref()?.value.clone())
-                .map(|v| match v {
-                    Value::StringValue(s) => s,
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
-            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                spans.push(Received {
-                    service: service.clone(),
-                    name: span.name,
-                    trace_id: span.trace_id,
-                    span_id: span.span_id,
-                    parent_span_id: span.parent_span_id,
-                });
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
+use tonic::Request;
 
 const EDGE: TraceParent = TraceParent { trace_id: [0x5a; 16], parent_id: [0x1b; 8], flags: 1 };
 
@@ -93,19 +38,15 @@ async fn edge_calls(url: String) -> anyhow::Result<()> {
 
 #[test]
 fn spans_continue_the_edges_trace_and_reach_the_otlp_collector() {
+    // Multi-threaded, so the client's connection closes once the calls are done and the
+    // worker's graceful shutdown does not wait for it.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let collector = Collector::default();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
-    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
-    rt.spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let collector = FakeCollector::start();
+    let otlp = collector.endpoint.clone();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());
@@ -125,7 +66,7 @@ fn spans_continue_the_edges_trace_and_reach_the_otlp_collector() {
     let status = worker.wait_exit(Duration::from_secs(20)).expect("exits");
     assert!(status.success(), "{status}");
 
-    let spans = collector.spans.lock().expect("spans").clone();
+    let spans = collector.spans();
     assert!(spans.iter().all(|s| s.service == "cloud-worker"), "{spans:#?}");
     let in_edge_trace: Vec<_> =
         spans.iter().filter(|s| s.trace_id == EDGE.trace_id.to_vec()).collect();

@@ -7,10 +7,12 @@
 //! - [`Toxiproxy`]: a `toxiproxy-server` (built from Go modules by `tools/build-go-tools`) and a
 //!   small client for its HTTP API, to cut, slow or silence a link.
 //!
-//! - [`tiny_bundle`]: the tiny seeded model exported as a bundle by `collm`.
+//! - [`tiny_bundle`]: the tiny seeded model exported as a bundle by `collm`;
+//! - [`FakeCollector`]: an OTLP/gRPC trace collector that keeps what it receives.
 //!
 //! Everything here panics with a message saying what is missing: it only runs inside tests.
 
+mod otlp;
 mod redis_server;
 mod tiny;
 mod tls;
@@ -19,6 +21,7 @@ mod toxiproxy;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+pub use otlp::{FakeCollector, ReceivedSpan};
 pub use redis_server::{RedisCluster, RedisServer, RedisServerBuilder};
 pub use tiny::tiny_bundle;
 pub use tls::TlsFiles;
