@@ -9,7 +9,7 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ContainerPort, EnvVar, EnvVarSource, GRPCAction, PodSpec, PodTemplateSpec, Probe,
+    ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
     SecretKeySelector, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -21,6 +21,9 @@ use super::config::{CLOUD_CONFIG_KEY, CONFIG_DIR, CONFIG_HASH_ANNOTATION, REDIS_
 use super::pod::{RUNTIME_UID, restricted_pod_security, runtime_container, runtime_volumes};
 use super::{Bundle, CloudChildren, Component, Images, ModelRef, Redis};
 use crate::crd::CollabModelSpec;
+
+/// The worker's HTTP port for health and metrics (gRPC has its own, `cloud.grpcPort`).
+pub const CLOUD_HTTP_PORT: i32 = 8081;
 
 /// CPU utilization the autoscaler aims for when the spec names no target.
 pub const DEFAULT_CPU_UTILIZATION: i32 = 70;
@@ -54,12 +57,20 @@ fn deployment(
 
     let mut container = runtime_container("cloud-worker", &images.cloud_worker, images);
     container.args = Some(vec!["--config".to_string(), format!("{CONFIG_DIR}/{CLOUD_CONFIG_KEY}")]);
-    container.ports = Some(vec![ContainerPort {
-        name: Some("grpc".to_string()),
-        container_port: cloud.grpc_port,
-        protocol: Some("TCP".to_string()),
-        ..ContainerPort::default()
-    }]);
+    container.ports = Some(vec![
+        ContainerPort {
+            name: Some("grpc".to_string()),
+            container_port: cloud.grpc_port,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("http".to_string()),
+            container_port: CLOUD_HTTP_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+    ]);
     if let Some(Redis::Secret(secret)) = redis {
         container.env = Some(vec![EnvVar {
             name: REDIS_URL_ENV.to_string(),
@@ -74,12 +85,22 @@ fn deployment(
             value: None,
         }]);
     }
-    // The worker serves the standard gRPC health service.
-    container.readiness_probe = Some(Probe {
-        grpc: Some(GRPCAction { port: cloud.grpc_port, service: None }),
-        period_seconds: Some(5),
+    // Probed over plain HTTP: a kubelet cannot speak gRPC health to a TLS-only server. The
+    // worker loads its model before it listens, so the startup probe allows for that; after it,
+    // liveness follows /healthz and readiness /readyz (the context store, draining on SIGTERM).
+    let http_probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
         ..Probe::default()
-    });
+    };
+    container.startup_probe = Some(http_probe("/healthz", 5, 60));
+    container.liveness_probe = Some(http_probe("/healthz", 10, 3));
+    container.readiness_probe = Some(http_probe("/readyz", 5, 1));
     container.resources = cloud.resources.clone();
     container.volume_mounts = Some(volumes.mounts);
 

@@ -96,6 +96,9 @@ pub struct CloudRuntimeConfig {
     pub bundle: BundleConfig,
     pub split_layer: u32,
     pub grpc_port: i32,
+    /// `/healthz`, `/readyz` and `/metrics` over plain HTTP: what the kubelet probes (it cannot
+    /// probe gRPC health over TLS) and Prometheus scrapes.
+    pub http_port: i32,
     pub catch_up: CatchUp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<ContextConfig>,
@@ -189,6 +192,7 @@ impl RuntimeConfig {
             bundle: bundle_config,
             split_layer: spec.split_layer,
             grpc_port: spec.cloud.grpc_port,
+            http_port: super::cloud::CLOUD_HTTP_PORT,
             catch_up: spec.catch_up,
             context,
             edge_token_file: token_file,

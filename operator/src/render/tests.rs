@@ -1,6 +1,7 @@
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
 use crate::crd::{
@@ -109,6 +110,23 @@ fn rendered_objects_carry_the_spec_settings() {
 
     let cloud_cfg = cloud_config(&children);
     assert_eq!(cloud_cfg["catch_up"], "exact");
+    assert_eq!(cloud_cfg["http_port"], 8081);
+    // Probes go to the worker's HTTP port, which the config tells it to serve.
+    let worker = &pod(cloud_template(&children)).containers[0];
+    let http =
+        worker.ports.as_ref().expect("ports").iter().find(|p| p.name.as_deref() == Some("http"));
+    assert_eq!(http.map(|p| p.container_port), Some(8081));
+    for (probe, path) in [
+        (&worker.readiness_probe, "/readyz"),
+        (&worker.liveness_probe, "/healthz"),
+        (&worker.startup_probe, "/healthz"),
+    ] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+        assert_eq!(
+            (get.path.as_deref(), &get.port),
+            (Some(path), &IntOrString::String("http".into()))
+        );
+    }
     assert_eq!(cloud_cfg["context"]["ttl_seconds"], 600);
     assert_eq!(cloud_cfg["context"]["max_sessions_per_client"], 8);
     assert_eq!(cloud_cfg["context"]["redis_url"], "redis://chat-redis.models.svc:6379");
