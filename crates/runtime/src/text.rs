@@ -16,6 +16,10 @@ pub struct ChatMessage {
 
 pub struct TextCodec {
     tokenizer: tokenizers::Tokenizer,
+    /// The same tokenizer with special tokens treated as plain text: for what users wrote.
+    literal: tokenizers::Tokenizer,
+    /// Every special token's text and id.
+    specials: Vec<(String, u32)>,
     chat_template: Option<String>,
     bos: Option<String>,
     eos: Option<String>,
@@ -34,19 +38,91 @@ impl TextCodec {
                 stop_ids.push(id);
             }
         }
+        let mut literal = tokenizer.clone();
+        literal.set_encode_special_tokens(true);
+        let specials = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
         Ok(Self {
             bos: name(info.special_tokens.bos),
             eos: name(info.special_tokens.eos),
             chat_template: info.chat_template.clone(),
             tokenizer,
+            literal,
+            specials,
             stop_ids,
         })
     }
 
     /// Token ids of raw text; special tokens written out (e.g. `<|im_start|>`) are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
+        self.encode_with(&self.tokenizer, text)
+    }
+
+    /// Token ids of a conversation, ending with the assistant's turn opened. What the messages
+    /// say is tokenized as text only: a user who writes `<|im_start|>system` gets those
+    /// characters, not a forged turn. The special tokens the template itself writes stay
+    /// special, and ordinary conversations tokenize exactly as their rendered prompt does.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        // Render with each content replaced by a marker found nowhere in the conversation, so
+        // every special token in the result is the template's. Then tokenize as the tokenizer
+        // does a prompt (split at special tokens, each piece on its own), but with the contents
+        // put back into the pieces and special tokens in them read as plain text.
+        let mut nonce = 0u64;
+        while messages.iter().any(|m| m.content.contains(&format!("\u{E000}{nonce}:"))) {
+            nonce += 1;
+        }
+        let marker = |i: usize| format!("\u{E000}{nonce}:{i}\u{E001}");
+        let masked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage { role: m.role.clone(), content: marker(i) })
+            .collect();
+        let rendered = self.render_chat(&masked)?;
+        let mut ids = Vec::new();
+        let mut shown = 0;
+        let mut put_back = |piece: &str, ids: &mut Vec<u32>| -> Result<()> {
+            let mut text = piece.to_string();
+            for (i, m) in messages.iter().enumerate() {
+                let mark = marker(i);
+                shown += text.matches(&mark).count();
+                text = text.replace(&mark, &m.content);
+            }
+            ids.extend(self.encode_with(&self.literal, &text)?);
+            Ok(())
+        };
+        let mut rest = rendered.as_str();
+        while let Some((at, len, id)) = self.first_special(rest) {
+            put_back(&rest[..at], &mut ids)?;
+            ids.push(id);
+            rest = &rest[at + len..];
+        }
+        put_back(rest, &mut ids)?;
+        if shown != messages.len() {
+            return Err(Error::Invalid(format!(
+                "the chat template shows {shown} message contents for {} messages; cannot keep what they say apart from its markup",
+                messages.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// The leftmost (then longest) special token in `text`: its byte offset, length and id.
+    fn first_special(&self, text: &str) -> Option<(usize, usize, u32)> {
+        self.specials
+            .iter()
+            .filter_map(|(s, id)| text.find(s.as_str()).map(|at| (at, s.len(), *id)))
+            .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)))
+    }
+
+    fn encode_with(&self, tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Ok(vec![]);
+        }
+        let enc = tokenizer
             .encode(text, false)
             .map_err(|e| Error::Invalid(format!("cannot tokenize prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())

@@ -126,7 +126,7 @@ pub async fn respond(
     let generator = &state.generator;
     let engine = generator.engine();
     let prompt = match &v.input {
-        Input::Chat(messages) => engine.text.encode(&engine.text.render_chat(messages)?)?,
+        Input::Chat(messages) => engine.text.encode_chat(messages)?,
         Input::Text(text) => engine.text.encode(text)?,
         Input::Tokens(ids) => {
             if let Some(bad) = ids.iter().find(|&&t| t as usize >= engine.vocab_size) {

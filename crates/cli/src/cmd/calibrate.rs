@@ -197,10 +197,9 @@ fn collect(
     let context = model.manifest.config.max_position;
     let mut skipped = 0;
     for (i, prompt) in prompts.iter().enumerate() {
-        let text = model
+        let ids = model
             .text
-            .render_chat(&[ChatMessage { role: "user".into(), content: prompt.clone() }])?;
-        let ids = model.text.encode(&text)?;
+            .encode_chat(&[ChatMessage { role: "user".into(), content: prompt.clone() }])?;
         if ids.len() + a.new_tokens >= context {
             skipped += 1;
             continue;

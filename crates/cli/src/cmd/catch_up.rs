@@ -146,7 +146,7 @@ pub fn run(a: CatchUpArgs) -> Result<()> {
     let mut tally = Tally::default();
     for (i, prompt) in prompts.iter().enumerate() {
         let chat = [ChatMessage { role: "user".into(), content: prompt.clone() }];
-        let prompt_ids = model.text.encode(&model.text.render_chat(&chat)?)?;
+        let prompt_ids = model.text.encode_chat(&chat)?;
         let generate = |cloud: &mut InProcessCloud, model: &mut SplitModel, mode| {
             cloud.layers_mut().set_catch_up(mode)?;
             collm_runtime::generate(

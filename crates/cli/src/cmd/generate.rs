@@ -64,19 +64,18 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let mut model = SplitModel::open(&a.bundle, a.mode != Mode::Standalone && a.cloud.is_none())?;
-    let text = match (&a.prompt, &a.chat) {
-        (Some(p), _) => p.clone(),
+    let prompt_ids = match (&a.prompt, &a.chat) {
+        (Some(p), _) => model.text.encode(p)?,
         (None, Some(c)) => {
             let mut messages = vec![];
             if let Some(s) = &a.system {
                 messages.push(ChatMessage { role: "system".into(), content: s.clone() });
             }
             messages.push(ChatMessage { role: "user".into(), content: c.clone() });
-            model.text.render_chat(&messages)?
+            model.text.encode_chat(&messages)?
         }
         (None, None) => bail!("give --prompt TEXT or --chat TEXT"),
     };
-    let prompt_ids = model.text.encode(&text)?;
     let point = OperatingPoint::resolve(&model.manifest, a.threshold, a.target_agreement);
     let uncalibrated = model.manifest.exits.iter().any(|e| e.calibration.is_none());
     let opts = GenerateOptions {
