@@ -104,10 +104,15 @@ struct Inner {
     dialing: tokio::sync::Mutex<()>,
     /// Wakes the background task when a connection fails.
     failed: Notify,
+    /// When the last connection was lost, until another is made.
+    lost_at: Mutex<Option<Instant>>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after losing its connection the link still counts as failing over rather than
+/// unreachable: long enough to dial the other endpoints once.
+const FAILOVER_GRACE: Duration = Duration::from_secs(2);
 
 impl CloudLink {
     /// A link that connects in the background; the edge works standalone until it does.
@@ -126,6 +131,7 @@ impl CloudLink {
             latency: Arc::new(Mutex::new(LatencyModel::default())),
             dialing: tokio::sync::Mutex::new(()),
             failed: Notify::new(),
+            lost_at: Mutex::new(None),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -164,6 +170,19 @@ impl CloudLink {
         &self.inner.latency
     }
 
+    /// Whether the link has just lost its connection (within [`FAILOVER_GRACE`]) and has not
+    /// made another yet: a caller that asks now fails over instead of giving up on the cloud.
+    pub fn failing_over(&self) -> bool {
+        self.connection().is_none()
+            && self
+                .inner
+                .lost_at
+                .lock()
+                .ok()
+                .and_then(|l| *l)
+                .is_some_and(|at| at.elapsed() < FAILOVER_GRACE)
+    }
+
     pub fn status(&self) -> LinkStatus {
         let conn = self.connection();
         let estimate = conn.as_ref().map(|c| {
@@ -185,6 +204,7 @@ impl Inner {
             Some(conn) if conn.is_healthy() => Some(conn.clone()),
             Some(_) => {
                 *current = None;
+                self.lost_now();
                 self.failed.notify_one();
                 None
             }
@@ -196,11 +216,18 @@ impl Inner {
         if let Ok(mut current) = self.current.lock() {
             if current.as_ref().is_some_and(|c| c.generation == generation) {
                 *current = None;
+                self.lost_now();
                 // The next attempt starts with the following endpoint: failover.
                 self.next_endpoint.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.failed.notify_one();
+    }
+
+    fn lost_now(&self) {
+        if let Ok(mut lost) = self.lost_at.lock() {
+            *lost = Some(Instant::now());
+        }
     }
 
     async fn reconnect_now(&self) -> Result<Arc<Connection>> {
@@ -220,6 +247,9 @@ impl Inner {
                     self.next_endpoint.store(index, Ordering::Relaxed);
                     if let Ok(mut current) = self.current.lock() {
                         *current = Some(conn.clone());
+                    }
+                    if let Ok(mut lost) = self.lost_at.lock() {
+                        *lost = None;
                     }
                     tracing::info!(endpoint = %url, generation = conn.generation, "cloud connected");
                     return Ok(conn);

@@ -103,10 +103,14 @@ impl CloudSession {
         self.send(&conn, &self.id.clone(), from, end)
     }
 
-    /// Expected time until the cloud answers now, `None` while no cloud is connected.
+    /// Expected time until the cloud answers now; `None` while no cloud is connected, unless
+    /// the link lost its connection a moment ago and is failing over (asking then reconnects).
     pub fn estimate(&self) -> Option<Duration> {
-        let conn = self.link.connection()?;
-        let pending = conn.pipe.pending_bytes();
+        let pending = match self.link.connection() {
+            Some(conn) => conn.pipe.pending_bytes(),
+            None if self.link.failing_over() => 0,
+            None => return None,
+        };
         self.link.latency().lock().ok().map(|m| m.estimate(pending))
     }
 
