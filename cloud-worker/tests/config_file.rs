@@ -151,3 +151,44 @@ fn a_missing_malformed_or_mismatched_config_stops_the_worker_saying_why() {
     let e = fails(Some(&cloud_json(&bundle, &token, &tls, 5)));
     assert!(e.contains("split_layer 5") && e.contains("after layer 2"), "{e}");
 }
+
+#[test]
+fn logs_are_json_lines_when_asked_and_an_unknown_format_stops_the_worker() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = tiny_bundle(dir.path());
+    let tokens = tokens_file(dir.path());
+    let worker = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cloud-worker"))
+            .args(["--bundle", path_str(&bundle), "--tokens", path_str(&tokens)])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("COLLM_LOG_FORMAT", format)
+            .env("RUST_LOG", "info,ort=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts")
+    };
+    let mut child = worker("json");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut starting = None;
+    for line in stderr.lines().map_while(Result::ok).take(20) {
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if event["fields"]["message"] == "starting" {
+            starting = Some(event);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let starting = starting.expect("the worker logs that it is starting");
+    assert_eq!(starting["level"], "INFO", "{starting}");
+    assert_eq!(starting["fields"]["catch_up"], "exact", "{starting}");
+
+    let out = worker("yaml").wait_with_output().expect("exits");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid COLLM_LOG_FORMAT \"yaml\""), "{err}");
+}

@@ -14,6 +14,28 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::{Error, Result};
 
+/// `text` (default: one compact line per event) or `json` (one JSON object per line, for log
+/// collectors).
+pub const LOG_FORMAT_ENV: &str = "COLLM_LOG_FORMAT";
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// From the value of [`LOG_FORMAT_ENV`]; unset or empty is text.
+    pub fn parse(value: Option<&str>) -> Result<Self> {
+        match value.map(str::trim) {
+            None | Some("") | Some("text") => Ok(Self::Text),
+            Some("json") => Ok(Self::Json),
+            Some(other) => Err(Error::LogFormat(other.to_owned())),
+        }
+    }
+}
+
 /// The standard variable naming the OTLP collector when no flag does.
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
@@ -91,11 +113,20 @@ pub fn init(service_name: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry
             // The exporter's own transport must not trace itself into an endless loop.
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| !is_transport(meta.target())))
     });
-    // Colours only for a person at a terminal, not in a pod's or a test's captured output.
-    let logs = tracing_subscriber::fmt::layer()
-        .compact()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+    let format = LogFormat::parse(std::env::var(LOG_FORMAT_ENV).ok().as_deref())?;
+    let logs = match format {
+        // Colours only for a person at a terminal, not in a pod's or a test's captured output.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
@@ -109,6 +140,20 @@ pub fn init(service_name: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry
         tracing::info!(service = service_name, %endpoint, "exporting traces over OTLP");
     }
     Ok(Telemetry { provider, runtime, endpoint })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_and_nonsense_is_refused() {
+        assert_eq!(LogFormat::parse(None).ok(), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some(" ")).ok(), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("json")).ok(), Some(LogFormat::Json));
+        let err = LogFormat::parse(Some("yaml")).expect_err("refused").to_string();
+        assert!(err.contains("COLLM_LOG_FORMAT \"yaml\"") && err.contains("text or json"), "{err}");
+    }
 }
 
 fn otlp_provider(

@@ -14,7 +14,7 @@ mod init;
 pub mod metrics;
 pub mod propagation;
 
-pub use init::{Telemetry, init};
+pub use init::{LOG_FORMAT_ENV, LogFormat, Telemetry, init};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -25,6 +25,9 @@ pub enum Error {
 
     #[error("invalid RUST_LOG filter: {0}")]
     Filter(String),
+
+    #[error("invalid COLLM_LOG_FORMAT {0:?} (expected text or json)")]
+    LogFormat(String),
 
     #[error("OTLP exporter for {endpoint}: {reason}")]
     Exporter { endpoint: String, reason: String },
