@@ -122,11 +122,81 @@ pub async fn ping(url: &str, timeout: Duration) -> Result<()> {
         .map_err(|e| Error::Redis { url: redacted(url), source: e })
 }
 
-/// Deletes every key starting with `prefix` (SCAN MATCH + UNLINK in batches); returns how many
-/// keys went. Safe to repeat: a second run finds nothing.
+/// The masters of a Redis Cluster, from `CLUSTER NODES`: each one's host (empty when the node
+/// does not know its own address) and port. Failed and address-less nodes are left out.
+pub fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_id, address, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            let usable = flags.contains(&"master")
+                && !flags.iter().any(|f| matches!(*f, "fail" | "noaddr" | "handshake"));
+            // `ip:port@cport[,hostname]`; the ip may be IPv6 (colons) or empty.
+            let endpoint = address.split(['@', ',']).next()?;
+            let (host, port) = endpoint.rsplit_once(':')?;
+            usable.then(|| Some((host.to_string(), port.parse().ok()?))).flatten()
+        })
+        .collect()
+}
+
+/// `url` pointed at another node of the same deployment: scheme, credentials and options kept.
+/// An empty `host` keeps the URL's own host.
+pub fn node_url(url: &str, host: &str, port: u16) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let (credentials, old_host_port) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let host = if host.is_empty() {
+        // The old host without its port (an IPv6 literal keeps its brackets).
+        match old_host_port.rfind(':') {
+            Some(i) if !old_host_port[i..].contains(']') => old_host_port[..i].to_string(),
+            _ => old_host_port.to_string(),
+        }
+    } else if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("{}{credentials}{host}:{port}{}", &url[..scheme_end], &rest[authority_end..])
+}
+
+/// Deletes every key starting with `prefix` (SCAN MATCH, then UNLINK key by key, pipelined)
+/// and returns how many keys went. On a Redis Cluster it does so on every master, each holding
+/// its own share of the keys. Safe to repeat: a second run finds nothing.
 #[tracing::instrument(skip_all, fields(url = %redacted(url), prefix))]
 pub async fn delete_prefix(url: &str, prefix: &str, timeout: Duration) -> Result<u64> {
     let mut con = connect(url, timeout).await?;
+    let failed = |e: redis::RedisError| Error::Redis { url: redacted(url), source: e };
+    let info: String =
+        redis::cmd("INFO").arg("cluster").query_async(&mut con).await.map_err(failed)?;
+    if !info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+        return delete_on_node(con, url, prefix).await;
+    }
+    let nodes: String =
+        redis::cmd("CLUSTER").arg("NODES").query_async(&mut con).await.map_err(failed)?;
+    let mut deleted = 0;
+    for (host, port) in cluster_masters(&nodes) {
+        let node = node_url(url, &host, port);
+        deleted += delete_on_node(connect(&node, timeout).await?, &node, prefix).await?;
+    }
+    Ok(deleted)
+}
+
+/// SCAN + UNLINK on one server. One key per UNLINK: keys in different hash slots cannot share
+/// a command on a cluster node.
+async fn delete_on_node(
+    mut con: redis::aio::MultiplexedConnection,
+    url: &str,
+    prefix: &str,
+) -> Result<u64> {
     let failed = |e: redis::RedisError| Error::Redis { url: redacted(url), source: e };
     let pattern = scan_pattern(prefix);
     let mut cursor: u64 = 0;
@@ -142,9 +212,12 @@ pub async fn delete_prefix(url: &str, prefix: &str, timeout: Duration) -> Result
             .await
             .map_err(failed)?;
         for batch in keys.chunks(BATCH) {
-            let n: u64 =
-                redis::cmd("UNLINK").arg(batch).query_async(&mut con).await.map_err(failed)?;
-            deleted += n;
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.cmd("UNLINK").arg(key);
+            }
+            let counts: Vec<u64> = pipe.query_async(&mut con).await.map_err(failed)?;
+            deleted += counts.iter().sum::<u64>();
         }
         if next == 0 {
             return Ok(deleted);
@@ -223,6 +296,39 @@ mod tests {
     #[test]
     fn the_prefix_is_the_one_cloud_workers_write_under() {
         assert_eq!(key_prefix(&CollabModel::fixture()).expect("stored"), "collm:models:chat:");
+    }
+
+    #[test]
+    fn usable_masters_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+e7d1 127.0.0.1:30001@31001,redis-0 myself,master - 0 0 1 connected 0-5460
+67ed 10.0.0.2:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f 10.0.0.3:30003@31003 master,fail - 0 1426238318243 3 connected 10923-16383
+6ec2 :30005@31005 master - 0 0 5 connected
+9a1c ::1:30006@31006 master - 0 0 6 connected
+";
+        assert_eq!(
+            cluster_masters(nodes),
+            vec![
+                ("127.0.0.1".to_string(), 30001),
+                ("10.0.0.2".to_string(), 30002),
+                (String::new(), 30005),
+                ("::1".to_string(), 30006),
+            ]
+        );
+    }
+
+    #[test]
+    fn node_urls_keep_scheme_credentials_and_options() {
+        assert_eq!(node_url("redis://r:6379", "10.0.0.2", 30002), "redis://10.0.0.2:30002");
+        assert_eq!(
+            node_url("rediss://:pw@r.infra:6379/0?insecure", "10.0.0.2", 7000),
+            "rediss://:pw@10.0.0.2:7000/0?insecure"
+        );
+        assert_eq!(node_url("redis://u:pw@r:6379", "", 7001), "redis://u:pw@r:7001");
+        assert_eq!(node_url("redis://[::1]:6379", "", 7002), "redis://[::1]:7002");
+        assert_eq!(node_url("redis://r:6379", "::1", 7003), "redis://[::1]:7003");
     }
 
     #[test]
