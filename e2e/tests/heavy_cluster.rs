@@ -572,6 +572,7 @@ fn invalid_manifests_are_rejected_with_the_rule_they_break() {
     let ns = check(env.admin.fresh_namespace("invalid"));
     let cases: Vec<(&str, Value, Value)> = vec![
         (RULE_REPLICAS, redis_url(), json!({"cloud": {"minReplicas": 5, "maxReplicas": 2}})),
+        (RULE_GRPC_PORT, redis_url(), json!({"cloud": {"grpcPort": 8081}})),
         (RULE_THRESHOLD, redis_url(), json!({"threshold": 1.5})),
         (RULE_THRESHOLD, redis_url(), json!({"threshold": 0})),
         (RULE_AGREEMENT, redis_url(), json!({"threshold": null, "targetAgreement": 1.2})),

@@ -18,6 +18,12 @@ pub const GROUP: &str = "collm.dev";
 
 /// Rule: the cloud's replica bounds are ordered.
 pub const RULE_REPLICAS: &str = "cloud.minReplicas must be less than or equal to cloud.maxReplicas";
+/// Port the cloud worker serves health and metrics on (probed by the kubelet, scraped by
+/// Prometheus); `cloud.grpcPort` must differ from it.
+pub const CLOUD_HTTP_PORT: i32 = 8081;
+/// Rule: the gRPC port leaves the worker's HTTP port free.
+pub const RULE_GRPC_PORT: &str =
+    "cloud.grpcPort must not be 8081: the cloud worker serves health and metrics there";
 /// Rule: a confidence threshold is a probability the edge can reach.
 pub const RULE_THRESHOLD: &str = "threshold must be greater than 0 and at most 1 (it is the edge's minimum top-token probability)";
 /// Rule: an agreement target is a fraction.
@@ -347,9 +353,10 @@ pub struct CloudSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
-    /// Port of the cloud's gRPC service.
+    /// Port of the cloud's gRPC service (not 8081, where the worker serves health and metrics).
     #[serde(default = "default_grpc_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 8081").message(RULE_GRPC_PORT))]
     pub grpc_port: i32,
 }
 

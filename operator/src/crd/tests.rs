@@ -51,6 +51,7 @@ fn every_cel_rule_is_in_the_schema_where_it_applies_with_its_message() {
         (&[], RULE_ENDPOINT_XOR_CLOUD, "!self.cloud.enabled"),
         (&[], RULE_CLOUD_NEEDS_REDIS, "has(self.context.redis)"),
         (&["context", "redis"], RULE_REDIS_ONE_SOURCE, ".filter(x, x).size() == 1"),
+        (&["cloud", "grpcPort"], RULE_GRPC_PORT, "self != 8081"),
     ];
     for (path, message, rule_part) in expected {
         let rules = rules_at(path);
@@ -176,6 +177,12 @@ mod cel {
             },
             RULE_REPLICAS,
         );
+    }
+
+    #[test]
+    fn a_grpc_port_on_the_workers_http_port_is_rejected() {
+        assert!(RULE_GRPC_PORT.contains(&CLOUD_HTTP_PORT.to_string()));
+        assert_rejected_with(|s| s.cloud.grpc_port = CLOUD_HTTP_PORT, RULE_GRPC_PORT);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::{Bundle, CloudChildren, Component, Images, ModelRef, Redis};
 use crate::crd::CollabModelSpec;
 
 /// The worker's HTTP port for health and metrics (gRPC has its own, `cloud.grpcPort`).
-pub const CLOUD_HTTP_PORT: i32 = 8081;
+pub use crate::crd::CLOUD_HTTP_PORT;
 
 /// CPU utilization the autoscaler aims for when the spec names no target.
 pub const DEFAULT_CPU_UTILIZATION: i32 = 70;
