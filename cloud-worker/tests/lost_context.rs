@@ -6,18 +6,9 @@ mod common;
 
 use collm_cloud_client::GrpcCloud;
 use collm_protocol::{BearerToken, CloudServiceClient, pb};
-use collm_runtime::transport::{CloudTransport, Upload};
-use collm_runtime::{Encoding, codec};
+use collm_runtime::transport::CloudTransport;
 use common::*;
 
-fn upload(start: usize, rows: &[f32], hidden: usize) -> Upload {
-    Upload {
-        start,
-        rows: rows.len() / hidden,
-        encoding: Encoding::F32,
-        payload: codec::encode(rows, hidden, Encoding::F32),
-    }
-}
 
 #[test]
 fn a_session_the_cloud_lost_is_uploaded_again_and_answers_as_if_never_lost() {

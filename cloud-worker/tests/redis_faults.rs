@@ -9,8 +9,7 @@ mod redis_support;
 use std::time::{Duration, Instant};
 
 use collm_cloud_client::GrpcCloud;
-use collm_runtime::transport::{CloudTransport, Upload};
-use collm_runtime::{Encoding, codec};
+use collm_runtime::transport::CloudTransport;
 use collm_testkit::{RedisServer, Toxiproxy};
 use common::*;
 use redis_support::*;
@@ -20,14 +19,6 @@ const REDIS_TIMEOUT_MS: &str = "1000";
 /// Well above one operation's limit, well below anything that looks like a hang.
 const FAST: Duration = Duration::from_secs(4);
 
-fn upload(start: usize, rows: &[f32], hidden: usize) -> Upload {
-    Upload {
-        start,
-        rows: rows.len() / hidden,
-        encoding: Encoding::F32,
-        payload: codec::encode(rows, hidden, Encoding::F32),
-    }
-}
 
 fn assert_unavailable_naming_redis(
     result: Result<impl std::fmt::Debug, tonic::Status>,

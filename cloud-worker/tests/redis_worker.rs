@@ -7,8 +7,7 @@ mod common;
 mod redis_support;
 
 use collm_cloud_client::GrpcCloud;
-use collm_runtime::transport::{CloudTransport, Upload};
-use collm_runtime::{Encoding, codec};
+use collm_runtime::transport::CloudTransport;
 use collm_testkit::{RedisCluster, RedisServer};
 use common::*;
 use redis_support::*;
@@ -136,14 +135,6 @@ fn heavy_a_session_continues_on_another_replica_sharing_redis() {
     assert_eq!(w1.next("chat", 4).expect_err("ended").code(), tonic::Code::NotFound);
 }
 
-fn upload(start: usize, rows: &[f32], hidden: usize) -> Upload {
-    Upload {
-        start,
-        rows: rows.len() / hidden,
-        encoding: Encoding::F32,
-        payload: codec::encode(rows, hidden, Encoding::F32),
-    }
-}
 
 #[test]
 fn heavy_a_redis_restart_without_persistence_costs_a_reupload_not_the_answer() {

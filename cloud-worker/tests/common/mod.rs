@@ -133,3 +133,14 @@ pub fn ask(after: usize) -> collm_runtime::transport::NextTokenRequest {
         edge_answered: Default::default(),
     }
 }
+
+/// Rows `start..` of `rows` (each `hidden` wide), f32-encoded, as the in-process edge uploads.
+pub fn upload(start: usize, rows: &[f32], hidden: usize) -> collm_runtime::transport::Upload {
+    use collm_runtime::{Encoding, codec};
+    collm_runtime::transport::Upload {
+        start,
+        rows: rows.len() / hidden,
+        encoding: Encoding::F32,
+        payload: codec::encode(rows, hidden, Encoding::F32),
+    }
+}
