@@ -9,7 +9,6 @@ use collm_protocol::{BearerToken, CloudServiceClient, pb};
 use collm_runtime::transport::CloudTransport;
 use common::*;
 
-
 #[test]
 fn a_session_the_cloud_lost_is_uploaded_again_and_answers_as_if_never_lost() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -19,7 +19,6 @@ const REDIS_TIMEOUT_MS: &str = "1000";
 /// Well above one operation's limit, well below anything that looks like a hang.
 const FAST: Duration = Duration::from_secs(4);
 
-
 fn assert_unavailable_naming_redis(
     result: Result<impl std::fmt::Debug, tonic::Status>,
     took: Duration,

@@ -135,7 +135,6 @@ fn heavy_a_session_continues_on_another_replica_sharing_redis() {
     assert_eq!(w1.next("chat", 4).expect_err("ended").code(), tonic::Code::NotFound);
 }
 
-
 #[test]
 fn heavy_a_redis_restart_without_persistence_costs_a_reupload_not_the_answer() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -172,15 +172,14 @@ impl CloudLink {
 
     /// Whether the link has just lost its connection (within [`FAILOVER_GRACE`]) and has not
     /// made another yet: a caller that asks now fails over instead of giving up on the cloud.
+    /// (A new connection clears the loss, so this holds only while none is made.)
     pub fn failing_over(&self) -> bool {
-        self.connection().is_none()
-            && self
-                .inner
-                .lost_at
-                .lock()
-                .ok()
-                .and_then(|l| *l)
-                .is_some_and(|at| at.elapsed() < FAILOVER_GRACE)
+        self.inner
+            .lost_at
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|at| at.elapsed() < FAILOVER_GRACE)
     }
 
     pub fn status(&self) -> LinkStatus {

@@ -26,11 +26,6 @@ pub struct Stepped {
 }
 
 impl CloudLayers {
-    /// Exact catch-up.
-    pub fn exact(partition: Partition) -> Self {
-        Self { partition, propagation: None, catch_up: CatchUp::Exact }
-    }
-
     /// `propagate` needs the bundle's propagation graph (`cloud_kv.onnx`); it must cover the
     /// same layers as the partition.
     pub fn new(
@@ -38,27 +33,30 @@ impl CloudLayers {
         propagation: Option<Partition>,
         catch_up: CatchUp,
     ) -> Result<Self> {
-        match (&propagation, catch_up) {
-            (None, CatchUp::Propagate) => Err(Error::Invalid(
-                "propagate catch-up needs the bundle's cloud K/V propagation graph (cloud_kv.onnx), which this bundle lacks: export it again with this version of collm, or catch up exactly".into(),
-            )),
-            (Some(p), _) if p.shape.layers != partition.shape.layers => Err(Error::Invalid(format!(
+        if let Some(p) = &propagation
+            && p.shape.layers != partition.shape.layers
+        {
+            return Err(Error::Invalid(format!(
                 "the K/V propagation graph covers layers {:?} but the cloud partition {:?}",
                 p.shape.layers, partition.shape.layers
-            ))),
-            _ => Ok(Self { partition, propagation, catch_up }),
+            )));
         }
+        let mut layers = Self { partition, propagation, catch_up: CatchUp::Exact };
+        layers.set_catch_up(catch_up)?;
+        Ok(layers)
     }
 
     pub fn catch_up(&self) -> CatchUp {
         self.catch_up
     }
 
-    /// Switches the catch-up mode (for comparing the two on one loaded model); `propagate`
-    /// needs the propagation graph.
+    /// Switches the catch-up mode (also for comparing the two on one loaded model);
+    /// `propagate` needs the propagation graph.
     pub fn set_catch_up(&mut self, catch_up: CatchUp) -> Result<()> {
         if catch_up == CatchUp::Propagate && self.propagation.is_none() {
-            return Err(Error::Invalid("propagate catch-up needs the propagation graph".into()));
+            return Err(Error::Invalid(
+                "propagate catch-up needs the bundle's cloud K/V propagation graph (cloud_kv.onnx), which this bundle lacks: export it again with this version of collm, or catch up exactly".into(),
+            ));
         }
         self.catch_up = catch_up;
         Ok(())

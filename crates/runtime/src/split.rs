@@ -5,12 +5,12 @@ use std::path::Path;
 
 use collm_bundle::{Bundle, Manifest, Parts};
 
+use crate::Result;
 use crate::catch_up::CatchUp;
 use crate::cloud_layers::CloudLayers;
 use crate::partition::{Partition, PartitionShape};
 use crate::text::TextCodec;
 use crate::transport::InProcessCloud;
-use crate::{Error, Result};
 
 pub struct SplitModel {
     pub dir: std::path::PathBuf,
@@ -57,15 +57,10 @@ impl SplitModel {
     }
 }
 
-/// The bundle's K/V propagation graph, if it has one.
+/// The bundle's K/V propagation graph, if it has one (`CloudLayers::new` checks that it covers
+/// the cloud partition's layers).
 pub fn load_propagation(dir: &Path, m: &Manifest) -> Result<Option<Partition>> {
     let Some(p) = &m.cloud_kv else { return Ok(None) };
-    if (p.first_layer, p.end_layer) != (m.cloud.first_layer, m.cloud.end_layer) {
-        return Err(Error::Invalid(format!(
-            "the bundle's K/V propagation graph covers layers {}..{} but its cloud partition {}..{}",
-            p.first_layer, p.end_layer, m.cloud.first_layer, m.cloud.end_layer
-        )));
-    }
     Partition::load(&dir.join(&p.file), PartitionShape::new(&m.config, p.first_layer..p.end_layer))
         .map(Some)
 }
