@@ -9,7 +9,9 @@
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
-ARG PYTHON_VERSION=3.11
+# Any Python that pip-installs the wheel: only its shared library is kept. 3.13 is the
+# Python of the Debian release.
+ARG PYTHON_VERSION=3.13
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 ARG TARGETARCH

@@ -7,6 +7,8 @@
 # The marker that says a directory was made by `up`, so `down` may delete it.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 readonly CLUSTER_MARKER=.collm-cluster
+# ...and that its cluster has a real node (up --node), whose leftovers down must sweep.
+readonly NODE_MARKER=.collm-node
 
 die() { echo "cluster: $*" >&2; exit 1; }
 log() { echo "cluster: $*" >&2; }
@@ -18,14 +20,16 @@ pid_alive() {
   [[ "$state" != Z* ]]
 }
 
-# stop_all DIR: TERM every process group listed in DIR/pids (last started first), wait up to
-# 15 s for them to exit, then KILL whatever is left. Safe to call on a half-started cluster.
+# stop_all DIR [KEEP]: TERM every process group listed in DIR/pids (last started first) but
+# the one named KEEP, wait up to 15 s for them to exit, then KILL whatever is left. Safe to call
+# on a half-started cluster.
 stop_all() {
-  local dir="$1" pid deadline alive
+  local dir="$1" keep="${2:-}" name pid deadline alive kept=""
   [[ -f "$dir/pids" ]] || return 0
   local -a pids=()
-  while read -r _ pid; do
+  while read -r name pid; do
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    if [[ -n "$keep" && "$name" == "$keep" ]]; then kept+="$name $pid"$'\n'; continue; fi
     pids=("$pid" "${pids[@]}")
   done < "$dir/pids"
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
@@ -42,8 +46,11 @@ stop_all() {
       kill -KILL -- "-$pid" 2>/dev/null || true
     fi
   done
-  rm -f "$dir/pids"
+  if [[ -n "$kept" ]]; then printf '%s' "$kept" > "$dir/pids"; else rm -f "$dir/pids"; fi
 }
+
+# pid_of DIR NAME: the process group DIR/pids lists for NAME (empty if none).
+pid_of() { awk -v n="$2" '$1 == n { print $2 }' "$1/pids" 2>/dev/null | tail -1; }
 
 # show_log FILE [LINES]: the last lines of a component's log, for an error message.
 show_log() {
