@@ -1,5 +1,6 @@
-//! The cluster under test: the one KUBECONFIG names, or a local control plane started with
-//! `e2e/cluster/up` into a temporary directory (and stopped with `down` when the tests end).
+//! The cluster under test: the one KUBECONFIG names, or a local cluster started with
+//! `e2e/cluster/up` into a temporary directory (and stopped with `down` when the tests end):
+//! a control plane with fake nodes, or with a real node (`up --node`, see [`crate::node`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,19 +27,26 @@ pub fn repo_root() -> PathBuf {
 }
 
 impl Cluster {
-    /// KUBECONFIG if set, else a fresh local control plane.
+    /// KUBECONFIG if set, else a fresh local control plane with fake nodes.
     pub fn connect_or_start() -> Result<Self> {
+        Self::from_kubeconfig().map_or_else(|| Self::start_local(Mode::FakeNodes), Ok)
+    }
+
+    /// The cluster KUBECONFIG names, if it is set.
+    pub fn from_kubeconfig() -> Option<Self> {
         match std::env::var("KUBECONFIG") {
             Ok(path) if !path.trim().is_empty() => {
                 let path = PathBuf::from(path.split(':').next().unwrap_or_default());
                 eprintln!("e2e: using the cluster of KUBECONFIG={}", path.display());
-                Ok(Self { admin_kubeconfig: path, local_dir: None })
+                Some(Self { admin_kubeconfig: path, local_dir: None })
             }
-            _ => Self::start_local(),
+            _ => None,
         }
     }
 
-    fn start_local() -> Result<Self> {
+    /// A fresh local cluster (`e2e/cluster/up [--node] DIR`), taken down with `down` when this
+    /// test process exits.
+    pub fn start_local(mode: Mode) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("collm-e2e-cluster-").tempdir()?.keep();
         let root = repo_root();
         let down = root.join("e2e/cluster/down");
@@ -46,13 +54,13 @@ impl Cluster {
             if std::env::var_os("COLLM_E2E_KEEP_LOGS").is_some() { "--keep-logs " } else { "" };
         // Registered before `up` so that a half-started cluster is stopped too.
         on_exit(&format!("'{}' {keep}'{}' >/dev/null 2>&1", down.display(), dir.display()))?;
-        eprintln!("e2e: starting a local control plane in {}", dir.display());
+        eprintln!("e2e: starting a local cluster ({mode:?}) in {}", dir.display());
         let started = std::time::Instant::now();
-        let out = Command::new(root.join("e2e/cluster/up"))
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .context("running e2e/cluster/up")?;
+        let mut up = Command::new(root.join("e2e/cluster/up"));
+        if mode == Mode::RealNode {
+            up.arg("--node");
+        }
+        let out = up.arg(&dir).stdin(Stdio::null()).output().context("running e2e/cluster/up")?;
         if !out.status.success() {
             bail!(
                 "e2e/cluster/up failed ({}):\n{}{}",
@@ -61,7 +69,7 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        eprintln!("e2e: control plane up in {:.1?}", started.elapsed());
+        eprintln!("e2e: cluster up in {:.1?}", started.elapsed());
         Ok(Self { admin_kubeconfig: dir.join("admin.kubeconfig"), local_dir: Some(dir) })
     }
 
@@ -69,6 +77,15 @@ impl Cluster {
     pub fn kubectl(&self) -> Kubectl {
         Kubectl { kubeconfig: self.admin_kubeconfig.clone() }
     }
+}
+
+/// What a local cluster runs pods on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Nodes registered without a kubelet: pods are scheduled, never started (fast).
+    FakeNodes,
+    /// One real node on this machine: containerd, a kubelet, kube-proxy and cluster DNS.
+    RealNode,
 }
 
 /// kubectl with one kubeconfig.

@@ -2,6 +2,11 @@
 //! into it, two operator replicas running as the chart's ServiceAccount, and a real Redis.
 //! One environment per test binary ([`env`]); each test works in a fresh namespace.
 //!
+//! Tests whose pods must really run use [`node::real_node`] instead: a cluster with a real
+//! node (local: `e2e/cluster/up --node`) and the images built from `docker/*.Dockerfile`, with
+//! [`pods`] to wait for pods and Jobs, read their logs, exec, port-forward and report why a pod
+//! does not run.
+//!
 //! ```sh
 //! source scripts/env.sh
 //! cargo build --release -p collm-operator      # the tests run this binary
@@ -16,7 +21,9 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod node;
 pub mod operator;
+pub mod pods;
 pub mod process;
 pub mod redis;
 
