@@ -15,8 +15,9 @@ use serde_json::json;
 const NODE_LOCK: &str = "/run/lock/collm-e2e-node.lock";
 
 /// What a real node can leave on the host, one line per item. The cluster directory goes in
-/// through the environment, so that no command line of the probe itself contains it.
-fn host_state(dir: &str) -> Result<String> {
+/// through the environment, so that no command line of the probe itself contains it. `locked`:
+/// read under the node lock (when no cluster of this test holds it).
+fn host_state(dir: &str, locked: bool) -> Result<String> {
     let script = r#"
 pgrep -af -- "$CLUSTER_DIR" | sed "s/^/process /"
 grep -F "$CLUSTER_DIR/" /proc/self/mountinfo | sed "s/^/mount /"
@@ -29,17 +30,25 @@ ip route | grep collm0 | sed "s/^/route /"
 ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed "s/^/cgroup /"
 echo "ip_forward $(cat /proc/sys/net/ipv4/ip_forward)"
 "#;
-    let out = Command::new("flock")
-        .args([NODE_LOCK, "sh", "-c", script])
-        .env("CLUSTER_DIR", dir)
-        .output()
-        .context("running flock sh")?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut probe = Command::new(if locked { "flock" } else { "sh" });
+    if locked {
+        probe.args([NODE_LOCK, "sh"]);
+    }
+    let out =
+        probe.args(["-c", script]).env("CLUSTER_DIR", dir).output().context("running flock sh")?;
+    // This process's exit watcher (process::on_exit) names the directory, to take the
+    // cluster down should the test die; it is no leftover of the node.
+    let watcher = format!("while kill -0 {} ", std::process::id());
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !(l.starts_with("process ") && l.contains(&watcher)))
+        .map(|l| format!("{l}\n"))
+        .collect())
 }
 
 #[test]
 fn down_leaves_no_process_mount_rule_link_or_cgroup_of_the_node() {
-    let before = host_state("/nonexistent-cluster-dir").expect("reading the host");
+    let before = host_state("/nonexistent-cluster-dir", true).expect("reading the host");
     let cluster = Cluster::start_local(Mode::RealNode).expect("a real-node cluster");
     let dir = cluster.local_dir.clone().expect("a local cluster");
     let dir_text = dir.display().to_string();
@@ -82,7 +91,7 @@ fn down_leaves_no_process_mount_rule_link_or_cgroup_of_the_node() {
     admin.apply(&pod.to_string()).expect("applying the pod");
     admin.run(&["expose", "pod", "holder", "--port=8080"]).expect("a Service");
     admin.wait_ready_pods("default", "app=holder", 1, Duration::from_secs(180)).expect("pod ready");
-    let running = host_state(&dir_text).expect("reading the host");
+    let running = host_state(&dir_text, false).expect("reading the host");
     assert!(running.contains("mount "), "the pod's volumes should be mounted:\n{running}");
     assert!(running.contains("iptables nat :KUBE-SVC"), "kube-proxy should program:\n{running}");
     assert!(running.contains("iptables nat :CNI-HOSTPORT"), "portmap should program:\n{running}");
@@ -93,6 +102,6 @@ fn down_leaves_no_process_mount_rule_link_or_cgroup_of_the_node() {
         .expect("running e2e/cluster/down");
     assert!(out.status.success(), "down failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!dir.exists(), "down should delete {dir_text}");
-    let after = host_state(&dir_text).expect("reading the host");
+    let after = host_state(&dir_text, true).expect("reading the host");
     assert_eq!(after, before, "down should leave the host as it found it");
 }
