@@ -78,6 +78,14 @@ impl RealNode {
         self.cluster.local_dir.is_some()
     }
 
+    /// The address at which pods reach this machine (the node's address on its bridge), for
+    /// servers a test runs on the host for pods to call (e.g. an HTTP server with a bundle):
+    /// bind them to it or to 0.0.0.0. None when the node is not this machine.
+    pub fn host_address_for_pods(&self) -> Option<std::net::IpAddr> {
+        let env = std::fs::read_to_string(self.cluster.local_dir.as_ref()?.join("env")).ok()?;
+        env.lines().find_map(|l| l.strip_prefix("export COLLM_NODE_IP="))?.parse().ok()
+    }
+
     fn set_up() -> Result<Self> {
         let started = Instant::now();
         let log_dir = tempfile::Builder::new().prefix("collm-e2e-node-logs-").tempdir()?.keep();

@@ -191,6 +191,28 @@ fn a_cloud_worker_pod_serves_a_bundle_behind_a_service_that_resolves_and_routes(
     // From a pod: the Service's names resolve through cluster DNS to its ClusterIP, and a
     // connection to that address (which only kube-proxy's rules lead anywhere) reaches the
     // worker. Names outside the cluster get no answer: the cluster DNS has no upstream.
+    // On the local node, pods also reach a server of the test on this machine (as a bundle
+    // server for pods would be reached).
+    let host_server = node.host_address_for_pods().map(|ip| {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("binding on the node address");
+        let address = listener.local_addr().expect("a bound address");
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello from the host\n");
+            }
+        });
+        address
+    });
+    let host_check = host_server.map_or(String::new(), |a| {
+        format!(
+            "exec 3<>/dev/tcp/{}/{}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; echo \"host: $(tail -n1 <&3)\"; exec 3>&-\n",
+            a.ip(),
+            a.port()
+        )
+    });
     let image = node.images.redis.clone().unwrap_or_else(|| "debian:trixie-slim".to_string());
     let script = format!(
         r#"set -u
@@ -202,7 +224,7 @@ for host in worker.{ns}.svc.cluster.local worker.{ns}.svc worker; do
   exec 3>&-
 done
 getent hosts example.com >/dev/null && echo "outside: resolved" || echo "outside: no answer"
-"#
+{host_check}"#
     );
     let log = check(run_job(&ns, "client", &image, &["bash", "-c", &script]));
     for host in
@@ -222,6 +244,9 @@ getent hosts example.com >/dev/null && echo "outside: resolved" || echo "outside
         log.contains("outside: no answer"),
         "cluster DNS must not resolve outside names:\n{log}"
     );
+    if host_server.is_some() {
+        assert!(log.contains("host: hello from the host"), "a pod should reach the host:\n{log}");
+    }
 
     // From the host: on the local node, the pod's address and the ClusterIP (kube-proxy's
     // OUTPUT rules); on any cluster, a port-forward to the Service.
