@@ -14,6 +14,25 @@ fn sample_values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Every type the writer encodes, with the largest error its round trip may show on values in
+/// ±0.2.
+const SAMPLE_TYPES: [GgmlType; 12] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::BF16,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::IQ4_NL,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+const SAMPLE_TOLERANCE: [f32; 12] =
+    [0.0, 2e-4, 2e-3, 0.03, 0.02, 1e-3, 0.015, 0.01, 0.04, 0.03, 0.015, 0.01];
+
 fn sample_writer() -> GgufWriter {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()))
@@ -28,10 +47,9 @@ fn sample_writer() -> GgufWriter {
         .set("types", Value::i32_array([1, 1, 3]))
         .set("scores", Value::f32_array([0.5, -1.0]))
         .set("empty", Value::Array(ValueType::U8, vec![]));
-    let types = [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
-    for (i, ty) in types.into_iter().enumerate() {
-        let v = sample_values(64 * 3, i as u32 + 1);
-        w.add_tensor(format!("blk.{i}.w"), &[64, 3], ty, &v).unwrap();
+    for (i, ty) in SAMPLE_TYPES.into_iter().enumerate() {
+        let v = sample_values(256 * 3, i as u32 + 1);
+        w.add_tensor(format!("blk.{i}.w"), &[256, 3], ty, &v).unwrap();
     }
     w.add_tensor("norm", &[7], GgmlType::F32, &[1.0; 7]).unwrap();
     w
@@ -56,13 +74,13 @@ fn written_file_reads_back_with_identical_metadata_and_values() {
     assert_eq!(md.get_u64("big").unwrap(), 1 << 40);
     assert!(md.get_bool("flag").unwrap());
 
-    let tol = [0.0, 2e-4, 2e-3, 0.03, 0.02];
-    for (i, tol) in tol.into_iter().enumerate() {
+    for (i, tol) in SAMPLE_TOLERANCE.into_iter().enumerate() {
         let name = format!("blk.{i}.w");
         let info = f.tensor(&name).unwrap();
-        assert_eq!(info.dims, [64, 3]);
+        assert_eq!(info.dims, [256, 3]);
+        assert_eq!(info.ty, SAMPLE_TYPES[i]);
         assert_eq!(info.offset % 32, 0);
-        let want = sample_values(64 * 3, i as u32 + 1);
+        let want = sample_values(256 * 3, i as u32 + 1);
         let got = f.dequantize(&name).unwrap();
         let err = want.iter().zip(&got).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(err <= tol, "{name} ({}): max error {err}", info.ty);
@@ -167,11 +185,11 @@ fn huge_counts_fail_fast() {
 #[test]
 fn unsupported_tensor_type_is_named_when_used() {
     let mut w = GgufWriter::new();
-    w.add_raw_tensor("blk.0.ffn_down.weight", &[256, 1], GgmlType::Other(14), vec![0; 210])
+    w.add_raw_tensor("blk.0.ffn_down.weight", &[256, 1], GgmlType::Other(23), vec![0; 136])
         .unwrap();
     let f = GgufFile::from_bytes(w.to_bytes().unwrap()).unwrap();
     let e = f.dequantize("blk.0.ffn_down.weight").unwrap_err().to_string();
-    assert_eq!(e, "unsupported tensor type Q6_K (id 14) for blk.0.ffn_down.weight");
+    assert_eq!(e, "unsupported tensor type IQ4_XS (id 23) for blk.0.ffn_down.weight");
 }
 
 #[test]

@@ -2,18 +2,32 @@
 
 use std::fmt;
 
-/// Values per quantization block for the 32-wide block formats (Q4_0, Q4_1, Q8_0).
+/// Values per quantization block for the 32-wide block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+/// IQ4_NL).
 pub const QK: usize = 32;
+/// Values per super-block of the K-quants (Q2_K … Q6_K).
+pub const QK_K: usize = 256;
 
 /// The element type of a GGUF tensor. Types this crate cannot decode are kept as `Other(id)` so
 /// a file that contains them still opens and the error names the type only when it is used.
+// Variant names are llama.cpp's type names, which users see in file names and tool output.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
     F16,
+    BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    IQ4_NL,
     Other(u32),
 }
 
@@ -24,7 +38,16 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
+            10 => Self::Q2_K,
+            11 => Self::Q3_K,
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
+            20 => Self::IQ4_NL,
+            30 => Self::BF16,
             other => Self::Other(other),
         }
     }
@@ -35,7 +58,16 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q2_K => 10,
+            Self::Q3_K => 11,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::IQ4_NL => 20,
+            Self::BF16 => 30,
             Self::Other(id) => id,
         }
     }
@@ -95,6 +127,8 @@ impl GgmlType {
             13 => (256, 176),
             14 => (256, 210),
             15 => (256, 292),
+            20 => (QK, 18),
+            23 => (256, 136),
             24 => (1, 1),
             25 => (1, 2),
             26 => (1, 4),
@@ -118,7 +152,7 @@ impl GgmlType {
 }
 
 impl fmt::Display for GgmlType {
-    /// `Q4_1`, or `Q6_K (id 14)` for types this crate does not decode.
+    /// `Q4_1`, or `IQ2_XS (id 17)` for types this crate does not decode.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Other(id) => write!(f, "{} (id {id})", self.name()),
