@@ -2,7 +2,7 @@
 //! tensor comes from and what it is called.
 
 use crate::error::Result;
-use crate::model::{LayerWeights, LlamaConfig, Weight};
+use crate::model::{LayerWeights, LlamaConfig, QkvBias, Weight};
 
 /// Where tensors come from (a GGUF file, safetensors shards), with shape checks done by the
 /// source so its errors can name the file's own tensor names.
@@ -12,7 +12,7 @@ pub trait TensorSource {
 }
 
 /// A layer's tensors by role.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     AttnNorm,
     Q,
@@ -23,12 +23,30 @@ pub enum Role {
     Gate,
     Up,
     Down,
+    QBias,
+    KBias,
+    VBias,
 }
 
-/// Loads every decoder layer; `name(layer, role)` gives the source's tensor name.
+impl Role {
+    /// The matrices, paired with the role names [`LayerWeights::matrices`] uses.
+    pub const MATRICES: [(Role, &'static str); 7] = [
+        (Role::Q, "wq"),
+        (Role::K, "wk"),
+        (Role::V, "wv"),
+        (Role::O, "wo"),
+        (Role::Gate, "w_gate"),
+        (Role::Up, "w_up"),
+        (Role::Down, "w_down"),
+    ];
+}
+
+/// Loads every decoder layer; `name(layer, role)` gives the source's tensor name. `qkv_bias`
+/// says whether the architecture adds biases after the Q, K and V projections.
 pub fn layers(
     src: &mut impl TensorSource,
     c: &LlamaConfig,
+    qkv_bias: bool,
     name: impl Fn(usize, Role) -> String,
 ) -> Result<Vec<LayerWeights>> {
     let (h, f) = (c.hidden_size, c.intermediate_size);
@@ -36,6 +54,14 @@ pub fn layers(
     (0..c.num_layers)
         .map(|i| {
             let n = |r| name(i, r);
+            let qkv_bias = match qkv_bias {
+                true => Some(QkvBias {
+                    q: src.vector(&n(Role::QBias), q_rows)?,
+                    k: src.vector(&n(Role::KBias), kv_rows)?,
+                    v: src.vector(&n(Role::VBias), kv_rows)?,
+                }),
+                false => None,
+            };
             Ok(LayerWeights {
                 attn_norm: src.vector(&n(Role::AttnNorm), h)?,
                 wq: src.matrix(&n(Role::Q), q_rows, h)?,
@@ -46,7 +72,21 @@ pub fn layers(
                 w_gate: src.matrix(&n(Role::Gate), f, h)?,
                 w_up: src.matrix(&n(Role::Up), f, h)?,
                 w_down: src.matrix(&n(Role::Down), h, f)?,
+                qkv_bias,
             })
         })
+        .collect()
+}
+
+/// `(Checkpoint::matrices key, source tensor name)` of every layer matrix.
+pub fn matrix_keys(
+    num_layers: usize,
+    name: impl Fn(usize, Role) -> String,
+) -> Vec<(String, String)> {
+    (0..num_layers)
+        .flat_map(|i| {
+            Role::MATRICES.iter().map(move |&(role, key)| (format!("layers.{i}.{key}"), (i, role)))
+        })
+        .map(|(key, (i, role))| (key, name(i, role)))
         .collect()
 }

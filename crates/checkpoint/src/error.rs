@@ -22,7 +22,7 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    #[error("unsupported architecture {0:?} (only llama is supported)")]
+    #[error("unsupported architecture {0:?} (supported: llama, qwen2)")]
     UnsupportedArchitecture(String),
     #[error("unsupported tokenizer: {0}")]
     UnsupportedTokenizer(String),

@@ -12,14 +12,18 @@ mod gguf_tokenizer;
 mod hf_load;
 mod model;
 pub mod rope_layout;
+mod rope_settings;
 mod safetensors;
 mod shapes;
+mod spm_tokenizer;
 pub mod tiny;
 mod weight;
 
 pub use convert::weight_from_gguf;
 pub use error::{Error, Result};
 pub use gguf_tokenizer::{GgufTokenizer, tokenizer_from_gguf};
-pub use model::{Checkpoint, LayerWeights, LlamaConfig, SpecialTokens, Weight};
+pub use model::{
+    Checkpoint, LayerWeights, LlamaConfig, QkvBias, SourceTensor, SpecialTokens, Weight,
+};
 pub use rope_layout::{from_interleaved_rope, interleaved_rope_row_order, to_interleaved_rope};
-pub use safetensors::{DenseTensor, read_safetensors, write_safetensors};
+pub use safetensors::{DenseTensor, write_safetensors};

@@ -18,6 +18,10 @@ pub struct LlamaConfig {
     /// GGUF stores Q/K rows permuted for interleaved (GPT-J style) rotary; Hugging Face
     /// checkpoints use the rotate-half layout. The exporter picks the matching rotary variant.
     pub rope_interleaved: bool,
+    /// Divisors of the rotary frequencies, one per frequency (`head_dim / 2`): linear rope
+    /// scaling repeats one factor, Llama 3.1's `rope_freqs` gives one each. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rope_freq_divisors: Vec<f32>,
     pub tied_embeddings: bool,
 }
 
@@ -62,6 +66,25 @@ pub struct LayerWeights {
     pub w_gate: Weight,
     pub w_up: Weight,
     pub w_down: Weight,
+    /// Biases added after the Q, K and V projections (Qwen2); Llama has none.
+    pub qkv_bias: Option<QkvBias>,
+}
+
+/// `q` has `num_heads · head_dim` values, `k` and `v` `num_kv_heads · head_dim`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QkvBias {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// Where a matrix came from: its name and type in the source file and its size there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTensor {
+    pub name: String,
+    /// llama.cpp's type name (`Q4_K`) or the safetensors dtype (`BF16`).
+    pub ty: String,
+    pub bytes: u64,
 }
 
 /// Token ids with a special role, as the tokenizer metadata declares them.
@@ -89,4 +112,49 @@ pub struct Checkpoint {
     pub chat_template: Option<String>,
     /// Human-readable origin, e.g. `gguf:SmolLM2-135M-Instruct.Q4_1.gguf (Q4_1)`.
     pub source: String,
+    /// The source file's tensor behind each matrix, by [`Checkpoint::matrices`] key (empty for
+    /// checkpoints built in memory).
+    pub sources: std::collections::BTreeMap<String, SourceTensor>,
+}
+
+impl Checkpoint {
+    /// Every weight matrix under the name the partition graphs give it (`embedding`,
+    /// `layers.{i}.wq` … `layers.{i}.w_down`, `lm_head`).
+    pub fn matrices(&self) -> Vec<(String, &Weight)> {
+        let mut out = vec![("embedding".to_string(), &self.embedding)];
+        for (i, l) in self.layers.iter().enumerate() {
+            for (role, w) in l.matrices() {
+                out.push((format!("layers.{i}.{role}"), w));
+            }
+        }
+        out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+}
+
+impl LayerWeights {
+    /// The layer's matrices with their role names, in graph order.
+    pub fn matrices(&self) -> [(&'static str, &Weight); 7] {
+        [
+            ("wq", &self.wq),
+            ("wk", &self.wk),
+            ("wv", &self.wv),
+            ("wo", &self.wo),
+            ("w_gate", &self.w_gate),
+            ("w_up", &self.w_up),
+            ("w_down", &self.w_down),
+        ]
+    }
+
+    pub fn matrices_mut(&mut self) -> [&mut Weight; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.w_gate,
+            &mut self.w_up,
+            &mut self.w_down,
+        ]
+    }
 }

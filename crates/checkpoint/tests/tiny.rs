@@ -132,7 +132,7 @@ fn foreign_architecture_and_missing_tensors_are_named() {
         Checkpoint::from_gguf(&out).unwrap_err()
     };
     let e = rewrite("gpt2", "");
-    assert_eq!(e.to_string(), "unsupported architecture \"gpt2\" (only llama is supported)");
+    assert_eq!(e.to_string(), "unsupported architecture \"gpt2\" (supported: llama, qwen2)");
     let e = rewrite("llama", "blk.0.ffn_up.weight");
     assert_eq!(e.to_string(), "checkpoint has no tensor named blk.0.ffn_up.weight");
     assert!(matches!(e, Error::MissingTensor(_)));
@@ -142,6 +142,107 @@ fn foreign_architecture_and_missing_tensors_are_named() {
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     let e = Checkpoint::from_gguf(&cut).unwrap_err().to_string();
     assert!(e.starts_with("truncated GGUF file: tensor output.weight needs bytes"), "{e}");
+}
+
+#[test]
+fn qwen2_gguf_and_hf_directory_load_to_the_same_model_with_biases() {
+    let spec = TinySpec { num_layers: 2, qkv_bias: true, ..TinySpec::default() };
+    let (g, h, dir) = load_both(&spec, GgmlType::F32);
+    let file = GgufFile::open(dir.path().join("tiny.gguf")).unwrap();
+    assert_eq!(file.metadata().get_str("general.architecture").unwrap(), "qwen2");
+    // Qwen2 GGUFs keep Hugging Face's rotate-half rows: nothing is permuted.
+    assert!(!g.config.rope_interleaved);
+    assert_eq!(g.config, h.config);
+    for (lg, lh) in g.layers.iter().zip(&h.layers) {
+        assert_eq!(lg, lh);
+        let b = lg.qkv_bias.as_ref().expect("qwen2 layers have Q/K/V biases");
+        assert_eq!((b.q.len(), b.k.len(), b.v.len()), (64, 32, 32));
+    }
+    assert_eq!(g.sources["layers.1.wq"].name, "blk.1.attn_q.weight");
+    assert_eq!(h.sources["layers.1.wq"].name, "model.layers.1.self_attn.q_proj.weight");
+}
+
+#[test]
+fn k_quant_layers_load_as_blocks_close_to_the_float_weights() {
+    // Rows of 256 (hidden) and 512 (FFN) are whole super-blocks, as in real models.
+    let spec = TinySpec {
+        num_layers: 1,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        ..TinySpec::default()
+    };
+    for (ty, bits, block, tol) in [
+        (GgmlType::Q4_K, 4, 32, 0.05),
+        (GgmlType::Q5_K, 8, 32, 0.025),
+        (GgmlType::Q6_K, 8, 16, 0.015),
+        (GgmlType::BF16, 0, 0, 2e-3),
+    ] {
+        let (g, h, _dir) = load_both(&spec, ty);
+        let l = &g.layers[0];
+        match &l.w_down {
+            Weight::Blocks { bits: b, block: k, .. } => assert_eq!((*b, *k), (bits, block), "{ty}"),
+            Weight::Dense { .. } => assert_eq!(ty, GgmlType::BF16),
+        }
+        assert!(max_err(&l.w_down, &h.layers[0].w_down) < tol, "{ty}");
+        assert!(max_err(&l.wq, &to_interleaved_rope(&h.layers[0].wq, 4)) < tol, "{ty}");
+        assert_eq!(g.sources["layers.0.w_down"].ty, ty.name());
+        assert_eq!(g.sources["embedding"].ty, if bits == 0 { "F32" } else { "Q8_0" });
+    }
+}
+
+#[test]
+fn rows_that_are_not_whole_super_blocks_fall_back_as_llama_cpp_does() {
+    // The default tiny model has rows of 64 and 128: every K-quant falls back.
+    let spec = TinySpec { num_layers: 1, ..TinySpec::default() };
+    for (ty, fallback) in [
+        (GgmlType::Q4_K, "Q5_0"),
+        (GgmlType::Q5_K, "Q5_1"),
+        (GgmlType::Q6_K, "Q8_0"),
+        (GgmlType::Q3_K, "IQ4_NL"),
+    ] {
+        let (g, h, _dir) = load_both(&spec, ty);
+        assert_eq!(g.sources["layers.0.w_up"].ty, fallback, "{ty}");
+        assert!(max_err(&g.layers[0].w_up, &h.layers[0].w_up) < 0.03, "{ty}");
+    }
+}
+
+#[test]
+fn tensors_the_graph_cannot_use_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let spec = TinySpec { num_layers: 1, ..TinySpec::default() };
+    tiny::write_gguf(&path, &spec, 3, GgmlType::F32).unwrap();
+    let src = GgufFile::open(&path).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata().entries() {
+        w.set(k.clone(), v.clone());
+    }
+    for t in src.tensors() {
+        w.add_raw_tensor(&t.name, &t.dims, t.ty, src.tensor_bytes(t).unwrap().to_vec()).unwrap();
+    }
+    w.add_tensor("blk.0.attn_output.bias", &[64], GgmlType::F32, &[0.0; 64]).unwrap();
+    let out = dir.path().join("extra.gguf");
+    w.write(&out).unwrap();
+    let e = Checkpoint::from_gguf(&out).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "tensor blk.0.attn_output.bias: the llama graph has no place for this tensor (a variant of the architecture that is not supported)"
+    );
+}
+
+#[test]
+fn damaged_safetensors_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec { num_layers: 1, ..TinySpec::default() };
+    tiny::write_hf(dir.path(), &spec, 3).unwrap();
+    let st = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() - 10]).unwrap();
+    let e = Checkpoint::from_hf_dir(dir.path()).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}: malformed safetensors file:", st.display())), "{e}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::gguf_tokenizer::tokenizer_from_gguf;
-use crate::model::{Checkpoint, LayerWeights, LlamaConfig, Weight};
+use crate::model::{Checkpoint, LayerWeights, LlamaConfig, QkvBias, Weight};
 
 pub use vocab::{SPECIAL_TOKENS, TinyVocab, build_vocab, byte_to_unicode};
 pub use write::{write_gguf, write_hf};
@@ -33,6 +33,8 @@ pub struct TinySpec {
     pub rms_eps: f32,
     pub max_position: usize,
     pub tied_embeddings: bool,
+    /// Qwen2's Q/K/V biases (written as a `qwen2` GGUF / Hugging Face directory).
+    pub qkv_bias: bool,
     /// BPE merges learned on top of the 256 byte tokens.
     pub num_merges: usize,
 }
@@ -50,6 +52,7 @@ impl Default for TinySpec {
             rms_eps: 1e-5,
             max_position: 256,
             tied_embeddings: false,
+            qkv_bias: false,
             num_merges: 100,
         }
     }
@@ -107,6 +110,7 @@ pub fn checkpoint(spec: &TinySpec, seed: u64) -> Result<Checkpoint> {
         rms_eps: s.rms_eps,
         max_position: s.max_position,
         rope_interleaved: false,
+        rope_freq_divisors: vec![],
         tied_embeddings: s.tied_embeddings,
     };
     let mut g = Gaussian(ChaCha8Rng::seed_from_u64(seed));
@@ -115,6 +119,9 @@ pub fn checkpoint(spec: &TinySpec, seed: u64) -> Result<Checkpoint> {
     // Large enough that logits and attention scores are far from uniform after RMSNorm.
     let std = 0.08;
     let embedding = g.matrix(config.vocab_size, h, 0.1);
+    // Biases come from their own stream so the other weights of a seed stay what they were.
+    let mut gb = Gaussian(ChaCha8Rng::seed_from_u64(seed ^ 0xb1a5));
+    let mut bias = |n: usize| (0..n).map(|_| 0.5 * gb.next()).collect::<Vec<f32>>();
     let layers = (0..s.num_layers)
         .map(|_| LayerWeights {
             attn_norm: g.norm(h),
@@ -126,6 +133,7 @@ pub fn checkpoint(spec: &TinySpec, seed: u64) -> Result<Checkpoint> {
             w_gate: g.matrix(f, h, std),
             w_up: g.matrix(f, h, std),
             w_down: g.matrix(h, f, std),
+            qkv_bias: s.qkv_bias.then(|| QkvBias { q: bias(q), k: bias(kv), v: bias(kv) }),
         })
         .collect();
     let final_norm = g.norm(h);
@@ -141,5 +149,6 @@ pub fn checkpoint(spec: &TinySpec, seed: u64) -> Result<Checkpoint> {
         special_tokens: tok.special_tokens,
         chat_template: tok.chat_template,
         source: format!("tiny:seed{seed}"),
+        sources: Default::default(),
     })
 }
