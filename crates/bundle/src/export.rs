@@ -1,5 +1,6 @@
 //! `collm export`: checkpoint → bundle directory.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use collm_checkpoint::{Checkpoint, Weight};
@@ -9,7 +10,7 @@ use crate::manifest::{
     CLOUD_FILE, CLOUD_KV_FILE, EDGE_FILE, ExitHead, FORMAT_VERSION, MANIFEST_FILE, Manifest,
     Partition, TOKENIZER_FILE, TokenizerInfo, WeightFormat,
 };
-use crate::{Error, Result, verify};
+use crate::{Error, Result, verify, weight_report};
 
 /// What to export: where to split, where the exits sit and how to store weights.
 #[derive(Debug, Clone)]
@@ -48,16 +49,39 @@ impl ExportPlan {
     }
 }
 
-/// Stores every matrix of the checkpoint in the requested format.
-pub fn convert_weights(ckpt: &mut Checkpoint, format: WeightFormat) {
+/// What converting a matrix to the export's weight format did to its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// Blocks decoded to float32: every value kept.
+    Dequantized,
+    /// Re-quantized to blocks by rounding to nearest.
+    Requantized,
+}
+
+impl Conversion {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Dequantized => "exact, dequantized",
+            Self::Requantized => "re-quantized, round to nearest",
+        }
+    }
+}
+
+/// Stores every matrix of the checkpoint in the requested format (the embedding stays as it
+/// is: the edge gathers rows from a float table). Returns the matrices it changed, by
+/// [`Checkpoint::matrices`] key.
+pub fn convert_weights(
+    ckpt: &mut Checkpoint,
+    format: WeightFormat,
+) -> BTreeMap<String, Conversion> {
     let convert = |w: &mut Weight| {
         let target = match (format, &*w) {
-            (WeightFormat::Native, _) => return,
-            (WeightFormat::F32, Weight::Dense { .. }) => return,
+            (WeightFormat::Native, _) => return None,
+            (WeightFormat::F32, Weight::Dense { .. }) => return None,
             (WeightFormat::F32, _) => None,
-            (WeightFormat::Q8, Weight::Blocks { bits: 8, .. }) => return,
+            (WeightFormat::Q8, Weight::Blocks { bits: 8, .. }) => return None,
             (WeightFormat::Q8, _) => Some(8),
-            (WeightFormat::Q4, Weight::Blocks { .. }) => return,
+            (WeightFormat::Q4, Weight::Blocks { .. }) => return None,
             (WeightFormat::Q4, Weight::Dense { .. }) => Some(4),
         };
         *w = match target {
@@ -67,15 +91,21 @@ pub fn convert_weights(ckpt: &mut Checkpoint, format: WeightFormat) {
             }
             Some(bits) => w.quantize(bits, 32),
         };
+        Some(if target.is_some() { Conversion::Requantized } else { Conversion::Dequantized })
     };
-    for l in &mut ckpt.layers {
-        for w in
-            [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]
-        {
-            convert(w);
+    let mut changed = BTreeMap::new();
+    for (i, l) in ckpt.layers.iter_mut().enumerate() {
+        let roles = l.matrices().map(|(role, _)| role);
+        for (role, w) in roles.into_iter().zip(l.matrices_mut()) {
+            if let Some(c) = convert(w) {
+                changed.insert(format!("layers.{i}.{role}"), c);
+            }
         }
     }
-    convert(&mut ckpt.lm_head);
+    if let Some(c) = convert(&mut ckpt.lm_head) {
+        changed.insert("lm_head".to_string(), c);
+    }
+    changed
 }
 
 /// Writes a bundle for `ckpt` into `out` (created if missing). `progress` hears each step.
@@ -89,7 +119,11 @@ pub fn export(
     let exits = plan.validate(cfg.num_layers)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     progress("converting weights");
-    convert_weights(&mut ckpt, plan.weights);
+    let sources = weight_report::source_types(&ckpt);
+    let changed = convert_weights(&mut ckpt, plan.weights);
+    let weight_mappings = weight_report::weight_mappings(&ckpt, &sources, &|key| {
+        changed.get(key).map(|c| c.describe())
+    });
 
     progress("building edge partition");
     let edge = graph::edge_graph(&ckpt, plan.split_layer, &exits, &plan.graph);
@@ -147,6 +181,7 @@ pub fn export(
         },
         encodings: vec!["f32".into(), "f16".into(), "int8".into()],
         files: Default::default(),
+        weight_mappings,
     };
     progress("hashing files");
     for f in [EDGE_FILE, CLOUD_FILE, CLOUD_KV_FILE, TOKENIZER_FILE] {

@@ -11,10 +11,11 @@ pub mod onnx {
     pub use collm_onnx::{ModelProto as Model, decode};
 }
 mod verify;
+pub mod weight_report;
 
 use std::path::{Path, PathBuf};
 
-pub use export::{ExportPlan, convert_weights, export, write_manifest};
+pub use export::{Conversion, ExportPlan, convert_weights, export, write_manifest};
 pub use graph::GraphOptions;
 pub use manifest::{Manifest, WeightFormat};
 pub use verify::{Bundle, Parts, read_manifest, sha256_file};

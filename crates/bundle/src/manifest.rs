@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use collm_checkpoint::{LlamaConfig, SpecialTokens};
 use serde::{Deserialize, Serialize};
 
+pub use crate::weight_report::WeightMapping;
+
 /// Bumped whenever a reader of an older format would misread a newer bundle.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -38,6 +40,10 @@ pub struct Manifest {
     pub encodings: Vec<String>,
     /// SHA-256 (hex) of every other file in the bundle.
     pub files: BTreeMap<String, String>,
+    /// How the source's tensor types were stored (absent from bundles exported before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weight_mappings: Vec<WeightMapping>,
 }
 
 /// How weight matrices are stored in the partition graphs.

@@ -191,10 +191,11 @@ impl Checkpoint {
             ));
         }
 
-        let mut sources: BTreeMap<String, SourceTensor> = assemble::matrix_keys(c.num_layers, tensor_name)
-            .into_iter()
-            .filter_map(|(key, name)| Some((key, ld.used.get(&name)?.clone())))
-            .collect();
+        let mut sources: BTreeMap<String, SourceTensor> =
+            assemble::matrix_keys(c.num_layers, tensor_name)
+                .into_iter()
+                .filter_map(|(key, name)| Some((key, ld.used.get(&name)?.clone())))
+                .collect();
         if let Some(s) = ld.used.get("token_embd.weight") {
             sources.insert("embedding".into(), s.clone());
         }

@@ -67,9 +67,7 @@ fn rope_divisors(scaling: Option<&Json>, head_dim: usize) -> Result<Vec<f32>> {
     match (kind, factor) {
         ("default", _) => Ok(vec![]),
         ("linear", Some(f)) if f > 0.0 => Ok(vec![f as f32; head_dim / 2]),
-        _ => Err(Error::Config(format!(
-            "rope_scaling {s} is not supported (supported: linear)"
-        ))),
+        _ => Err(Error::Config(format!("rope_scaling {s} is not supported (supported: linear)"))),
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 
@@ -30,13 +30,21 @@ impl ShardTensor<'_> {
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
         let b = self.bytes;
         Ok(match self.dtype {
-            Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F32 => {
+                b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            Dtype::F16 => {
+                b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            Dtype::BF16 => {
+                b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
             other => {
                 return Err(Error::Safetensors {
                     path: self.path.into(),
-                    msg: format!("tensor {name}: unsupported dtype {other:?} (supported: F32, F16, BF16)"),
+                    msg: format!(
+                        "tensor {name}: unsupported dtype {other:?} (supported: F32, F16, BF16)"
+                    ),
                 });
             }
         })
@@ -70,18 +78,13 @@ impl MappedShards {
         let mut files = Vec::with_capacity(self.maps.len());
         let mut by_name = HashMap::new();
         for (i, (path, map)) in self.maps.iter().enumerate() {
-            let st = SafeTensors::deserialize(map).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                msg: e.to_string(),
-            })?;
+            let st = SafeTensors::deserialize(map)
+                .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
             for name in st.names() {
                 if let Some(other) = by_name.insert(name.to_string(), i) {
                     return Err(Error::Safetensors {
                         path: path.clone(),
-                        msg: format!(
-                            "tensor {name} is also in {}",
-                            self.maps[other].0.display()
-                        ),
+                        msg: format!("tensor {name} is also in {}", self.maps[other].0.display()),
                     });
                 }
             }
@@ -118,7 +121,9 @@ impl<'a> Shards<'a> {
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, DenseTensor>) -> Result<()> {
     let bytes: Vec<(&String, Vec<u8>, &[usize])> = tensors
         .iter()
-        .map(|(n, t)| (n, t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.as_slice()))
+        .map(|(n, t)| {
+            (n, t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.as_slice())
+        })
         .collect();
     let bad = |msg: String| Error::Safetensors { path: path.into(), msg };
     let views = bytes

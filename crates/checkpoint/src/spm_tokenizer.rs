@@ -104,10 +104,7 @@ fn merges(vocab: &Vocab<'_>, scores: &[f32], ids: &HashMap<&str, usize>) -> Vec<
         }
     }
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2, a.3).cmp(&(b.1, b.2, b.3))));
-    ranked
-        .into_iter()
-        .map(|(_, _, l, r)| json!([vocab.tokens[l], vocab.tokens[r]]))
-        .collect()
+    ranked.into_iter().map(|(_, _, l, r)| json!([vocab.tokens[l], vocab.tokens[r]])).collect()
 }
 
 #[cfg(test)]
@@ -148,8 +145,7 @@ mod tests {
         tokenizers::Tokenizer::from_str(&tokenizer_from_gguf(md).unwrap().tokenizer_json).unwrap()
     }
 
-    const PIECES: [&str; 12] =
-        ["▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "▁he", "▁hell"];
+    const PIECES: [&str; 12] = ["▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "▁he", "▁hell"];
 
     #[test]
     fn best_scoring_merges_win_and_bos_is_added() {
@@ -188,8 +184,12 @@ mod tests {
         let e = tokenizer_from_gguf(&md).unwrap_err().to_string();
         assert!(e.contains("1 token scores for"), "{e}");
         let mut md = spm_metadata(&PIECES);
-        let mut tokens: Vec<String> =
-            md.get_str_array("tokenizer.ggml.tokens").unwrap().iter().map(|s| s.to_string()).collect();
+        let mut tokens: Vec<String> = md
+            .get_str_array("tokenizer.ggml.tokens")
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         tokens[3 + 0x41] = "A".into();
         md.insert("tokenizer.ggml.tokens", Value::string_array(tokens));
         let e = tokenizer_from_gguf(&md).unwrap_err().to_string();

@@ -137,6 +137,9 @@ impl TextCodec {
             Error::Invalid("this bundle has no chat template: use a raw prompt".into())
         })?;
         let mut env = minijinja::Environment::new();
+        // Templates written for Python's Jinja call str/list/dict methods (`.strip()`,
+        // `.startswith()`, `.items()`); minijinja-contrib maps them onto minijinja's filters.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -170,5 +173,55 @@ impl TextCodec {
     /// Ids that end a generation (end-of-sequence and end-of-turn markers).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use collm_checkpoint::SpecialTokens;
+    use collm_checkpoint::tiny::{TinySpec, checkpoint};
+
+    use super::*;
+
+    fn codec(template: &str) -> TextCodec {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint(&TinySpec::default(), 0).unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, &ck.tokenizer_json).unwrap();
+        let info = TokenizerInfo {
+            file: "tokenizer.json".into(),
+            special_tokens: SpecialTokens { bos: Some(1), eos: Some(2), special: vec![] },
+            chat_template: Some(template.into()),
+        };
+        TextCodec::load(&path, &info).unwrap()
+    }
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+
+    #[test]
+    fn templates_calling_python_string_methods_render() {
+        // As Qwen2 / Llama 3 style templates write them: str.strip(), str.startswith(),
+        // str.split(), dict.items() and str.upper() inside Jinja.
+        let template = "{% for m in messages %}{% if m['content'].startswith('!') %}{{ m['role'].upper() }}{% endif %}<|im_start|>{{ m.role }}\n{{ m['content'].strip() }}|{{ m['content'].split()|length }}<|im_end|>\n{% endfor %}{% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let text = codec(template)
+            .render_chat(&[msg("system", "  be brief \n"), msg("user", "!hi there")])
+            .unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nbe brief|2<|im_end|>\nUSER<|im_start|>user\n!hi there|2<|im_end|>\na=1<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn an_unknown_method_is_a_clear_error() {
+        let e = codec("{{ messages[0].content.frobnicate() }}")
+            .render_chat(&[msg("user", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chat template failed") && e.contains("frobnicate"), "{e}");
     }
 }

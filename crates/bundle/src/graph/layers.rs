@@ -217,14 +217,17 @@ pub fn rms_norm(g: &mut GraphBuilder, x: &str, scale: &str, eps: f32) -> String 
     )
 }
 
-/// Rotary tables `[max_position, head_dim / 2]` shared by every layer of a partition.
+/// Rotary tables `[max_position, head_dim / 2]` shared by every layer of a partition; rope
+/// scaling divides each frequency by its divisor.
 pub fn rope_tables(g: &mut GraphBuilder, cfg: &LlamaConfig) -> (String, String) {
     let half = cfg.head_dim / 2;
     let mut cos = Vec::with_capacity(cfg.max_position * half);
     let mut sin = Vec::with_capacity(cfg.max_position * half);
+    let divisor = |i: usize| cfg.rope_freq_divisors.get(i).map_or(1.0, |&d| f64::from(d));
     for pos in 0..cfg.max_position {
         for i in 0..half {
-            let inv_freq = (cfg.rope_theta as f64).powf(-(2.0 * i as f64) / cfg.head_dim as f64);
+            let inv_freq =
+                (cfg.rope_theta as f64).powf(-(2.0 * i as f64) / cfg.head_dim as f64) / divisor(i);
             let angle = pos as f64 * inv_freq;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
@@ -268,6 +271,17 @@ pub fn rotary(
     )
 }
 
+/// Adds `bias` (when the architecture has one) to the projection `x`.
+pub fn add_bias(g: &mut GraphBuilder, x: &str, bias: Option<&[f32]>, name: &str) -> String {
+    match bias {
+        None => x.to_string(),
+        Some(b) => {
+            let b = g.initializer(TensorProto::f32(name, &[b.len() as i64], b));
+            g.op("Add", &[x, &b], vec![])
+        }
+    }
+}
+
 /// Layer `index`'s RMSNorm before attention, applied to `x` (what its Q, K and V read).
 pub fn attention_norm(
     g: &mut GraphBuilder,
@@ -304,9 +318,12 @@ pub fn decoder_layer(
         &[(&w.wq, format!("{p}.wq")), (&w.wk, format!("{p}.wk")), (&w.wv, format!("{p}.wv"))],
         opts,
     );
-    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
-    let q = rotary(g, cfg, &io.rope, q, cfg.num_heads);
-    let k = rotary(g, cfg, &io.rope, k, cfg.num_kv_heads);
+    let bias = w.qkv_bias.as_ref();
+    let q = add_bias(g, &qkv[0], bias.map(|b| b.q.as_slice()), &format!("{p}.bq"));
+    let k = add_bias(g, &qkv[1], bias.map(|b| b.k.as_slice()), &format!("{p}.bk"));
+    let v = &add_bias(g, &qkv[2], bias.map(|b| b.v.as_slice()), &format!("{p}.bv"));
+    let q = rotary(g, cfg, &io.rope, &q, cfg.num_heads);
+    let k = rotary(g, cfg, &io.rope, &k, cfg.num_kv_heads);
     let attn = g.fresh_name("attention");
     let (past_k, past_v) = (names::past_key(index), names::past_value(index));
     let (present_k, present_v) = (names::present_key(index), names::present_value(index));

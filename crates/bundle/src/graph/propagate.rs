@@ -11,7 +11,7 @@ use collm_checkpoint::Checkpoint;
 use collm_onnx::{Attr, GraphBuilder, ModelProto, TensorType};
 
 use super::layers::{
-    GraphOptions, MS_DOMAIN, ONNX_OPSET, Rope, attention_norm, linear_group, rope_tables,
+    GraphOptions, MS_DOMAIN, ONNX_OPSET, Rope, add_bias, attention_norm, linear_group, rope_tables,
 };
 use super::names;
 use super::partition::{hidden_dims, kv_dims};
@@ -37,10 +37,13 @@ pub fn cloud_kv_graph(ckpt: &Checkpoint, split: usize, opts: &GraphOptions) -> M
             &[(&w.wk, format!("{p}.wk")), (&w.wv, format!("{p}.wv"))],
             opts,
         );
-        let k = super::layers::rotary(&mut g, cfg, &rope, &kv[0], cfg.num_kv_heads);
+        let bias = w.qkv_bias.as_ref();
+        let k = add_bias(&mut g, &kv[0], bias.map(|b| b.k.as_slice()), &format!("{p}.bk"));
+        let v = add_bias(&mut g, &kv[1], bias.map(|b| b.v.as_slice()), &format!("{p}.bv"));
+        let k = super::layers::rotary(&mut g, cfg, &rope, &k, cfg.num_kv_heads);
         for (value, past, present) in [
             (k, names::past_key(i), names::present_key(i)),
-            (kv[1].clone(), names::past_value(i), names::present_value(i)),
+            (v, names::past_value(i), names::present_value(i)),
         ] {
             g.input(&past, TensorType::F32, &kv_dims(cfg, "past"));
             let split_heads = g.op("Reshape", &[&value, &heads_first], vec![]);

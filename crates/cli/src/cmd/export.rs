@@ -7,10 +7,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// GGUF checkpoint (llama architecture).
+    /// GGUF checkpoint (llama or qwen2 architecture; F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1,
+    /// Q8_0, IQ4_NL and Q2_K…Q6_K tensors).
     #[arg(long, conflicts_with = "hf", required_unless_present = "hf")]
     gguf: Option<PathBuf>,
-    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face checkpoint directory (Llama, Mistral or Qwen2: config.json,
+    /// *.safetensors, tokenizer.json).
     #[arg(long)]
     hf: Option<PathBuf>,
     /// Decoder layers that run on the edge.
@@ -63,5 +65,9 @@ pub fn run(a: Args) -> Result<()> {
         manifest.exits.iter().map(|e| e.layer).collect::<Vec<_>>(),
         manifest.weights,
     );
+    println!("weights by source type (bytes in the source → one stored copy in the bundle):");
+    for line in collm_bundle::weight_report::describe(&manifest.weight_mappings) {
+        println!("  {line}");
+    }
     Ok(())
 }
