@@ -201,7 +201,7 @@ fn rows_that_are_not_whole_super_blocks_fall_back_as_llama_cpp_does() {
         (GgmlType::Q4_K, "Q5_0"),
         (GgmlType::Q5_K, "Q5_1"),
         (GgmlType::Q6_K, "Q8_0"),
-        (GgmlType::Q3_K, "IQ4_NL"),
+        (GgmlType::Q3_K, "Q4_0"),
     ] {
         let (g, h, _dir) = load_both(&spec, ty);
         assert_eq!(g.sources["layers.0.w_up"].ty, fallback, "{ty}");

@@ -10,24 +10,11 @@ use collm_runtime::SplitModel;
 use collm_runtime::text::ChatMessage;
 use common::*;
 
-#[derive(serde::Deserialize)]
-struct Fixtures {
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    name: String,
-    text: String,
-    prompt_ids: Vec<u32>,
-    continuation_ids: Vec<u32>,
-}
-
-fn fixtures() -> Fixtures {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tools/reference/fixtures/smollm2_llamacpp.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture file"))
-        .expect("fixture JSON")
+fn fixtures() -> LlamaCppFixtures {
+    llama_cpp_fixtures(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/reference/fixtures/smollm2_llamacpp.json"),
+    )
 }
 
 /// The SmolLM2 bundle, exported once per test run (split 24, exits after layers 16 and 24).
@@ -97,24 +84,7 @@ fn smollm2_chat_content_is_text_and_ordinary_chats_tokenize_as_rendered() {
 
 #[test]
 fn smollm2_full_model_agrees_with_llama_cpp_teacher_forced() {
-    let mut model = SplitModel::open(bundle(), true).expect("bundle opens");
-    let exits = model.exit_layers();
-    let (mut agree, mut total) = (0usize, 0usize);
-    for case in fixtures().cases {
-        let cloud = model.cloud.as_mut().expect("cloud partition");
-        let scored = collm_runtime::score::score(
-            &mut model.edge,
-            cloud,
-            &exits,
-            &case.prompt_ids,
-            &case.continuation_ids,
-        )
-        .expect("scores");
-        let hits = scored.iter().filter(|p| p.full.id == p.target).count();
-        eprintln!("{}: {hits}/{} positions agree", case.name, scored.len());
-        agree += hits;
-        total += scored.len();
-    }
+    let (agree, total) = teacher_forced_agreement(bundle(), &fixtures());
     let rate = agree as f64 / total as f64;
     eprintln!("teacher-forced top-1 agreement with llama.cpp: {agree}/{total} = {rate:.4}");
     assert!(rate >= 0.95, "agreement {rate:.4} < 0.95");

@@ -62,6 +62,123 @@ fn gguf_and_hugging_face_sources_give_the_same_answer() {
     assert_eq!(tokens(&a), tokens(&b));
 }
 
+/// Qwen2's Q/K/V biases reach the graph: the GGUF and Hugging Face forms of a tiny Qwen2 agree,
+/// and the same model without its biases answers differently.
+#[test]
+fn qwen2_biases_are_applied_from_both_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = collm_checkpoint::tiny::TinySpec { qkv_bias: true, ..Default::default() };
+    let gguf = tiny_gguf_with(dir.path(), &spec, GgmlType::F32, 9);
+    let hf = dir.path().join("qwen2-hf");
+    collm_checkpoint::tiny::write_hf(&hf, &spec, 9).expect("tiny HF directory");
+    let llama = tiny_gguf(dir.path(), GgmlType::F32, 9);
+    let bundles = [("gguf", &gguf, "--gguf"), ("hf", &hf, "--hf"), ("llama", &llama, "--gguf")];
+    let mut answers = Vec::new();
+    for (name, src, flag) in bundles {
+        let out = dir.path().join(format!("b-{name}"));
+        let res =
+            collm(&["export", flag, path_str(src), "--split-layer", "2", "--out", path_str(&out)]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        let v = collm_json(&[
+            "score",
+            "--bundle",
+            path_str(&out),
+            "--prompt",
+            PROMPT,
+            "--continuation",
+            "40,41,42,43,44,45",
+        ]);
+        let probs: Vec<f64> = v["positions"]
+            .as_array()
+            .expect("positions")
+            .iter()
+            .map(|p| p["full"]["prob"].as_f64().expect("prob"))
+            .collect();
+        answers.push(probs);
+    }
+    for (a, b) in answers[0].iter().zip(&answers[1]) {
+        assert!((a - b).abs() < 1e-4, "GGUF {a} vs HF {b}");
+    }
+    assert_ne!(answers[0], answers[2], "the biases must change what the model computes");
+}
+
+#[test]
+fn export_states_how_each_source_type_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::Q4_K, 4);
+    let out = dir.path().join("bundle");
+    let res = collm(&[
+        "export",
+        "--gguf",
+        path_str(&gguf),
+        "--split-layer",
+        "2",
+        "--out",
+        path_str(&out),
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    // Rows of 64 and 128 are not whole super-blocks: llama.cpp's fallback for Q4_K is Q5_0.
+    assert!(
+        stdout.contains("Q5_0     29 matrices")
+            && stdout.contains("MatMulNBits 8-bit, blocks of 32 (exact)"),
+        "{stdout}"
+    );
+    let m = manifest(&out);
+    let rows = m["weight_mappings"].as_array().expect("weight mappings");
+    let q5 = rows.iter().find(|r| r["source_type"] == "Q5_0").expect("a Q5_0 row");
+    assert_eq!(q5["conversion"], "exact");
+    // 32 values: 22 bytes in Q5_0, 32 codes + one f32 scale stored.
+    let (src, dst) = (q5["source_bytes"].as_f64().unwrap(), q5["bundle_bytes"].as_f64().unwrap());
+    assert!((dst / src - 36.0 / 22.0).abs() < 1e-9, "{src} → {dst}");
+    let embd = rows.iter().find(|r| r["stored_as"] == "float32 Gather table").expect("embedding");
+    assert_eq!(embd["source_type"], "Q8_0");
+
+    let q4 = dir.path().join("bundle-q4");
+    let res = collm(&[
+        "export",
+        "--gguf",
+        path_str(&gguf),
+        "--split-layer",
+        "2",
+        "--weights",
+        "q8",
+        "--out",
+        path_str(&q4),
+    ]);
+    assert!(res.status.success());
+    let m = manifest(&q4);
+    assert!(
+        m["weight_mappings"].as_array().unwrap().iter().all(|r| r["conversion"] == "exact"),
+        "8-bit blocks stay as they are under --weights q8: {m}"
+    );
+    let f32 = dir.path().join("bundle-f32");
+    let res = collm(&[
+        "export",
+        "--gguf",
+        path_str(&gguf),
+        "--split-layer",
+        "2",
+        "--weights",
+        "f32",
+        "--out",
+        path_str(&f32),
+    ]);
+    assert!(res.status.success());
+    let m = manifest(&f32);
+    let q5 = m["weight_mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source_type"] == "Q5_0")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (q5["stored_as"].as_str(), q5["conversion"].as_str()),
+        (Some("float32 MatMul"), Some("exact, dequantized"))
+    );
+}
+
 #[test]
 fn modes_route_tokens_and_uploads_as_documented() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -118,15 +235,41 @@ fn sampling_is_reproducible_for_a_seed_and_varies_across_seeds() {
     assert_ne!(tokens(&a), tokens(&c), "a random tiny model should sample differently per seed");
 }
 
-/// Block-quantized weights run as stored (MatMulNBits, Q4_1 through the exact offset split)
-/// compute what the same weights dequantized to f32 compute.
+/// Block-quantized weights run as stored (MatMulNBits; types with per-block minimums through
+/// the exact offset split, 5- and 6-bit codes widened to 8 bits) compute what the same weights
+/// dequantized to f32 compute. The K-quant model has rows of 256 and 512 (whole super-blocks);
+/// the default tiny model's rows of 64 make llama.cpp's fallbacks (Q5_0, Q5_1, IQ4_NL).
 #[test]
 fn native_block_weights_compute_exactly_what_their_dequantized_values_compute() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        let gguf = tiny_gguf(dir.path(), ty, 21);
-        let native = dir.path().join(format!("native-{ty:?}"));
-        let dense = dir.path().join(format!("dense-{ty:?}"));
+    let k_spec = collm_checkpoint::tiny::TinySpec {
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        ..Default::default()
+    };
+    let cases = [
+        (GgmlType::Q4_0, false),
+        (GgmlType::Q4_1, false),
+        (GgmlType::Q8_0, false),
+        (GgmlType::Q4_K, false),
+        (GgmlType::Q5_K, false),
+        (GgmlType::IQ4_NL, false),
+        (GgmlType::Q4_K, true),
+        (GgmlType::Q5_K, true),
+        (GgmlType::Q6_K, true),
+    ];
+    for (ty, big) in cases {
+        let gguf = if big {
+            tiny_gguf_with(dir.path(), &k_spec, ty, 21)
+        } else {
+            tiny_gguf(dir.path(), ty, 21)
+        };
+        let ty = format!("{ty:?}{}", if big { "-256" } else { "" });
+        let native = dir.path().join(format!("native-{ty}"));
+        let dense = dir.path().join(format!("dense-{ty}"));
         export(&gguf, &native, &["--split-layer", "2", "--accuracy-level", "0"]);
         export(&gguf, &dense, &["--split-layer", "2", "--weights", "f32"]);
         let args = |b: &std::path::Path| {
@@ -147,12 +290,12 @@ fn native_block_weights_compute_exactly_what_their_dequantized_values_compute() 
             .iter()
             .zip(b["positions"].as_array().expect("positions"))
         {
-            assert_eq!(p["full"]["id"], q["full"]["id"], "{ty:?}");
+            assert_eq!(p["full"]["id"], q["full"]["id"], "{ty}");
             let (x, y) = (
                 p["full"]["prob"].as_f64().expect("prob"),
                 q["full"]["prob"].as_f64().expect("prob"),
             );
-            assert!((x - y).abs() < 1e-4, "{ty:?}: {x} vs {y}");
+            assert!((x - y).abs() < 1e-4, "{ty}: {x} vs {y}");
         }
     }
 }

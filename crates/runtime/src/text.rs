@@ -57,9 +57,15 @@ impl TextCodec {
         })
     }
 
-    /// Token ids of raw text; special tokens written out (e.g. `<|im_start|>`) are recognised.
+    /// Token ids of raw text, as llama.cpp reads a prompt: the BOS token first when the model
+    /// asks for one (`add_bos_token`, as Llama 2 and Mistral do), and special tokens written
+    /// out (e.g. `<|im_start|>`) recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.encode_with(&self.tokenizer, text)
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Invalid(format!("cannot tokenize prompt: {e}")))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids of a conversation, ending with the assistant's turn opened. What the messages
@@ -186,10 +192,14 @@ mod tests {
     use super::*;
 
     fn codec(template: &str) -> TextCodec {
-        let dir = tempfile::tempdir().unwrap();
         let ck = checkpoint(&TinySpec::default(), 0).unwrap();
+        codec_of(&ck.tokenizer_json, template)
+    }
+
+    fn codec_of(tokenizer_json: &str, template: &str) -> TextCodec {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
-        std::fs::write(&path, &ck.tokenizer_json).unwrap();
+        std::fs::write(&path, tokenizer_json).unwrap();
         let info = TokenizerInfo {
             file: "tokenizer.json".into(),
             special_tokens: SpecialTokens { bos: Some(1), eos: Some(2), special: vec![] },
@@ -214,6 +224,20 @@ mod tests {
             text,
             "<|im_start|>system\nbe brief|2<|im_end|>\nUSER<|im_start|>user\n!hi there|2<|im_end|>\na=1<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn raw_prompts_start_with_bos_when_the_model_asks_for_it_and_chats_keep_the_templates() {
+        let vocab = collm_checkpoint::tiny::build_vocab(50);
+        let mut md = collm_checkpoint::tiny::tokenizer_metadata(&vocab);
+        md.insert("tokenizer.ggml.add_bos_token", collm_gguf::Value::Bool(true));
+        let tok = collm_checkpoint::tokenizer_from_gguf(&md).unwrap();
+        let with_bos = codec_of(&tok.tokenizer_json, "<|im_start|>{{ messages[0].content }}");
+        assert_eq!(with_bos.encode("the").unwrap()[0], 1);
+        assert_eq!(with_bos.encode_chat(&[msg("user", "the")]).unwrap().first(), Some(&1));
+        assert_eq!(with_bos.encode_chat(&[msg("user", "the")]).unwrap().iter().filter(|&&t| t == 1).count(), 1);
+        let without = codec("{{ messages[0].content }}");
+        assert_ne!(without.encode("the").unwrap()[0], 1);
     }
 
     #[test]

@@ -17,12 +17,12 @@ fn dense(w: &Weight) -> (usize, usize, Vec<f32>) {
 }
 
 /// The type llama.cpp's quantizer falls back to when a row is not a whole number of
-/// super-blocks (`llama_tensor_get_type`).
+/// super-blocks (`tensor_type_fallback` in llama.cpp's `llama-quant.cpp`).
 fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
     let fits = ty.block_geometry().is_some_and(|(per_block, _)| cols.is_multiple_of(per_block));
     match ty {
         _ if fits => ty,
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::IQ4_NL,
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,

@@ -40,14 +40,22 @@ pub fn path_str(p: &Path) -> &str {
 
 /// A tiny random GGUF with layer weights of type `ty`.
 pub fn tiny_gguf(dir: &Path, ty: collm_gguf::GgmlType, seed: u64) -> PathBuf {
-    let path = dir.join(format!("tiny-{ty:?}-{seed}.gguf"));
-    collm_checkpoint::tiny::write_gguf(
-        &path,
-        &collm_checkpoint::tiny::TinySpec::default(),
-        seed,
-        ty,
-    )
-    .expect("tiny GGUF written");
+    tiny_gguf_with(dir, &collm_checkpoint::tiny::TinySpec::default(), ty, seed)
+}
+
+/// A tiny random GGUF of shape `spec` with layer weights of type `ty`.
+pub fn tiny_gguf_with(
+    dir: &Path,
+    spec: &collm_checkpoint::tiny::TinySpec,
+    ty: collm_gguf::GgmlType,
+    seed: u64,
+) -> PathBuf {
+    let path = dir.join(format!(
+        "tiny-{ty:?}-{seed}-{}{}.gguf",
+        spec.hidden_size,
+        if spec.qkv_bias { "-qwen2" } else { "" }
+    ));
+    collm_checkpoint::tiny::write_gguf(&path, spec, seed, ty).expect("tiny GGUF written");
     path
 }
 
@@ -119,4 +127,62 @@ pub fn calibrate_small(bundle: &Path, prompts: usize, new_tokens: usize) {
         "2",
     ]);
     assert!(out.status.success(), "calibrate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The cache directory (`$COLLM_CACHE`, default `~/.cache/ce-collm`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("COLLM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ce-collm")
+    })
+}
+
+/// A file tools/reference/make-reference wrote into `$COLLM_CACHE/reference`; panics with the
+/// fix when it is missing (tests never skip).
+pub fn reference_file(name: &str) -> PathBuf {
+    let path = cache_dir().join("reference").join(name);
+    assert!(path.exists(), "{} is missing: run tools/reference/make-reference", path.display());
+    path
+}
+
+/// One prompt of a llama.cpp fixture file (tools/reference/make_fixtures.py).
+#[derive(serde::Deserialize)]
+pub struct LlamaCppCase {
+    pub name: String,
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub continuation_ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct LlamaCppFixtures {
+    pub cases: Vec<LlamaCppCase>,
+}
+
+pub fn llama_cpp_fixtures(path: &Path) -> LlamaCppFixtures {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture file"))
+        .expect("fixture JSON")
+}
+
+/// Top-1 agreement of the bundle's full model with llama.cpp's greedy continuations, teacher
+/// forced (each position sees llama.cpp's own previous tokens): `(agreeing, positions)`.
+pub fn teacher_forced_agreement(bundle: &Path, fixtures: &LlamaCppFixtures) -> (usize, usize) {
+    let mut model = collm_runtime::SplitModel::open(bundle, true).expect("bundle opens");
+    let exits = model.exit_layers();
+    let (mut agree, mut total) = (0usize, 0usize);
+    for case in &fixtures.cases {
+        let cloud = model.cloud.as_mut().expect("cloud partition");
+        let scored = collm_runtime::score::score(
+            &mut model.edge,
+            cloud,
+            &exits,
+            &case.prompt_ids,
+            &case.continuation_ids,
+        )
+        .expect("scores");
+        let hits = scored.iter().filter(|p| p.full.id == p.target).count();
+        eprintln!("{}: {hits}/{} positions agree", case.name, scored.len());
+        agree += hits;
+        total += scored.len();
+    }
+    (agree, total)
 }
