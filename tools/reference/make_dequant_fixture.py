@@ -71,7 +71,7 @@ def main():
     for name, (per_block, size, scale_at) in TYPES.items():
         qtype = gguf.GGMLQuantizationType[name]
         traits = lib.ggml_get_type_traits(int(qtype)).contents
-        assert traits.type_name.decode() == name.lower() or traits.type_name.decode() == name, traits.type_name
+        assert traits.type_name.decode().lower() == name.lower(), traits.type_name
         assert (traits.blck_size, traits.type_size) == (per_block, size), name
         blocks = VALUES // per_block
         raw = rng.integers(0, 256, size=(blocks, size), dtype=np.uint8)
