@@ -129,7 +129,8 @@ fn export_states_how_each_source_type_is_stored() {
     let q5 = rows.iter().find(|r| r["source_type"] == "Q5_0").expect("a Q5_0 row");
     assert_eq!(q5["conversion"], "exact");
     // 32 values: 22 bytes in Q5_0, 32 codes + one f32 scale stored.
-    let (src, dst) = (q5["source_bytes"].as_f64().unwrap(), q5["bundle_bytes"].as_f64().unwrap());
+    let (src, dst) =
+        (q5["source_bytes"].as_f64().expect("bytes"), q5["bundle_bytes"].as_f64().expect("bytes"));
     assert!((dst / src - 36.0 / 22.0).abs() < 1e-9, "{src} → {dst}");
     let embd = rows.iter().find(|r| r["stored_as"] == "float32 Gather table").expect("embedding");
     assert_eq!(embd["source_type"], "Q8_0");
@@ -149,7 +150,11 @@ fn export_states_how_each_source_type_is_stored() {
     assert!(res.status.success());
     let m = manifest(&q4);
     assert!(
-        m["weight_mappings"].as_array().unwrap().iter().all(|r| r["conversion"] == "exact"),
+        m["weight_mappings"]
+            .as_array()
+            .expect("weight mappings")
+            .iter()
+            .all(|r| r["conversion"] == "exact"),
         "8-bit blocks stay as they are under --weights q8: {m}"
     );
     let f32 = dir.path().join("bundle-f32");
@@ -166,13 +171,8 @@ fn export_states_how_each_source_type_is_stored() {
     ]);
     assert!(res.status.success());
     let m = manifest(&f32);
-    let q5 = m["weight_mappings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["source_type"] == "Q5_0")
-        .cloned()
-        .unwrap();
+    let rows = m["weight_mappings"].as_array().expect("weight mappings");
+    let q5 = rows.iter().find(|r| r["source_type"] == "Q5_0").expect("a Q5_0 row");
     assert_eq!(
         (q5["stored_as"].as_str(), q5["conversion"].as_str()),
         (Some("float32 MatMul"), Some("exact, dequantized"))

@@ -235,7 +235,15 @@ mod tests {
         let with_bos = codec_of(&tok.tokenizer_json, "<|im_start|>{{ messages[0].content }}");
         assert_eq!(with_bos.encode("the").unwrap()[0], 1);
         assert_eq!(with_bos.encode_chat(&[msg("user", "the")]).unwrap().first(), Some(&1));
-        assert_eq!(with_bos.encode_chat(&[msg("user", "the")]).unwrap().iter().filter(|&&t| t == 1).count(), 1);
+        assert_eq!(
+            with_bos
+                .encode_chat(&[msg("user", "the")])
+                .unwrap()
+                .iter()
+                .filter(|&&t| t == 1)
+                .count(),
+            1
+        );
         let without = codec("{{ messages[0].content }}");
         assert_ne!(without.encode("the").unwrap()[0], 1);
     }
