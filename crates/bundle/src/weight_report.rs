@@ -25,7 +25,7 @@ pub struct WeightMapping {
 }
 
 /// How the edge graph stores the token embedding: a dense table for `Gather`.
-const EMBEDDING_TABLE: &str = "float32 Gather table";
+pub const EMBEDDING_TABLE: &str = "float32 Gather table (token embedding)";
 
 fn stored_as(w: &Weight) -> String {
     match w {
@@ -67,6 +67,8 @@ pub fn weight_mappings(
         let Some(w) = stored.get(key) else { continue };
         let how = match key.as_str() {
             "embedding" => EMBEDDING_TABLE.to_string(),
+            "lm_head" if tied => format!("{} (LM head, tied to the embedding)", stored_as(w)),
+            "lm_head" => format!("{} (LM head)", stored_as(w)),
             _ => stored_as(w),
         };
         let bundle_bytes = match key.as_str() {
