@@ -57,33 +57,44 @@ pub fn weight_from_gguf(
 /// A fixed zero point `z` becomes MatMulNBits' default one (`2^(bits-1)`) by shifting every
 /// code by `2^(bits-1) − z`; 4 bits are used when the shifted codes still fit (Q4_0, Q3_K),
 /// 8 bits otherwise (Q5_0, Q6_K, Q8_0, IQ4_NL). A per-block minimum `m` becomes the float zero
-/// point `−m / scale` (Q4_1, Q2_K, Q4_K in 4 bits; Q5_1, Q5_K in 8 bits).
+/// point `−m / scale` (Q4_1, Q2_K, Q4_K in 4 bits; Q5_1, Q5_K in 8 bits), with the codes
+/// shifted so their range is centred on the default zero point too: the graph runs such
+/// blocks as the symmetric kernel plus a per-block correction, and with int8 activations
+/// (accuracy level 4) that kernel's rounding error grows with how far the codes sit from the
+/// centre — codes 0..31 read as −128..−97 lose most of a 5-bit model's accuracy.
 fn matmul_nbits(rows: usize, cols: usize, b: AffineBlocks) -> Weight {
     let AffineBlocks { block, code_bits, mut codes, mut scales, offset } = b;
     let fits_4 = |shift: i32| code_bits <= 4 && shift >= 0 && (1 << code_bits) - 1 + shift <= 15;
+    let shift_codes = |codes: &mut Vec<u8>, shift: i32| {
+        for q in codes.iter_mut() {
+            *q = (i32::from(*q) + shift) as u8;
+        }
+    };
     let (bits, zero_points) = match offset {
         BlockOffset::Zero(z) => {
             let shift4 = 8 - i32::from(z);
             let (bits, shift) = if fits_4(shift4) { (4, shift4) } else { (8, 128 - i32::from(z)) };
-            for q in &mut codes {
-                *q = (i32::from(*q) + shift) as u8;
-            }
+            shift_codes(&mut codes, shift);
             (bits, None)
         }
         BlockOffset::Min(mins) => {
+            let half_range = 1i32 << (code_bits - 1);
+            let (bits, shift) =
+                if fits_4(8 - half_range) { (4, 8 - half_range) } else { (8, 128 - half_range) };
+            shift_codes(&mut codes, shift);
             let mut zps = Vec::with_capacity(mins.len());
             for (i, m) in mins.into_iter().enumerate() {
                 if scales[i] == 0.0 {
-                    // A constant block m: (1 − 0) · m.
+                    // A constant block m: ((shift + 1) − shift) · m.
                     scales[i] = m;
-                    zps.push(0.0);
-                    codes[i * block..(i + 1) * block].fill(1);
+                    codes[i * block..(i + 1) * block].fill(shift as u8 + 1);
+                    zps.push(shift as f32);
                 } else {
-                    // (q − zp) · d = d q + m  ⇔  zp = −m / d.
-                    zps.push(-m / scales[i]);
+                    // (q + shift − zp) · d = d q + m  ⇔  zp = shift − m / d.
+                    zps.push(shift as f32 - m / scales[i]);
                 }
             }
-            (if fits_4(0) { 4 } else { 8 }, Some(zps))
+            (bits, Some(zps))
         }
     };
     let packed = match bits {

@@ -76,7 +76,9 @@ fn heavy_smollm2_q6_k_agrees_with_llama_cpp() {
 
 #[test]
 fn heavy_smollm2_q3_k_m_agrees_with_llama_cpp() {
-    check("Q3_K_M", &["Q3_K", "Q4_K"]);
+    // Q3_K_M holds no Q3_K: every tensor that would get one has rows of 576 and falls back to
+    // Q4_0; the FFN down projections get Q4_K and Q5_K.
+    check("Q3_K_M", &["Q4_0", "Q4_K", "Q5_0", "Q5_K"]);
 }
 
 #[test]
