@@ -84,7 +84,7 @@ fn smollm2_chat_content_is_text_and_ordinary_chats_tokenize_as_rendered() {
 
 #[test]
 fn smollm2_full_model_agrees_with_llama_cpp_teacher_forced() {
-    let (agree, total) = teacher_forced_agreement(bundle(), &fixtures());
+    let Agreement { agree, total, .. } = teacher_forced_agreement(bundle(), &fixtures());
     let rate = agree as f64 / total as f64;
     eprintln!("teacher-forced top-1 agreement with llama.cpp: {agree}/{total} = {rate:.4}");
     assert!(rate >= 0.95, "agreement {rate:.4} < 0.95");

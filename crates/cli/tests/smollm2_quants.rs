@@ -53,9 +53,11 @@ fn check(ftype: &str, expected_types: &[&str]) {
         );
     }
     drop(model);
-    let (agree, total) = teacher_forced_agreement(&out, &fixtures);
+    let Agreement { agree, total, worst_margin } = teacher_forced_agreement(&out, &fixtures);
     let rate = agree as f64 / total as f64;
-    eprintln!("{ftype}: teacher-forced top-1 agreement with llama.cpp {agree}/{total} = {rate:.4}");
+    eprintln!(
+        "{ftype}: teacher-forced top-1 agreement with llama.cpp {agree}/{total} = {rate:.4}, largest llama.cpp margin where we differ {worst_margin:.3}"
+    );
     assert!(rate >= 0.95, "{ftype}: agreement {rate:.4} < 0.95");
 }
 

@@ -151,6 +151,9 @@ pub struct LlamaCppCase {
     pub text: String,
     pub prompt_ids: Vec<u32>,
     pub continuation_ids: Vec<u32>,
+    /// llama.cpp's top-1 minus top-2 logit at every position of prompt + continuation.
+    #[serde(default)]
+    pub teacher_forced_margin: Vec<f32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -164,11 +167,19 @@ pub fn llama_cpp_fixtures(path: &Path) -> LlamaCppFixtures {
 }
 
 /// Top-1 agreement of the bundle's full model with llama.cpp's greedy continuations, teacher
-/// forced (each position sees llama.cpp's own previous tokens): `(agreeing, positions)`.
-pub fn teacher_forced_agreement(bundle: &Path, fixtures: &LlamaCppFixtures) -> (usize, usize) {
+/// forced (each position sees llama.cpp's own previous tokens).
+pub struct Agreement {
+    pub agree: usize,
+    pub total: usize,
+    /// The largest top-1/top-2 logit margin llama.cpp had where we disagree: how sure
+    /// llama.cpp was where we differ (0 when there is no margin in the fixture).
+    pub worst_margin: f32,
+}
+
+pub fn teacher_forced_agreement(bundle: &Path, fixtures: &LlamaCppFixtures) -> Agreement {
     let mut model = collm_runtime::SplitModel::open(bundle, true).expect("bundle opens");
     let exits = model.exit_layers();
-    let (mut agree, mut total) = (0usize, 0usize);
+    let (mut agree, mut total, mut worst_margin) = (0usize, 0usize, 0f32);
     for case in &fixtures.cases {
         let cloud = model.cloud.as_mut().expect("cloud partition");
         let scored = collm_runtime::score::score(
@@ -180,9 +191,19 @@ pub fn teacher_forced_agreement(bundle: &Path, fixtures: &LlamaCppFixtures) -> (
         )
         .expect("scores");
         let hits = scored.iter().filter(|p| p.full.id == p.target).count();
+        for (j, p) in scored.iter().enumerate().filter(|(_, p)| p.full.id != p.target) {
+            // Continuation token j is predicted at position len(prompt) - 1 + j.
+            let at = case.prompt_ids.len() - 1 + j;
+            let margin = case.teacher_forced_margin.get(at).copied().unwrap_or(0.0);
+            eprintln!(
+                "{} token {j}: ours {} vs {}, llama.cpp margin {margin}",
+                case.name, p.full.id, p.target
+            );
+            worst_margin = worst_margin.max(margin);
+        }
         eprintln!("{}: {hits}/{} positions agree", case.name, scored.len());
         agree += hits;
         total += scored.len();
     }
-    (agree, total)
+    Agreement { agree, total, worst_margin }
 }
