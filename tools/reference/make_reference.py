@@ -17,7 +17,6 @@ the same inputs does nothing. Run with the reference venv (tools/reference/setup
 
 import argparse
 import ctypes
-import hashlib
 import json
 import os
 import subprocess
@@ -28,6 +27,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 from sentencepiece import SentencePieceProcessor
+
+from make_fixtures import sha256_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ.get("COLLM_CACHE", os.path.expanduser("~/.cache/ce-collm"))
@@ -48,14 +49,6 @@ FTYPES = {
 
 def log(msg):
     print(f"make_reference: {msg}", file=sys.stderr)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stamp_ok(stamp, key):

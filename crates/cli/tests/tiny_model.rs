@@ -138,47 +138,33 @@ fn export_states_how_each_source_type_is_stored() {
         .expect("embedding");
     assert_eq!(embd["source_type"], "Q8_0");
 
-    let q4 = dir.path().join("bundle-q4");
-    let res = collm(&[
-        "export",
-        "--gguf",
-        path_str(&gguf),
-        "--split-layer",
-        "2",
-        "--weights",
-        "q8",
-        "--out",
-        path_str(&q4),
-    ]);
-    assert!(res.status.success());
-    let m = manifest(&q4);
-    assert!(
-        m["weight_mappings"]
-            .as_array()
-            .expect("weight mappings")
-            .iter()
-            .all(|r| r["conversion"] == "exact"),
-        "8-bit blocks stay as they are under --weights q8: {m}"
-    );
-    let f32 = dir.path().join("bundle-f32");
-    let res = collm(&[
-        "export",
-        "--gguf",
-        path_str(&gguf),
-        "--split-layer",
-        "2",
-        "--weights",
-        "f32",
-        "--out",
-        path_str(&f32),
-    ]);
-    assert!(res.status.success());
-    let m = manifest(&f32);
-    let rows = m["weight_mappings"].as_array().expect("weight mappings");
-    let q5 = rows.iter().find(|r| r["source_type"] == "Q5_0").expect("a Q5_0 row");
+    // Other weight formats: what changed is said so.
+    let mappings = |src: &std::path::Path, weights: &str| {
+        let out = dir.path().join(format!("bundle-{weights}"));
+        export(src, &out, &["--split-layer", "2", "--weights", weights]);
+        manifest(&out)["weight_mappings"].as_array().expect("weight mappings").clone()
+    };
+    let q8 = mappings(&gguf, "q8");
+    assert!(q8.iter().all(|r| r["conversion"] == "exact"), "8-bit blocks stay under q8: {q8:?}");
+    let f32 = mappings(&gguf, "f32");
+    let q5 = f32.iter().find(|r| r["source_type"] == "Q5_0").expect("a Q5_0 row");
     assert_eq!(
         (q5["stored_as"].as_str(), q5["conversion"].as_str()),
         (Some("float32 MatMul"), Some("exact, dequantized"))
+    );
+    let bf16 = mappings(&tiny_gguf(dir.path(), GgmlType::BF16, 4), "q4");
+    let layers = bf16.iter().find(|r| r["matrices"] == 28).expect("the layer matrices");
+    assert_eq!(
+        (
+            layers["source_type"].as_str(),
+            layers["stored_as"].as_str(),
+            layers["conversion"].as_str()
+        ),
+        (
+            Some("BF16"),
+            Some("MatMulNBits 4-bit, blocks of 32"),
+            Some("re-quantized, round to nearest")
+        )
     );
 }
 
