@@ -6,7 +6,10 @@
    into the types users download: Q4_K_M, Q5_K_M, Q6_K, Q3_K_M and BF16. For each file,
    llama.cpp's fixtures (prompt ids, greedy continuation, teacher-forced top-1) as
    make_fixtures.py writes them, and a census of its tensor types.
-2. A SentencePiece GGUF vocabulary built, as llama.cpp's converter builds one, from Mistral
+2. A tiny random Qwen2 (Q/K/V biases, rotate-half rotary, tied embeddings; SmolLM2's
+   tokenizer) written here with numpy and the gguf package, so that our loader and graph meet a
+   file llama.cpp's own writer made, and llama.cpp's fixtures on it.
+3. A SentencePiece GGUF vocabulary built, as llama.cpp's converter builds one, from Mistral
    7B v0.1's tokenizer.model (shipped by mistral-common, fetched by tools/fetch-artifacts),
    and llama.cpp's tokenization of real text with it (ShareGPT prompts and edge cases).
 
@@ -113,6 +116,70 @@ def make_quantized():
             json.dump(doc, f, ensure_ascii=False, indent=1)
         write_stamp(stamp, key)
         log(f"{name}: {json.dumps(doc['census'])}")
+
+
+def make_tiny_qwen2():
+    model = os.path.join(OUT, "tiny-qwen2.F32.gguf")
+    fixtures = os.path.join(OUT, "tiny-qwen2.F32.llamacpp.json")
+    stamp = model + ".stamp"
+    src_sha = sha256_file(SOURCE)
+    key = f"{src_sha} tiny-qwen2 v1 llama-cpp-python {llama_cpp.__version__}"
+    if stamp_ok(stamp, key) and os.path.exists(model) and os.path.exists(fixtures):
+        return
+    log("tiny Qwen2")
+    src = gguf.GGUFReader(SOURCE)
+    vocab = len(src.fields["tokenizer.ggml.tokens"].contents())
+    hidden, ffn, layers, heads, kv_heads, head_dim = 64, 128, 4, 4, 2, 16
+    rng = np.random.default_rng(7)
+
+    def normal(std, *shape):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    w = gguf.GGUFWriter(model + ".partial", "qwen2")
+    w.add_name("collm tiny random qwen2")
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    f = lambda k: src.fields[k].contents()
+    w.add_tokenizer_model(f("tokenizer.ggml.model"))
+    w.add_tokenizer_pre(f("tokenizer.ggml.pre"))
+    w.add_token_list(f("tokenizer.ggml.tokens"))
+    w.add_token_types(f("tokenizer.ggml.token_type"))
+    w.add_token_merges(f("tokenizer.ggml.merges"))
+    w.add_bos_token_id(f("tokenizer.ggml.bos_token_id"))
+    w.add_eos_token_id(f("tokenizer.ggml.eos_token_id"))
+    w.add_add_bos_token(f("tokenizer.ggml.add_bos_token"))
+    w.add_chat_template(f("tokenizer.chat_template"))
+    # Peaked logits (embedding std 0.5) keep llama.cpp's answers from being coin flips.
+    w.add_tensor("token_embd.weight", normal(0.5, vocab, hidden))
+    q, kv = heads * head_dim, kv_heads * head_dim
+    for i in range(layers):
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", 1 + normal(0.05, hidden))
+        for name, rows in (("attn_q", q), ("attn_k", kv), ("attn_v", kv)):
+            w.add_tensor(b + name + ".weight", normal(0.08, rows, hidden))
+            w.add_tensor(b + name + ".bias", normal(0.5, rows))
+        w.add_tensor(b + "attn_output.weight", normal(0.08, hidden, q))
+        w.add_tensor(b + "ffn_norm.weight", 1 + normal(0.05, hidden))
+        w.add_tensor(b + "ffn_gate.weight", normal(0.08, ffn, hidden))
+        w.add_tensor(b + "ffn_up.weight", normal(0.08, ffn, hidden))
+        w.add_tensor(b + "ffn_down.weight", normal(0.08, hidden, ffn))
+    w.add_tensor("output_norm.weight", 1 + normal(0.05, hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(model + ".partial", model)
+    subprocess.run(
+        [sys.executable, os.path.join(HERE, "make_fixtures.py"), "--model", model, "--out", fixtures],
+        check=True,
+    )
+    write_stamp(stamp, key)
 
 
 def sharegpt_prompts(limit, max_chars):
@@ -245,6 +312,7 @@ def main():
             sys.exit(f"make_reference: {path} is missing (run tools/fetch-artifacts)")
     os.makedirs(OUT, exist_ok=True)
     make_quantized()
+    make_tiny_qwen2()
     make_spm()
     log(f"reference files ready in {OUT}")
 

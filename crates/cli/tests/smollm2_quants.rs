@@ -1,7 +1,8 @@
 //! Heavy tests on SmolLM2-135M-Instruct as llama.cpp's own quantizer writes the files users
-//! download (tools/reference/make-reference generates them into the cache, with llama.cpp's
-//! greedy output on each): every file exports exactly and its full model agrees with
-//! llama.cpp on the same file, teacher forced.
+//! download, and on a tiny random Qwen2 written by llama.cpp's gguf package
+//! (tools/reference/make-reference generates them into the cache, with llama.cpp's greedy
+//! output on each): every file exports exactly and its full model agrees with llama.cpp on the
+//! same file, teacher forced.
 
 mod common;
 
@@ -26,13 +27,13 @@ fn check(ftype: &str, expected_types: &[&str]) {
     drop(file);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join(ftype);
+    let out = dir.path().join("bundle");
     let res = collm(&[
         "export",
         "--gguf",
         path_str(&gguf),
         "--split-layer",
-        "24",
+        split,
         "--out",
         path_str(&out),
     ]);
@@ -92,4 +93,11 @@ fn heavy_smollm2_q3_k_m_agrees_with_llama_cpp() {
 #[test]
 fn heavy_smollm2_bf16_agrees_with_llama_cpp() {
     check("BF16", &["BF16"]);
+}
+
+/// Qwen2's differences from Llama (Q/K/V biases, rotate-half rotary on unpermuted rows, no
+/// output matrix) against llama.cpp's own Qwen2 code.
+#[test]
+fn heavy_tiny_qwen2_agrees_with_llama_cpp() {
+    check_file("tiny-qwen2.F32", "2", &["F32"]);
 }
