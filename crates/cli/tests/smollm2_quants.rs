@@ -13,10 +13,15 @@ use common::*;
 
 /// Exports llama.cpp's `ftype` file of SmolLM2 and checks it against llama.cpp.
 fn check(ftype: &str, expected_types: &[&str]) {
-    let gguf = reference_file(&format!("SmolLM2-135M-Instruct.{ftype}.gguf"));
-    let fixtures = llama_cpp_fixtures(&reference_file(&format!(
-        "SmolLM2-135M-Instruct.{ftype}.llamacpp.json"
-    )));
+    check_file(&format!("SmolLM2-135M-Instruct.{ftype}"), "24", expected_types);
+}
+
+/// Exports `{stem}.gguf` split after `split` layers and checks it against llama.cpp's
+/// `{stem}.llamacpp.json`.
+fn check_file(stem: &str, split: &str, expected_types: &[&str]) {
+    let ftype = stem;
+    let gguf = reference_file(&format!("{stem}.gguf"));
+    let fixtures = llama_cpp_fixtures(&reference_file(&format!("{stem}.llamacpp.json")));
     // The file holds what llama.cpp's quantizer writes for this type (rows of 576 are not
     // whole super-blocks, so most matrices fall back to a 32-value type).
     let file = GgufFile::open(&gguf).expect("opens");
