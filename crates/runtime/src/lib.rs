@@ -4,6 +4,7 @@
 pub mod catch_up;
 pub mod cloud_layers;
 pub mod codec;
+pub mod cpu_limit;
 pub mod decoder;
 pub mod exit;
 pub mod features;

@@ -65,10 +65,11 @@ pub fn spinning() -> bool {
     std::env::var("COLLM_SPIN").map_or(true, |v| v != "0")
 }
 
-/// Intra-op threads per session: `COLLM_THREADS`, default all cores.
+/// Intra-op threads per session: `COLLM_THREADS`, default the cores the process may use (its
+/// container's CPU limit, else all cores; see [`crate::cpu_limit`]).
 pub fn intra_threads() -> usize {
     std::env::var("COLLM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(crate::cpu_limit::usable_cores)
 }
