@@ -2,6 +2,7 @@
 //! `tokenizer.json`.
 //! [`export()`] writes one from a checkpoint; [`Bundle::open`] verifies one before use.
 
+pub mod archive;
 pub mod calibration;
 mod export;
 pub mod graph;
@@ -15,6 +16,7 @@ pub mod weight_report;
 
 use std::path::{Path, PathBuf};
 
+pub use archive::{Packed, UnpackLimits, pack, unpack};
 pub use export::{Conversion, ExportPlan, convert_weights, export, write_manifest};
 pub use graph::GraphOptions;
 pub use manifest::{Manifest, WeightFormat};
@@ -30,6 +32,10 @@ pub enum Error {
     Manifest(String),
     #[error("bundle file {path} is missing")]
     MissingFile { path: PathBuf },
+    #[error("bundle archive: {0}")]
+    Archive(String),
+    #[error("bundle archive entry {entry:?} refused: {reason}")]
+    UnsafeEntry { entry: String, reason: String },
     #[error(
         "bundle file {path} does not match its manifest (sha256 {actual}, expected {expected}): the bundle is corrupt or was modified"
     )]

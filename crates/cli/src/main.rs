@@ -29,6 +29,8 @@ enum Command {
     Calibrate(cmd::calibrate::Args),
     /// Benchmarks (decode speed against llama.cpp).
     Bench(cmd::bench::Args),
+    /// Bundle archives for Kubernetes: `collm bundle pack DIR --out FILE`.
+    Bundle(cmd::bundle::Args),
     /// Write a small seeded random checkpoint of the Llama architecture (for tests).
     Tiny(cmd::tiny::Args),
     /// Run a local stack: cloud workers and an edge agent on loopback, until interrupted.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Tiny(a) => cmd::tiny::run(a),
+        Command::Bundle(a) => cmd::bundle::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Up(a) => cmd::up::run(a),

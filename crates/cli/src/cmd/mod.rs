@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bundle;
 pub mod calibrate;
 pub mod catch_up;
 pub mod chat;
