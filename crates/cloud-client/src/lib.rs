@@ -10,22 +10,27 @@
 //! [`GrpcCloud`] wraps both into the runtime's synchronous [`CloudTransport`] for the CLI.
 
 mod convert;
+pub mod discovery;
 pub mod estimate;
 pub mod link;
+pub mod pool;
+mod rendezvous;
 pub mod session;
 mod tls;
+pub mod token;
 mod uploads;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use collm_protocol::{BearerToken, CloudServiceClient, ProtocolError, SessionId};
+use collm_protocol::{CloudServiceClient, ProtocolError, SessionId};
 use collm_runtime::transport::{
     self, CloudAnswer, CloudTransport, NextTokenRequest, Upload, UploadAck,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub use discovery::{Discovery, Resolve};
 pub use link::{CloudLink, LinkConfig, LinkStatus, TlsFiles};
 pub use session::CloudSession;
 
@@ -123,7 +128,7 @@ fn with_causes(err: &dyn std::error::Error) -> String {
     text
 }
 
-type Client = CloudServiceClient<InterceptedService<Channel, BearerToken>>;
+type Client = CloudServiceClient<InterceptedService<Channel, token::EdgeToken>>;
 
 /// The cloud behind gRPC endpoints as the runtime's synchronous transport: owns a small tokio
 /// runtime and blocks on it.

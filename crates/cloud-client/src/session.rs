@@ -32,9 +32,10 @@ pub struct CloudSession {
 
 impl CloudSession {
     /// A session named `id` on the wire (unique per edge: the cloud scopes it to the client).
+    /// It keeps to one cloud replica while that replica is healthy.
     pub fn new(link: CloudLink, id: SessionId, encoding: Encoding) -> Self {
         Self {
-            link,
+            link: link.for_session(id.as_str()),
             id,
             encoding,
             kept: Vec::new(),
@@ -133,7 +134,7 @@ impl CloudSession {
                         tracing::warn!(endpoint = %conn.endpoint, error = %e, "cloud failed, failing over");
                         self.link.mark_failed(&conn);
                         failures += 1;
-                        if failures > self.link.config().endpoints.len() {
+                        if failures > self.link.replicas() {
                             return Err(e);
                         }
                     }
