@@ -1,11 +1,15 @@
 //! Who may call: a tokens file with one `client-id token` per line (blank lines and `#`
-//! comments allowed). A request's client is the one its bearer token names, never a field.
+//! comments allowed), and/or edges' ServiceAccount tokens reviewed by the Kubernetes API (see
+//! [`crate::token_review`]). A request's client is the one its bearer token names, never a
+//! field. Revoked clients are refused whatever token they present.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use tonic::metadata::MetadataMap;
 
+use crate::token_review::ReviewCache;
 use crate::{Error, Result};
 
 /// The authenticated identity of an edge; every session is scoped to one.
@@ -29,10 +33,23 @@ impl std::fmt::Display for ClientId {
     }
 }
 
-/// Token -> client.
-#[derive(Debug, Clone, Default)]
+/// Token -> client. Cheap to clone (the review layer holds a copy).
+#[derive(Clone, Default)]
 pub struct Clients {
-    by_token: HashMap<String, ClientId>,
+    by_token: Arc<HashMap<String, ClientId>>,
+    /// Verdicts on reviewed ServiceAccount tokens, when edges authenticate that way.
+    reviewed: Option<Arc<ReviewCache>>,
+    revoked: Arc<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("static_tokens", &self.by_token.len())
+            .field("token_review", &self.reviewed.is_some())
+            .field("revoked", &self.revoked)
+            .finish()
+    }
 }
 
 impl Clients {
@@ -63,13 +80,46 @@ impl Clients {
         if by_token.is_empty() {
             return Err("no clients: add lines `client-id token`".into());
         }
-        Ok(Self { by_token })
+        Ok(Self { by_token: Arc::new(by_token), ..Self::default() })
+    }
+
+    /// Clients known only by review (no static tokens).
+    pub fn reviewed(cache: Arc<ReviewCache>) -> Self {
+        Self { reviewed: Some(cache), ..Self::default() }
+    }
+
+    /// Also accepts the tokens the review cache accepted.
+    pub fn with_reviews(mut self, cache: Arc<ReviewCache>) -> Self {
+        self.reviewed = Some(cache);
+        self
+    }
+
+    /// Refuses these clients whatever token they present.
+    pub fn revoking(mut self, revoked: impl IntoIterator<Item = String>) -> Self {
+        self.revoked = Arc::new(revoked.into_iter().collect());
+        self
+    }
+
+    /// Whether `token` is one of the static tokens (never sent for review).
+    pub fn is_static(&self, token: &str) -> bool {
+        self.by_token.contains_key(token)
     }
 
     /// The client whose bearer token the request carries.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<ClientId> {
         let token = collm_protocol::bearer_token(metadata)?;
-        self.by_token.get(token).cloned().ok_or(Error::UnknownToken)
+        let client = match self.by_token.get(token) {
+            Some(client) => client.clone(),
+            None => match self.reviewed.as_ref().and_then(|cache| cache.get(token)) {
+                Some(Ok(client)) => client,
+                Some(Err(why)) => return Err(Error::TokenRefused(why)),
+                None => return Err(Error::UnknownToken),
+            },
+        };
+        if self.revoked.contains(client.as_str()) {
+            return Err(Error::Revoked(client.as_str().to_owned()));
+        }
+        Ok(client)
     }
 }
 
@@ -88,5 +138,28 @@ mod tests {
         assert!(Clients::parse("edge-a\n").is_err());
         assert!(Clients::parse("a t\nb t\n").is_err());
         assert!(Clients::parse("# nothing\n").is_err());
+    }
+
+    #[test]
+    fn reviewed_tokens_are_clients_too_and_revoked_clients_are_refused() {
+        let cache = Arc::new(ReviewCache::default());
+        cache.insert("sa-token-1", Ok(ClientId::new("node/edge-1")));
+        cache.insert("sa-token-2", Ok(ClientId::new("node/edge-2")));
+        cache.insert("bad", Err("token has expired".into()));
+        let clients = Clients::parse("edge-a tok-a\n")
+            .expect("parses")
+            .with_reviews(cache)
+            .revoking(["node/edge-2".to_string()]);
+        let as_token = |t: &str| {
+            let mut md = MetadataMap::new();
+            collm_protocol::BearerToken::new(t).expect("token").insert_into(&mut md);
+            clients.authenticate(&md)
+        };
+        assert_eq!(as_token("tok-a").expect("static").as_str(), "edge-a");
+        assert_eq!(as_token("sa-token-1").expect("reviewed").as_str(), "node/edge-1");
+        assert!(matches!(as_token("sa-token-2"), Err(Error::Revoked(c)) if c == "node/edge-2"));
+        assert!(matches!(as_token("bad"), Err(Error::TokenRefused(w)) if w.contains("expired")));
+        assert!(matches!(as_token("never-seen"), Err(Error::UnknownToken)));
+        assert!(clients.is_static("tok-a") && !clients.is_static("sa-token-1"));
     }
 }

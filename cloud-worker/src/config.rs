@@ -83,6 +83,15 @@ impl ContextConfig {
     }
 }
 
+/// Which ServiceAccount tokens are edges of this model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenReviewConfig {
+    /// The audience edge tokens are issued for.
+    pub audience: String,
+    /// Kubernetes users (`system:serviceaccount:NS:NAME`) whose tokens are accepted.
+    pub users: Vec<String>,
+}
+
 /// What a worker reads from `cloud.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 pub struct CloudConfig {
@@ -102,6 +111,11 @@ pub struct CloudConfig {
     pub context: Option<ContextConfig>,
     /// The edge token (one bare token) or a tokens file (`client-id token` lines).
     pub edge_token_file: Option<PathBuf>,
+    /// Edges' ServiceAccount tokens, checked with the Kubernetes TokenReview API.
+    pub token_review: Option<TokenReviewConfig>,
+    /// Clients refused whatever token they present.
+    #[serde(default)]
+    pub revoked_clients: Vec<String>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     /// CA of the client certificates to require (mutual TLS).
@@ -208,6 +222,21 @@ mod tests {
         assert!(c.check_split(24).is_ok());
         let err = c.check_split(20).expect_err("other split").to_string();
         assert!(err.contains("24") && err.contains("20"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn token_review_and_revocations_are_read() -> anyhow::Result<()> {
+        let c = CloudConfig::parse(
+            r#"{"format":1,"token_review":{"audience":"collm.dev/ns/m","users":["system:serviceaccount:ns:m-edge"]},
+                "revoked_clients":["node/edge-3"],"tls_client_ca_file":"/ca.crt"}"#,
+            Path::new("cloud.json"),
+        )?;
+        let review = c.token_review.expect("token review");
+        assert_eq!(review.audience, "collm.dev/ns/m");
+        assert_eq!(review.users, ["system:serviceaccount:ns:m-edge"]);
+        assert_eq!(c.revoked_clients, ["node/edge-3"]);
+        assert_eq!(c.tls_client_ca_file.as_deref(), Some(Path::new("/ca.crt")));
         Ok(())
     }
 

@@ -12,6 +12,12 @@ pub enum Error {
     #[error("authentication failed: the bearer token is not known to this cloud worker")]
     UnknownToken,
 
+    #[error("authentication failed: {0}")]
+    TokenRefused(String),
+
+    #[error("client {0} is revoked")]
+    Revoked(String),
+
     #[error(
         "quota exceeded: the client already holds {held} sessions, the limit is {max}; end a session first"
     )]
@@ -58,7 +64,8 @@ impl From<Error> for tonic::Status {
         use tonic::Code;
         let code = match &err {
             Error::Protocol(p) => p.code(),
-            Error::UnknownToken => Code::Unauthenticated,
+            Error::UnknownToken | Error::TokenRefused(_) => Code::Unauthenticated,
+            Error::Revoked(_) => Code::PermissionDenied,
             Error::TooManySessions { .. } | Error::TooManyPositions { .. } => {
                 Code::ResourceExhausted
             }

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod serve;
 pub mod service;
 pub mod tls;
+pub mod token_review;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use collm_bundle::{Bundle, Parts};
+use collm_cloud_worker::clients::Clients;
 use collm_cloud_worker::config::{CatchUp, CloudConfig, load_clients};
 use collm_cloud_worker::context::{RedisArgs, StoreLimits};
 use collm_cloud_worker::engine::CloudEngine;
@@ -20,6 +21,7 @@ use collm_cloud_worker::metrics::WorkerMetrics;
 use collm_cloud_worker::serve::{Bound, ServeOptions};
 use collm_cloud_worker::service::CloudWorker;
 use collm_cloud_worker::tls::TlsFiles;
+use collm_cloud_worker::token_review::{ReviewCache, ReviewPolicy, TokenReviewer};
 use collm_protocol::Limits;
 use collm_runtime::CloudLayers;
 use collm_runtime::partition::{Partition, PartitionShape};
@@ -31,7 +33,27 @@ const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 
 #[derive(Parser)]
-#[command(name = "cloud-worker", version, about = "The cloud half of a split model, over gRPC")]
+#[command(
+    name = "cloud-worker",
+    version,
+    about = "The cloud half of a split model, over gRPC",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Download, verify and unpack the bundle archive the configuration names, then exit (a
+    /// pod's init container).
+    FetchBundle(collm_fetch::FetchArgs),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// The operator's runtime configuration (`/etc/collm/cloud.json`); flags override it.
     #[arg(long)]
@@ -97,11 +119,20 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    let matches = Args::command().get_matches();
-    let result = Args::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|args| {
-        let _telemetry = collm_telemetry::init("cloud-worker", args.otlp_endpoint.as_deref())?;
-        run(args, &matches)
-    });
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(Command::FetchBundle(args)) = cli.command {
+        return collm_fetch::run(args, collm_bundle::Parts::Cloud);
+    }
+    // One TLS provider for gRPC, Redis and the Kubernetes API.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = cli.serve;
+    let result = collm_telemetry::init("cloud-worker", args.otlp_endpoint.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|_telemetry| run(args, &matches));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -161,10 +192,21 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     let Some(bundle_dir) = a.bundle.clone() else {
         bail!("no bundle: give --bundle DIR or bundle.dir in --config");
     };
-    let Some(tokens) = a.tokens.clone() else {
-        bail!("no clients: give --tokens FILE or edge_token_file in --config");
+    let review = config
+        .as_ref()
+        .and_then(|c| c.token_review.clone())
+        .map(|r| ReviewPolicy { audience: r.audience, users: r.users });
+    let review_cache = std::sync::Arc::new(ReviewCache::default());
+    let clients = match (&a.tokens, &review) {
+        (Some(tokens), None) => load_clients(tokens)?,
+        (Some(tokens), Some(_)) => load_clients(tokens)?.with_reviews(review_cache.clone()),
+        (None, Some(_)) => Clients::reviewed(review_cache.clone()),
+        (None, None) => {
+            bail!("no clients: give --tokens FILE, or edge_token_file or token_review in --config")
+        }
     };
-    let clients = load_clients(&tokens)?;
+    let clients =
+        clients.revoking(config.as_ref().map(|c| c.revoked_clients.clone()).unwrap_or_default());
     let bundle = Bundle::open(&bundle_dir, Parts::Cloud)?;
     let m = &bundle.manifest;
     if let Some(c) = &config {
@@ -194,6 +236,7 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = WorkerMetrics::register(&mut registry);
     let readiness = Readiness::new();
+    let known = clients.clone();
     let mut worker = CloudWorker::new(clients, store, engine, limits, model_id)
         .with_metrics(std::sync::Arc::clone(&metrics))
         .with_readiness(readiness.clone());
@@ -227,7 +270,15 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let bound = Bound::bind(opts).await?;
+        let reviewer = match review {
+            Some(policy) => Some(
+                TokenReviewer::connect(policy, review_cache, known)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        let bound = Bound::bind(opts).await?.reviewing(reviewer);
         let shutdown = collm_telemetry::http::shutdown_signal();
         // Tests and `collm up` read these lines; a closed stdout must not stop the worker.
         let mut out = std::io::stdout();

@@ -24,6 +24,7 @@ use crate::context::ContextStore;
 use crate::metrics::WorkerMetrics;
 use crate::service::CloudWorker;
 use crate::tls::TlsFiles;
+use crate::token_review::{ReviewLayer, TokenReviewer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -63,6 +64,7 @@ pub struct Bound {
     http: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
     opts: ServeOptions,
+    review: ReviewLayer,
 }
 
 impl Bound {
@@ -87,7 +89,13 @@ impl Bound {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        Ok(Self { grpc, http, tls, opts })
+        Ok(Self { grpc, http, tls, opts, review: ReviewLayer::new(None) })
+    }
+
+    /// Reviews edges' ServiceAccount tokens before calls reach the service.
+    pub fn reviewing(mut self, reviewer: Option<TokenReviewer>) -> Self {
+        self.review = ReviewLayer::new(reviewer);
+        self
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
@@ -107,7 +115,7 @@ impl Bound {
         readiness: Readiness,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let Self { grpc, http, tls, opts } = self;
+        let Self { grpc, http, tls, opts, review } = self;
         let (reporter, health) = tonic_health::server::health_reporter();
         let (stop, stopping) = watch::channel(false);
 
@@ -143,6 +151,7 @@ impl Bound {
             builder = builder.tls_config(tls).map_err(|e| ServeError::Tls(error_chain(&e)))?;
         }
         let server = builder
+            .layer(review)
             .add_service(health)
             .add_service(CloudServiceServer::new(worker))
             .serve_with_incoming_shutdown(
