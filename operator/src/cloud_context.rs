@@ -19,9 +19,10 @@ pub enum ContextLocation {
     Url(String),
     /// The URL is a key of a Secret in the model's namespace.
     Secret(SecretKeyRef),
-    /// The operator-run Redis, reached through its Service.
+    /// The operator-run Redis, reached through its Service with the URL (and password) in the
+    /// Secret the operator generated.
     Managed {
-        url: String,
+        secret: SecretKeyRef,
     },
 }
 
@@ -34,7 +35,7 @@ impl ContextLocation {
         Ok(match Redis::try_from(spec)? {
             Redis::Url(url) => Self::Url(url),
             Redis::Secret(secret) => Self::Secret(secret),
-            Redis::Managed => Self::Managed { url: managed_url(&at) },
+            Redis::Managed => Self::Managed { secret: managed_secret(&at) },
         })
     }
 }
@@ -48,9 +49,9 @@ pub enum CleanupSource {
     Url(String),
     /// Read the URL from this Secret first.
     Secret(SecretKeyRef),
-    /// The managed Redis at this URL, if it still runs: it keeps no data on disk, so with no
-    /// ready replica there is nothing left to delete.
-    ManagedIfRunning(String),
+    /// The managed Redis (URL in this Secret), if it still runs: it keeps no data on disk, so
+    /// with no ready replica there is nothing left to delete.
+    ManagedIfRunning(SecretKeyRef),
 }
 
 /// The operator's override (its own way to reach Redis) wins over whatever the spec says.
@@ -60,18 +61,16 @@ pub fn cleanup_source(location: ContextLocation, url_override: Option<&str>) -> 
         (_, Some(url)) => CleanupSource::Url(url.to_string()),
         (ContextLocation::Url(url), None) => CleanupSource::Url(url),
         (ContextLocation::Secret(secret), None) => CleanupSource::Secret(secret),
-        (ContextLocation::Managed { url }, None) => CleanupSource::ManagedIfRunning(url),
+        (ContextLocation::Managed { secret }, None) => CleanupSource::ManagedIfRunning(secret),
     }
 }
 
-/// The managed Redis Service's in-cluster URL (the one cloud workers use).
-pub fn managed_url(at: &ModelRef) -> String {
-    format!(
-        "redis://{}.{}.svc:{}",
-        at.child_name(crate::render::Component::Redis),
-        at.namespace,
-        crate::render::config::REDIS_PORT
-    )
+/// The key of the generated Secret holding the managed Redis's URL (the one cloud workers use).
+pub fn managed_secret(at: &ModelRef) -> SecretKeyRef {
+    SecretKeyRef {
+        name: crate::render::redis::password_secret_name(at),
+        key: crate::render::redis::URL_KEY.to_string(),
+    }
 }
 
 /// The SCAN MATCH pattern of every key starting with `prefix`, glob characters escaped.
@@ -242,7 +241,9 @@ mod tests {
         let mut model = CollabModel::fixture();
         assert_eq!(
             ContextLocation::of(&model).expect("managed"),
-            ContextLocation::Managed { url: "redis://chat-redis.models.svc:6379".into() }
+            ContextLocation::Managed {
+                secret: SecretKeyRef { name: "chat-redis".into(), key: "url".into() }
+            }
         );
         let redis = |spec: RedisSpec| {
             let mut m = model.clone();
@@ -265,7 +266,8 @@ mod tests {
     #[test]
     fn the_finalizer_cleans_where_the_spec_points_unless_the_operator_is_told_otherwise() {
         let secret = SecretKeyRef { name: "redis".into(), key: "url".into() };
-        let managed = ContextLocation::Managed { url: "redis://chat-redis.models.svc:6379".into() };
+        let generated = SecretKeyRef { name: "chat-redis".into(), key: "url".into() };
+        let managed = ContextLocation::Managed { secret: generated.clone() };
         assert_eq!(cleanup_source(ContextLocation::Nowhere, None), CleanupSource::Nothing);
         assert_eq!(
             cleanup_source(ContextLocation::Nowhere, Some("redis://o")),
@@ -281,7 +283,7 @@ mod tests {
         );
         assert_eq!(
             cleanup_source(managed.clone(), None),
-            CleanupSource::ManagedIfRunning("redis://chat-redis.models.svc:6379".into())
+            CleanupSource::ManagedIfRunning(generated)
         );
         for location in
             [ContextLocation::Url("redis://r".into()), ContextLocation::Secret(secret), managed]

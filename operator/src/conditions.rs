@@ -6,6 +6,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::CollabModelStatus;
+use crate::pods::{PodObserved, ProblemKind};
 
 pub const READY: &str = "Ready";
 pub const EDGE_READY: &str = "EdgeReady";
@@ -35,6 +36,14 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const RECONCILE_FAILED: &str = "ReconcileFailed";
     pub const PARTIALLY_AVAILABLE: &str = "PartiallyAvailable";
+    /// Pods cannot download or verify the model bundle (wrong SHA-256, unreachable URL,
+    /// corrupt archive).
+    pub const BUNDLE_FETCH_FAILED: &str = "BundleFetchFailed";
+    /// Edge or cloud pods do not start or keep exiting.
+    pub const EDGE_PODS_FAILING: &str = "EdgePodsFailing";
+    pub const CLOUD_PODS_FAILING: &str = "CloudPodsFailing";
+    /// Ready edge pods report that they cannot reach the cloud (they answer alone).
+    pub const CLOUD_LINK_DOWN: &str = "CloudLinkDown";
 }
 
 /// The edge DaemonSet as observed.
@@ -110,6 +119,12 @@ pub struct Observed {
     pub cloud_endpoint: Option<String>,
     /// The last reconcile's error, if it failed.
     pub reconcile_error: Option<String>,
+    /// The model's edge and cloud pods (empty when they could not be listed).
+    pub edge_pods: Vec<PodObserved>,
+    pub cloud_pods: Vec<PodObserved>,
+    /// Whether edges are meant to ask the cloud (collaborative mode): only then is a cloud link
+    /// that is down a problem.
+    pub collaborative: bool,
 }
 
 /// Status condition value.
@@ -137,7 +152,50 @@ struct Verdict {
     message: String,
 }
 
-fn edge_verdict(edge: Option<EdgeObserved>) -> Verdict {
+/// The first pod problem among `pods`, as (reason, "pod X on node Y: message (and N more)").
+fn pod_problem(pods: &[PodObserved], other: &'static str) -> Option<(&'static str, String)> {
+    let failing: Vec<&PodObserved> = pods.iter().filter(|p| p.problem.is_some()).collect();
+    let first = failing.first()?;
+    let problem = first.problem.as_ref()?;
+    let reason = match problem.kind {
+        ProblemKind::BundleFetch => reason::BUNDLE_FETCH_FAILED,
+        _ => other,
+    };
+    let more = match failing.len() {
+        1 => String::new(),
+        n => format!(" (and {} more pods)", n - 1),
+    };
+    Some((reason, format!("{}: {}{more}", first.describe(), problem.message)))
+}
+
+/// Ready edge pods that report their cloud link down, in a collaborative model.
+fn links_down(observed: &Observed) -> Vec<&PodObserved> {
+    if !observed.collaborative {
+        return Vec::new();
+    }
+    observed
+        .edge_pods
+        .iter()
+        .filter(|p| p.ready && p.cloud_link.as_ref().is_some_and(|l| !l.up))
+        .collect()
+}
+
+/// "N edge pods cannot reach the cloud (pod X on node Y: why)".
+fn links_down_message(down: &[&PodObserved]) -> String {
+    let first = down[0];
+    let why = first.cloud_link.as_ref().map(|l| l.message.as_str()).unwrap_or_default();
+    format!(
+        "{} edge pod{} cannot reach the cloud and answer{} alone ({}: {why})",
+        down.len(),
+        if down.len() == 1 { "" } else { "s" },
+        if down.len() == 1 { "s" } else { "" },
+        first.describe()
+    )
+}
+
+fn edge_verdict(observed: &Observed) -> Verdict {
+    let edge = observed.edge;
+    let problem = pod_problem(&observed.edge_pods, reason::EDGE_PODS_FAILING);
     let (status, reason, message) = match edge {
         None => (
             Truth::False,
@@ -150,18 +208,29 @@ fn edge_verdict(edge: Option<EdgeObserved>) -> Verdict {
             "no node matches the edge nodeSelector and tolerations".to_string(),
         ),
         Some(EdgeObserved { desired, ready }) if ready >= desired => {
-            (Truth::True, reason::EDGE_PODS_READY, format!("{ready} of {desired} edge pods ready"))
+            let mut message = format!("{ready} of {desired} edge pods ready");
+            let down = links_down(observed);
+            if !down.is_empty() {
+                message.push_str("; ");
+                message.push_str(&links_down_message(&down));
+            }
+            (Truth::True, reason::EDGE_PODS_READY, message)
         }
-        Some(EdgeObserved { desired, ready }) => (
-            Truth::False,
-            reason::EDGE_PODS_NOT_READY,
-            format!("{ready} of {desired} edge pods ready"),
-        ),
+        Some(EdgeObserved { desired, ready }) => match problem {
+            Some((reason, why)) => {
+                (Truth::False, reason, format!("{ready} of {desired} edge pods ready; {why}"))
+            }
+            None => (
+                Truth::False,
+                reason::EDGE_PODS_NOT_READY,
+                format!("{ready} of {desired} edge pods ready"),
+            ),
+        },
     };
     Verdict { type_: EDGE_READY, status, reason, message }
 }
 
-fn cloud_verdict(cloud: &CloudObserved) -> Verdict {
+fn cloud_verdict(cloud: &CloudObserved, pods: &[PodObserved]) -> Verdict {
     let (status, reason, message) = match cloud {
         CloudObserved::NotNeeded => (
             Truth::True,
@@ -178,11 +247,20 @@ fn cloud_verdict(cloud: &CloudObserved) -> Verdict {
             reason::CLOUD_DEPLOYMENT_MISSING,
             "the cloud Deployment does not exist yet".to_string(),
         ),
-        CloudObserved::Deployment { desired, available: 0 } => (
-            Truth::False,
-            reason::NO_CLOUD_REPLICA,
-            format!("0 of {desired} cloud replicas available"),
-        ),
+        CloudObserved::Deployment { desired, available: 0 } => {
+            match pod_problem(pods, reason::CLOUD_PODS_FAILING) {
+                Some((reason, why)) => (
+                    Truth::False,
+                    reason,
+                    format!("0 of {desired} cloud replicas available; {why}"),
+                ),
+                None => (
+                    Truth::False,
+                    reason::NO_CLOUD_REPLICA,
+                    format!("0 of {desired} cloud replicas available"),
+                ),
+            }
+        }
         CloudObserved::Deployment { desired, available } => (
             Truth::True,
             reason::CLOUD_AVAILABLE,
@@ -244,6 +322,7 @@ fn ready_verdict(parts: &[&Verdict]) -> Verdict {
 }
 
 fn degraded_verdict(observed: &Observed) -> Verdict {
+    let down = links_down(observed);
     let partial_edge = observed.edge.is_some_and(|e| e.ready > 0 && e.ready < e.desired);
     let partial_cloud = matches!(
         observed.cloud,
@@ -251,6 +330,8 @@ fn degraded_verdict(observed: &Observed) -> Verdict {
     );
     let (status, reason, message) = if let Some(err) = &observed.reconcile_error {
         (Truth::True, reason::RECONCILE_FAILED, err.clone())
+    } else if !down.is_empty() {
+        (Truth::True, reason::CLOUD_LINK_DOWN, links_down_message(&down))
     } else if partial_edge || partial_cloud {
         let mut parts = Vec::new();
         if let Some(e) = observed.edge.filter(|_| partial_edge) {
@@ -277,10 +358,19 @@ pub fn status(
     generation: Option<i64>,
     now: &Time,
 ) -> CollabModelStatus {
-    let edge = edge_verdict(observed.edge);
-    let cloud = cloud_verdict(&observed.cloud);
+    let edge = edge_verdict(observed);
+    let cloud = cloud_verdict(&observed.cloud, &observed.cloud_pods);
     let context = context_verdict(observed.context);
-    let ready = ready_verdict(&[&edge, &cloud, &context]);
+    let down = links_down(observed);
+    // A collaborative model whose edges cannot reach the cloud is not ready as specified, even
+    // though its edge pods serve (alone).
+    let link = Verdict {
+        type_: "CloudLink",
+        status: if down.is_empty() { Truth::True } else { Truth::False },
+        reason: reason::CLOUD_LINK_DOWN,
+        message: if down.is_empty() { String::new() } else { links_down_message(&down) },
+    };
+    let ready = ready_verdict(&[&edge, &cloud, &context, &link]);
     let degraded = degraded_verdict(observed);
 
     let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();

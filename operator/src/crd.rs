@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -50,6 +50,12 @@ pub const RULE_CLOUD_NEEDS_REDIS: &str =
 /// Rule: Redis comes from exactly one place.
 pub const RULE_REDIS_ONE_SOURCE: &str =
     "context.redis needs exactly one of url, secretRef or managed: true";
+/// Rule: a cloud in another cluster cannot check this cluster's ServiceAccount tokens.
+pub const RULE_EXTERNAL_NEEDS_TOKEN: &str = "externalCloudEndpoint needs credentials.edgeTokenSecretRef: \
+     a cloud in another cluster cannot check this cluster's ServiceAccount tokens";
+/// Rule: client certificates are part of TLS.
+pub const RULE_MUTUAL_TLS_NEEDS_TLS: &str = "credentials.clientCaSecretRef and credentials.edgeCertSecretRef \
+     (mutual TLS) need credentials.tlsSecretRef";
 /// Rule: one autoscaling signal.
 pub const RULE_ONE_METRIC: &str =
     "cloud autoscaling takes either targetCpuUtilization or customMetric, not both";
@@ -89,6 +95,8 @@ pub const RULE_ONE_METRIC: &str =
         .message(RULE_ENDPOINT_XOR_CLOUD),
     validation = Rule::new("(has(self.cloud) && has(self.cloud.enabled) && !self.cloud.enabled) || (has(self.context) && has(self.context.redis))")
         .message(RULE_CLOUD_NEEDS_REDIS),
+    validation = Rule::new("!has(self.externalCloudEndpoint) || (has(self.credentials) && has(self.credentials.edgeTokenSecretRef))")
+        .message(RULE_EXTERNAL_NEEDS_TOKEN),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CollabModelSpec {
@@ -159,11 +167,17 @@ pub struct CollabModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
 
-    /// gRPC endpoint (host:port or URL) of a cloud running in another cluster. Only for edge-only
-    /// deployments (cloud.enabled: false).
+    /// gRPC endpoint of a cloud running in another cluster: `host:port` (https:// with
+    /// credentials.tlsSecretRef, else http://) or a full `http(s)://host:port` URL. Only for
+    /// edge-only deployments (cloud.enabled: false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^(https?://)?[^\s/]+/?$"))]
     pub external_cloud_endpoint: Option<String>,
+
+    /// Secrets of this namespace for pulling the edge, cloud and Redis images (added to the
+    /// operator's own defaults).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 /// Where the model bundle comes from. Exactly one source.
@@ -175,15 +189,22 @@ pub struct CollabModelSpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BundleSource {
-    /// HTTP(S) URL of a bundle archive; pods download it and check sha256 before loading.
+    /// HTTP(S) URL of a bundle archive (`collm bundle pack`); an init container of every edge and
+    /// cloud pod downloads it, checks sha256 and the bundle's own checksums, and only then starts
+    /// the runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
     pub url: Option<String>,
 
-    /// SHA-256 of the archive at url, as 64 hex digits.
+    /// SHA-256 of the archive at url, as 64 hex digits (`collm bundle pack` prints it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: Option<String>,
+
+    /// Largest archive, in bytes, pods download from url. Defaults to 8 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<i64>,
 
     /// A PersistentVolumeClaim holding the bundle directory (mounted read-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,9 +451,17 @@ pub struct RedisSpec {
     pub secret_ref: Option<SecretKeyRef>,
 
     /// true: the operator runs a single-replica Redis for this model (no persistence: edges
-    /// re-upload what the cloud reports missing).
+    /// re-upload what the cloud reports missing), with a generated password, a NetworkPolicy
+    /// admitting only the model's cloud pods and the operator, and a memory bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<bool>,
+
+    /// Memory of the managed Redis in MiB: its maxmemory (least recently used keys go first when
+    /// full; edges re-upload what is missing) plus headroom for the container's limit. Defaults
+    /// to 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 1048576))]
+    pub max_memory_mib: Option<u32>,
 }
 
 /// One key of a Secret in the CollabModel's namespace.
@@ -456,19 +485,43 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Secrets for edge authentication and transport security.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// Edge authentication and transport security. With none of it set, a model with a cloud needs
+/// no Secret: every edge pod presents its own ServiceAccount token (kubelet-issued, bound to the
+/// pod and its node, rotated), which the cloud checks with the TokenReview API and maps to one
+/// client per edge node, so quotas and revocation are per device.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("(!has(self.clientCaSecretRef) && !has(self.edgeCertSecretRef)) || has(self.tlsSecretRef)")
+        .message(RULE_MUTUAL_TLS_NEEDS_TLS),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Credentials {
-    /// The bearer token edges present to the cloud. Mounted into edge pods (to send it) and cloud
-    /// pods (to check it).
+    /// A bearer token Secret instead of ServiceAccount tokens: needed for a cloud in another
+    /// cluster. Edge pods send it; cloud pods accept it (one bare token is one client, `edge`, for
+    /// every edge; a tokens file of `client-id token` lines gives each edge its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_token_secret_ref: Option<SecretKeyRef>,
 
-    /// A `kubernetes.io/tls` Secret (tls.crt, tls.key, optional ca.crt): the cloud serves with
-    /// it, the edge trusts its ca.crt.
+    /// A `kubernetes.io/tls` Secret (tls.crt, tls.key, ca.crt): the cloud serves with it (its
+    /// certificate must name `<name>-cloud.<namespace>.svc`, or the external endpoint's host);
+    /// edge pods receive only its ca.crt, never the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
+
+    /// Mutual TLS: a Secret whose ca.crt signs the edges' client certificates; the cloud refuses
+    /// connections without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret_ref: Option<SecretRef>,
+
+    /// Mutual TLS: a `kubernetes.io/tls` Secret with the client certificate and key edge pods
+    /// present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_cert_secret_ref: Option<SecretRef>,
+
+    /// Edge nodes the cloud refuses, whatever token they present: revokes one device without
+    /// touching the others (ServiceAccount identities are per node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_edge_nodes: Vec<String>,
 }
 
 /// Observed state, written by the operator.

@@ -35,6 +35,10 @@ pub enum Error {
     #[error("Redis URL Secret {0} does not exist")]
     RedisSecretMissing(String),
 
+    /// A Secret the operator generates cannot be made or read.
+    #[error("generated Secret: {0}")]
+    GeneratedSecret(String),
+
     /// The finalizer helper failed around our cleanup.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -50,6 +54,7 @@ impl Error {
             Error::Kube { .. } => "kube_api",
             Error::Redis { .. } => "redis",
             Error::RedisSecret { .. } | Error::RedisSecretMissing(_) => "redis_secret",
+            Error::GeneratedSecret(_) => "generated_secret",
             Error::Finalizer(_) => "finalizer",
         }
     }

@@ -3,7 +3,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::{BundleSource, CloudSpec, CollabModel, CollabModelSpec, ContextSpec, RedisSpec};
-use crate::render::Images;
+use std::collections::BTreeMap;
+
+use crate::render::{ClusterRoles, Images, OperatorPods, Settings};
 
 impl CollabModel {
     /// A collaborative model with a URL bundle, a managed Redis and default placement, as the
@@ -33,6 +35,7 @@ impl CollabModel {
             }),
             credentials: None,
             external_cloud_endpoint: None,
+            image_pull_secrets: Vec::new(),
         };
         let mut model = CollabModel::new("chat", spec);
         model.metadata = ObjectMeta {
@@ -52,5 +55,23 @@ pub fn images() -> Images {
         cloud_worker: "registry.example/collm/cloud-worker:0.1.0".to_string(),
         redis: "docker.io/library/redis:7.4".to_string(),
         pull_policy: Some("IfNotPresent".to_string()),
+    }
+}
+
+pub fn settings() -> Settings {
+    Settings {
+        images: images(),
+        pull_secrets: vec!["regcred".to_string()],
+        cluster_roles: ClusterRoles {
+            edge: "collm-edge-agent".to_string(),
+            cloud: "collm-cloud-worker".to_string(),
+        },
+        operator: Some(OperatorPods {
+            namespace: "collm-system".to_string(),
+            labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "collm-operator".to_string(),
+            )]),
+        }),
     }
 }

@@ -1,7 +1,7 @@
 //! The CollabModel operator: the custom resource, pure rendering of its children, pure status
 //! conditions and lease decisions, and the controller that does the I/O around them.
 //!
-//! Pure: `crd`, `render`, `plan`, `conditions`, `lease`. I/O: `controller`, `leader`,
+//! Pure: `crd`, `render`, `plan`, `pods`, `conditions`, `lease`. I/O: `controller`, `leader`,
 //! `cloud_context` (its pure parts are plain functions).
 
 pub mod cloud_context;
@@ -15,6 +15,7 @@ pub mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod pods;
 pub mod render;
 
 pub use crd::{CollabModel, CollabModelSpec, CollabModelStatus};

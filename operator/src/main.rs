@@ -15,7 +15,7 @@ use collm_operator::controller::{self, Context};
 use collm_operator::leader::LeaderElector;
 use collm_operator::lease::LeaseTiming;
 use collm_operator::metrics::Metrics;
-use collm_operator::render::Images;
+use collm_operator::render::{ClusterRoles, Images, OperatorPods, Settings};
 
 /// Reconciles CollabModel resources into edge DaemonSets, autoscaled cloud Deployments and
 /// their configuration. Connects to the cluster of the in-cluster ServiceAccount or KUBECONFIG.
@@ -35,6 +35,25 @@ struct Args {
     /// the Kubernetes default.
     #[arg(long, env = "COLLM_IMAGE_PULL_POLICY")]
     image_pull_policy: Option<String>,
+    /// Image pull Secrets every model's pods get, by name (each must exist in the model's
+    /// namespace; a model adds its own with spec.imagePullSecrets).
+    #[arg(long = "image-pull-secret", env = "COLLM_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    image_pull_secrets: Vec<String>,
+
+    /// ClusterRole bound to every model's edge ServiceAccount in its namespace: read pods and
+    /// patch pod status (edge agents report their cloud link on their own pod).
+    #[arg(long, env = "COLLM_EDGE_CLUSTER_ROLE")]
+    edge_cluster_role: String,
+    /// ClusterRole bound to every model's cloud ServiceAccount: create TokenReviews (cloud
+    /// workers check edge tokens).
+    #[arg(long, env = "COLLM_CLOUD_CLUSTER_ROLE")]
+    cloud_cluster_role: String,
+    /// The operator's own namespace and pod labels ("k=v,k=v"): a managed Redis's
+    /// NetworkPolicy admits these pods (the finalizer deletes the model's keys).
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
+    #[arg(long, env = "COLLM_OPERATOR_POD_LABELS", value_delimiter = ',')]
+    operator_pod_labels: Vec<String>,
 
     /// Reach Redis here instead of the URL the spec names (finalizer cleanup and probes), for
     /// an operator running outside the cluster.
@@ -118,9 +137,35 @@ async fn main() -> anyhow::Result<()> {
         redis: args.redis_image,
         pull_policy: args.image_pull_policy,
     };
+    let operator =
+        match (args.operator_namespace.filter(|n| !n.is_empty()), &args.operator_pod_labels[..]) {
+            (Some(namespace), labels) if !labels.is_empty() => Some(OperatorPods {
+                namespace,
+                labels: labels
+                    .iter()
+                    .map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                            .with_context(|| {
+                                format!("--operator-pod-labels: {kv:?} is not key=value")
+                            })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            }),
+            _ => None,
+        };
+    let settings = Settings {
+        images,
+        pull_secrets: args.image_pull_secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+        cluster_roles: ClusterRoles {
+            edge: args.edge_cluster_role,
+            cloud: args.cloud_cluster_role,
+        },
+        operator,
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        images,
+        settings,
         recorder,
         metrics.clone(),
         args.redis_url_override,

@@ -3,9 +3,12 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 
+use crate::render::identity::token_review_binding_name;
 use crate::render::{Children, Component, ModelRef};
 
 /// The kinds of object a CollabModel owns.
@@ -18,6 +21,11 @@ pub enum ChildKind {
     HorizontalPodAutoscaler,
     PodDisruptionBudget,
     StatefulSet,
+    ServiceAccount,
+    RoleBinding,
+    NetworkPolicy,
+    /// Cluster-scoped: tied to the model by labels, not an owner reference.
+    ClusterRoleBinding,
 }
 
 impl ChildKind {
@@ -30,6 +38,10 @@ impl ChildKind {
             ChildKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
             ChildKind::StatefulSet => "StatefulSet",
+            ChildKind::ServiceAccount => "ServiceAccount",
+            ChildKind::RoleBinding => "RoleBinding",
+            ChildKind::NetworkPolicy => "NetworkPolicy",
+            ChildKind::ClusterRoleBinding => "ClusterRoleBinding",
         }
     }
 }
@@ -57,6 +69,10 @@ pub enum DesiredChild {
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     PodDisruptionBudget(PodDisruptionBudget),
     StatefulSet(StatefulSet),
+    ServiceAccount(ServiceAccount),
+    RoleBinding(RoleBinding),
+    NetworkPolicy(NetworkPolicy),
+    ClusterRoleBinding(ClusterRoleBinding),
 }
 
 impl DesiredChild {
@@ -71,6 +87,10 @@ impl DesiredChild {
             }
             DesiredChild::PodDisruptionBudget(o) => (ChildKind::PodDisruptionBudget, &o.metadata),
             DesiredChild::StatefulSet(o) => (ChildKind::StatefulSet, &o.metadata),
+            DesiredChild::ServiceAccount(o) => (ChildKind::ServiceAccount, &o.metadata),
+            DesiredChild::RoleBinding(o) => (ChildKind::RoleBinding, &o.metadata),
+            DesiredChild::NetworkPolicy(o) => (ChildKind::NetworkPolicy, &o.metadata),
+            DesiredChild::ClusterRoleBinding(o) => (ChildKind::ClusterRoleBinding, &o.metadata),
         };
         ChildId { kind, name: meta.name.clone().unwrap_or_default() }
     }
@@ -79,8 +99,8 @@ impl DesiredChild {
 /// The writes of one reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    /// Applied in this order: configuration first, then the context store, the cloud and the
-    /// edge, so pods that start find what they read.
+    /// Applied in this order: configuration and identities first, then the context store, the
+    /// cloud and the edge, so pods that start find what they read and may do what they need.
     pub apply: Vec<DesiredChild>,
     /// Children the model may own from an earlier spec (cloud disabled, Redis no longer
     /// managed, edge exposed through host ports) that must go.
@@ -92,10 +112,16 @@ pub fn possible_children(at: &ModelRef) -> Vec<ChildId> {
     let id = |kind, component| ChildId { kind, name: at.child_name(component) };
     vec![
         id(ChildKind::ConfigMap, Component::Config),
+        id(ChildKind::ServiceAccount, Component::Edge),
+        id(ChildKind::RoleBinding, Component::Edge),
+        id(ChildKind::ServiceAccount, Component::Cloud),
+        ChildId { kind: ChildKind::ClusterRoleBinding, name: token_review_binding_name(at) },
+        id(ChildKind::NetworkPolicy, Component::Redis),
         id(ChildKind::StatefulSet, Component::Redis),
         id(ChildKind::Service, Component::Redis),
         id(ChildKind::Deployment, Component::Cloud),
         id(ChildKind::Service, Component::Cloud),
+        ChildId { kind: ChildKind::Service, name: at.cloud_pods_service_name() },
         id(ChildKind::HorizontalPodAutoscaler, Component::Cloud),
         id(ChildKind::PodDisruptionBudget, Component::Cloud),
         id(ChildKind::DaemonSet, Component::Edge),
@@ -104,15 +130,27 @@ pub fn possible_children(at: &ModelRef) -> Vec<ChildId> {
 }
 
 pub fn plan(at: &ModelRef, children: Children) -> Plan {
-    let Children { config_map, edge, edge_service, cloud, redis } = children;
-    let mut apply = vec![DesiredChild::ConfigMap(config_map)];
+    let Children { config_map, edge, edge_service, edge_identity, cloud, redis } = children;
+    let mut apply = vec![
+        DesiredChild::ConfigMap(config_map),
+        DesiredChild::ServiceAccount(edge_identity.service_account),
+        DesiredChild::RoleBinding(edge_identity.role_binding),
+    ];
+    if let Some(cloud) = &cloud {
+        apply.push(DesiredChild::ServiceAccount(cloud.service_account.clone()));
+        if let Some(binding) = &cloud.token_review_binding {
+            apply.push(DesiredChild::ClusterRoleBinding(binding.clone()));
+        }
+    }
     if let Some(redis) = redis {
+        apply.push(DesiredChild::NetworkPolicy(redis.network_policy));
         apply.push(DesiredChild::StatefulSet(redis.stateful_set));
         apply.push(DesiredChild::Service(redis.service));
     }
     if let Some(cloud) = cloud {
         apply.push(DesiredChild::Deployment(cloud.deployment));
         apply.push(DesiredChild::Service(cloud.service));
+        apply.push(DesiredChild::Service(cloud.pods_service));
         apply.push(DesiredChild::HorizontalPodAutoscaler(cloud.autoscaler));
         apply.push(DesiredChild::PodDisruptionBudget(cloud.disruption_budget));
     }
@@ -130,12 +168,12 @@ mod tests {
     use super::*;
     use crate::CollabModel;
     use crate::crd::{EdgeExposure, Mode};
-    use crate::fixtures::images;
+    use crate::fixtures::settings;
     use crate::render::render;
 
     fn plan_of(model: &CollabModel) -> Plan {
         let at = ModelRef::of(model).expect("stored model");
-        plan(&at, render(model, &images()).expect("renders"))
+        plan(&at, render(model, &settings(), &Default::default()).expect("renders"))
     }
 
     fn ids(children: &[DesiredChild]) -> Vec<String> {
@@ -149,10 +187,16 @@ mod tests {
             ids(&plan.apply),
             [
                 "ConfigMap/chat-config",
+                "ServiceAccount/chat-edge",
+                "RoleBinding/chat-edge",
+                "ServiceAccount/chat-cloud",
+                "ClusterRoleBinding/collm-models-chat-tokenreview",
+                "NetworkPolicy/chat-redis",
                 "StatefulSet/chat-redis",
                 "Service/chat-redis",
                 "Deployment/chat-cloud",
                 "Service/chat-cloud",
+                "Service/chat-cloud-pods",
                 "HorizontalPodAutoscaler/chat-cloud",
                 "PodDisruptionBudget/chat-cloud",
                 "DaemonSet/chat-edge",
@@ -170,16 +214,26 @@ mod tests {
         let plan = plan_of(&model);
         assert_eq!(
             ids(&plan.apply),
-            ["ConfigMap/chat-config", "DaemonSet/chat-edge", "Service/chat-edge"]
+            [
+                "ConfigMap/chat-config",
+                "ServiceAccount/chat-edge",
+                "RoleBinding/chat-edge",
+                "DaemonSet/chat-edge",
+                "Service/chat-edge"
+            ]
         );
         let pruned: Vec<String> = plan.prune.iter().map(ToString::to_string).collect();
         assert_eq!(
             pruned,
             [
+                "ServiceAccount/chat-cloud",
+                "ClusterRoleBinding/collm-models-chat-tokenreview",
+                "NetworkPolicy/chat-redis",
                 "StatefulSet/chat-redis",
                 "Service/chat-redis",
                 "Deployment/chat-cloud",
                 "Service/chat-cloud",
+                "Service/chat-cloud-pods",
                 "HorizontalPodAutoscaler/chat-cloud",
                 "PodDisruptionBudget/chat-cloud",
             ]
@@ -208,6 +262,6 @@ mod tests {
         let mut possible = possible_children(&at);
         possible.sort();
         assert_eq!(all, possible);
-        assert_eq!(plan.prune.len(), 2, "only the managed Redis goes: {:?}", plan.prune);
+        assert_eq!(plan.prune.len(), 3, "only the managed Redis goes: {:?}", plan.prune);
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use collm_operator::CollabModel;
-use collm_operator::render::{Images, render};
+use collm_operator::render::{ClusterRoles, Generated, Images, Settings, render};
 use serde_json::Value;
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -159,11 +159,16 @@ fn the_validator_reports_what_the_api_server_rejects() {
 
 #[test]
 fn the_operator_renders_every_example() {
-    let images = Images {
-        edge_agent: "collm/edge-agent:test".to_string(),
-        cloud_worker: "collm/cloud-worker:test".to_string(),
-        redis: "redis:test".to_string(),
-        pull_policy: None,
+    let settings = Settings {
+        images: Images {
+            edge_agent: "collm/edge-agent:test".to_string(),
+            cloud_worker: "collm/cloud-worker:test".to_string(),
+            redis: "redis:test".to_string(),
+            pull_policy: None,
+        },
+        pull_secrets: Vec::new(),
+        cluster_roles: ClusterRoles { edge: "edge".to_string(), cloud: "cloud".to_string() },
+        operator: None,
     };
     for (name, example) in examples() {
         let mut model: CollabModel = serde_json::from_value(example)
@@ -172,7 +177,7 @@ fn the_operator_renders_every_example() {
         model.metadata.namespace = Some("examples".to_string());
         model.metadata.uid = Some("00000000-0000-4000-8000-000000000000".to_string());
         model.metadata.generation = Some(1);
-        if let Err(e) = render(&model, &images) {
+        if let Err(e) = render(&model, &settings, &Generated::default()) {
             panic!("{name}: the operator cannot render it: {e}");
         }
     }

@@ -84,3 +84,12 @@ A digest wins over a tag; an empty tag falls back to defaultTag.
 {{- define "collm.defaultTag" -}}
 {{- default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
+
+{{/* ClusterRoles the operator binds to each model's edge and cloud ServiceAccounts. */}}
+{{- define "collm.edgeAgentRole" -}}
+{{- printf "%s-edge-agent" (include "collm.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "collm.cloudWorkerRole" -}}
+{{- printf "%s-cloud-worker" (include "collm.fullname" . | trunc 50 | trimSuffix "-") }}
+{{- end }}

@@ -2,6 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
+use crate::pods::PodObserved;
 
 fn at(second: i64) -> Time {
     Time(Timestamp::from_second(1_760_000_000 + second).expect("valid time"))
@@ -14,6 +15,9 @@ fn observed(edge: Option<EdgeObserved>, cloud: CloudObserved) -> Observed {
         context: ContextObserved::Managed { ready: true },
         cloud_endpoint: Some("chat-cloud.models.svc:50051".to_string()),
         reconcile_error: None,
+        edge_pods: Vec::new(),
+        cloud_pods: Vec::new(),
+        collaborative: true,
     }
 }
 
@@ -199,4 +203,78 @@ fn observations_come_from_child_status() {
         CloudObserved::from_deployment(&deploy),
         CloudObserved::Deployment { desired: 3, available: 2 }
     );
+}
+
+fn edge_pod(name: &str, ready: bool, link_up: Option<bool>) -> PodObserved {
+    PodObserved {
+        name: name.to_string(),
+        node: Some(format!("node-{name}")),
+        ready,
+        problem: None,
+        cloud_link: link_up.map(|up| crate::pods::LinkObserved {
+            up,
+            message: if up { "connected".into() } else { "no cloud replica answers".into() },
+        }),
+    }
+}
+
+#[test]
+fn an_edge_that_cannot_reach_its_cloud_serves_but_the_model_is_degraded_and_not_ready() {
+    let mut obs = all_up();
+    obs.edge_pods = vec![
+        edge_pod("a", true, Some(true)),
+        edge_pod("b", true, Some(false)),
+        edge_pod("c", true, None),
+    ];
+    let status = status(&obs, None, Some(2), &at(0));
+    let edge = get(&status, EDGE_READY);
+    assert_eq!(edge.status, "True", "the pods serve, standalone");
+    assert!(edge.message.contains("1 edge pod cannot reach the cloud"), "{}", edge.message);
+    assert!(edge.message.contains("node-b") && edge.message.contains("no cloud replica answers"));
+    let degraded = get(&status, DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reason::CLOUD_LINK_DOWN)
+    );
+    let ready = get(&status, READY);
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("cannot reach the cloud"), "{}", ready.message);
+
+    // A standalone model never asks the cloud: its link is nobody's concern.
+    obs.collaborative = false;
+    let standalone = super::status(&obs, None, Some(2), &at(0));
+    assert_eq!(get(&standalone, READY).status, "True");
+    assert_eq!(get(&standalone, DEGRADED).status, "False");
+}
+
+#[test]
+fn a_bundle_that_cannot_be_fetched_is_the_reason_pods_are_not_ready() {
+    let mut obs = observed(
+        Some(EdgeObserved { desired: 2, ready: 0 }),
+        CloudObserved::Deployment { desired: 1, available: 0 },
+    );
+    let why = "bundle http://b/m.tar: SHA-256 mismatch: the download has 12, the model expects 34";
+    let failing = |name: &str| PodObserved {
+        problem: Some(crate::pods::PodProblem {
+            kind: crate::pods::ProblemKind::BundleFetch,
+            message: why.to_string(),
+        }),
+        ..edge_pod(name, false, None)
+    };
+    obs.edge_pods = vec![failing("a"), failing("b")];
+    obs.cloud_pods = vec![failing("c")];
+    let status = status(&obs, None, Some(2), &at(0));
+    let edge = get(&status, EDGE_READY);
+    assert_eq!(
+        (edge.status.as_str(), edge.reason.as_str()),
+        ("False", reason::BUNDLE_FETCH_FAILED)
+    );
+    assert_eq!(
+        edge.message,
+        format!("0 of 2 edge pods ready; pod a on node node-a: {why} (and 1 more pods)")
+    );
+    let cloud = get(&status, CLOUD_READY);
+    assert_eq!(cloud.reason, reason::BUNDLE_FETCH_FAILED);
+    assert!(cloud.message.contains("http://b/m.tar") && cloud.message.contains("34"));
+    assert!(get(&status, READY).message.contains("SHA-256 mismatch"));
 }

@@ -5,8 +5,10 @@ use std::fmt::Debug;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
@@ -14,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::plan::{ChildId, ChildKind, DesiredChild, Plan};
+use crate::render::identity::OWNER_UID_LABEL;
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "collm-operator";
@@ -54,12 +57,27 @@ async fn apply<K: Child>(client: &Client, namespace: &str, object: &K) -> Result
         .map_err(Error::kube(format!("applying {} {namespace}/{name}", K::kind(&()))))
 }
 
+/// Server-side apply of a cluster-scoped child.
+async fn apply_cluster(client: &Client, object: &ClusterRoleBinding) -> Result<()> {
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(Error::kube(format!("applying ClusterRoleBinding {name}")))?;
+    Ok(())
+}
+
 /// Applies every child of `plan` in order, then deletes the pruned children this model owns.
 pub async fn apply_plan(client: &Client, namespace: &str, plan: &Plan) -> Result<Applied> {
     let mut applied = Applied::default();
     for child in &plan.apply {
         match child {
             DesiredChild::ConfigMap(o) => drop(apply(client, namespace, o).await?),
+            DesiredChild::ServiceAccount(o) => drop(apply(client, namespace, o).await?),
+            DesiredChild::RoleBinding(o) => drop(apply(client, namespace, o).await?),
+            DesiredChild::NetworkPolicy(o) => drop(apply(client, namespace, o).await?),
+            DesiredChild::ClusterRoleBinding(o) => apply_cluster(client, o).await?,
             DesiredChild::DaemonSet(o) => applied.edge = Some(apply(client, namespace, o).await?),
             DesiredChild::Deployment(o) => applied.cloud = Some(apply(client, namespace, o).await?),
             DesiredChild::Service(o) => drop(apply(client, namespace, o).await?),
@@ -111,6 +129,36 @@ async fn delete_if_owned<K: Child>(
     }
 }
 
+/// Deletes the model's cluster-scoped binding `name` when its labels say it is the model's
+/// (cluster-scoped objects cannot carry a namespaced owner reference).
+pub async fn delete_cluster_binding(client: &Client, name: &str, owner_uid: &str) -> Result<bool> {
+    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let Some(existing) = api
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading ClusterRoleBinding {name}")))?
+    else {
+        return Ok(false);
+    };
+    let ours = existing.metadata.labels.as_ref().and_then(|l| l.get(OWNER_UID_LABEL))
+        == Some(&owner_uid.to_string());
+    if !ours {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(Error::kube(format!("deleting ClusterRoleBinding {name}"))(e)),
+    }
+}
+
 /// Deletes the children of `plan.prune` that this model owns; returns those deleted.
 pub async fn prune(
     client: &Client,
@@ -143,6 +191,18 @@ pub async fn prune(
             }
             ChildKind::StatefulSet => {
                 delete_if_owned::<StatefulSet>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::ServiceAccount => {
+                delete_if_owned::<ServiceAccount>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::RoleBinding => {
+                delete_if_owned::<RoleBinding>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::NetworkPolicy => {
+                delete_if_owned::<NetworkPolicy>(client, namespace, name, owner_uid).await?
+            }
+            ChildKind::ClusterRoleBinding => {
+                delete_cluster_binding(client, name, owner_uid).await?
             }
         };
         if gone {

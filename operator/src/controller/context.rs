@@ -97,7 +97,7 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
     let url = match cloud_context::cleanup_source(location, ctx.redis_url_override.as_deref()) {
         CleanupSource::Nothing => return Ok(Action::await_change()),
         CleanupSource::Url(url) => url,
-        CleanupSource::ManagedIfRunning(url) => {
+        CleanupSource::ManagedIfRunning(secret) => {
             let name = at_redis_name(model);
             let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&name)
@@ -118,7 +118,17 @@ pub async fn cleanup(model: &CollabModel, ctx: &Context) -> Result<Action> {
                 .await;
                 return Ok(Action::await_change());
             }
-            url
+            match secret_url(ctx, &namespace, &secret).await {
+                Ok(url) => url,
+                Err(e) => {
+                    let note = format!(
+                        "{e}: cannot reach the managed Redis, keys under {prefix} remain until it stops"
+                    );
+                    ctx.event(model, EventType::Warning, "ContextLeft", "DeleteContext", note)
+                        .await;
+                    return Ok(Action::await_change());
+                }
+            }
         }
         CleanupSource::Secret(secret) => match secret_url(ctx, &namespace, &secret).await {
             Ok(url) => url,

@@ -5,6 +5,7 @@
 pub mod apply;
 mod context;
 mod observe;
+mod secrets;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,24 +14,27 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::conditions::{self, ContextObserved};
-use crate::crd::CollabModel;
+use crate::conditions::{self, ContextObserved, reason};
+use crate::crd::{CollabModel, CollabModelStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::plan::{ChildId, plan};
-use crate::render::{Images, MANAGED_BY, ModelRef, render};
+use crate::render::{Generated, MANAGED_BY, ModelRef, Redis, Settings, render};
 pub use apply::FIELD_MANAGER;
 pub use observe::observed;
 
@@ -46,7 +50,7 @@ const REPROBE: Duration = Duration::from_secs(30);
 /// What the reconciler needs besides the object.
 pub struct Context {
     pub client: Client,
-    pub images: Images,
+    pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Where the operator itself reaches Redis, whatever the spec says (an operator running
@@ -59,7 +63,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        images: Images,
+        settings: Settings,
         recorder: Recorder,
         metrics: Arc<Metrics>,
         redis_url_override: Option<String>,
@@ -67,7 +71,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            images,
+            settings,
             recorder,
             metrics,
             redis_url_override,
@@ -140,7 +144,10 @@ pub async fn reconcile(model: Arc<CollabModel>, ctx: Arc<Context>) -> Result<Act
     let result = finalizer(&api, FINALIZER, model.clone(), |event| async {
         match event {
             Finalizer::Apply(model) => apply_model(&model, &ctx).await,
-            Finalizer::Cleanup(model) => context::cleanup(&model, &ctx).await,
+            Finalizer::Cleanup(model) => {
+                delete_cluster_children(&model, &ctx).await?;
+                context::cleanup(&model, &ctx).await
+            }
         }
     })
     .await
@@ -152,6 +159,16 @@ pub async fn reconcile(model: Arc<CollabModel>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
+/// Deletes what the model has outside its namespace (no owner reference can collect it).
+async fn delete_cluster_children(model: &CollabModel, ctx: &Context) -> Result<()> {
+    let Ok(at) = ModelRef::of(model) else { return Ok(()) };
+    let name = crate::render::identity::token_review_binding_name(&at);
+    if apply::delete_cluster_binding(&ctx.client, &name, at.uid()).await? {
+        tracing::info!(binding = %name, "deleted the cloud's TokenReview binding");
+    }
+    Ok(())
+}
+
 /// Requeues a failed model with exponential backoff.
 pub fn error_policy(model: Arc<CollabModel>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.failures_of(&key(&model), true);
@@ -160,9 +177,39 @@ pub fn error_policy(model: Arc<CollabModel>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
+/// The model's pods (edge and cloud), for why they do not run and how their cloud link is.
+/// A failure to list them only leaves those details out of the status.
+async fn list_pods(ctx: &Context, at: &ModelRef) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &at.namespace);
+    let selector =
+        format!("app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGED_BY}", at.name);
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the model's pods");
+            Vec::new()
+        }
+    }
+}
+
+/// What the controller generates before rendering: the managed Redis's password Secret.
+async fn generated(model: &CollabModel, at: &ModelRef, ctx: &Context) -> Result<Generated> {
+    let managed = model.spec.cloud.enabled
+        && model
+            .spec
+            .context
+            .as_ref()
+            .and_then(|c| c.redis.as_ref())
+            .is_some_and(|r| matches!(Redis::try_from(r), Ok(Redis::Managed)));
+    let redis_password_hash =
+        if managed { Some(secrets::ensure_redis_password(ctx, at).await?) } else { None };
+    Ok(Generated { redis_password_hash })
+}
+
 async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
     let at = ModelRef::of(model)?;
-    let children = match render(model, &ctx.images) {
+    let generated = generated(model, &at, ctx).await?;
+    let children = match render(model, &ctx.settings, &generated) {
         Ok(children) => children,
         Err(error @ Error::InvalidSpec(_)) => {
             // Retrying cannot help: the spec must change, which triggers a reconcile.
@@ -173,6 +220,7 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
                 &Default::default(),
                 ContextObserved::NotNeeded,
                 Some(error.to_string()),
+                &[],
             );
             write_status(model, ctx, &observed).await?;
             return Ok(Action::await_change());
@@ -188,7 +236,8 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
             let ids: Vec<ChildId> = plan.apply.iter().map(|c| c.id()).collect();
             let existing = apply::observe_existing(&ctx.client, &at.namespace, &ids).await;
             let context = context::observe(model, &existing, ctx).await;
-            let observed = observed(model, &at, &existing, context, Some(error.to_string()));
+            let pods = list_pods(ctx, &at).await;
+            let observed = observed(model, &at, &existing, context, Some(error.to_string()), &pods);
             if let Err(status_error) = write_status(model, ctx, &observed).await {
                 tracing::warn!(error = %status_error, "could not write the failure into status");
             }
@@ -219,8 +268,10 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
         ctx.event(model, EventType::Normal, "Applied", "Apply", note).await;
     }
     let context = context::observe(model, &applied, ctx).await;
-    let observed = observed(model, &at, &applied, context, None);
-    write_status(model, ctx, &observed).await?;
+    let pods = list_pods(ctx, &at).await;
+    let observed = observed(model, &at, &applied, context, None, &pods);
+    let status = write_status(model, ctx, &observed).await?;
+    announce_problems(model, ctx, &status).await;
     Ok(match context {
         ContextObserved::External { reachable: Some(true) } => Action::requeue(RESYNC),
         ContextObserved::External { .. } => Action::requeue(REPROBE),
@@ -228,16 +279,45 @@ async fn apply_model(model: &CollabModel, ctx: &Context) -> Result<Action> {
     })
 }
 
+/// Reasons worth an Event when they appear or their message changes: what a user must act on.
+const ANNOUNCED: [&str; 4] = [
+    reason::BUNDLE_FETCH_FAILED,
+    reason::EDGE_PODS_FAILING,
+    reason::CLOUD_PODS_FAILING,
+    reason::CLOUD_LINK_DOWN,
+];
+
+/// A Warning Event for every condition that newly carries a problem a user must act on (a
+/// bundle that cannot be fetched names the URL and the mismatch).
+async fn announce_problems(model: &CollabModel, ctx: &Context, status: &CollabModelStatus) {
+    let before: &[Condition] =
+        model.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    for condition in &status.conditions {
+        if !ANNOUNCED.contains(&condition.reason.as_str()) || condition.type_ == conditions::READY {
+            continue;
+        }
+        let unchanged = before.iter().any(|c| {
+            c.type_ == condition.type_
+                && c.reason == condition.reason
+                && c.message == condition.message
+        });
+        if !unchanged {
+            let note = format!("{}: {}", condition.type_, condition.message);
+            ctx.event(model, EventType::Warning, &condition.reason, "Observe", note).await;
+        }
+    }
+}
+
 async fn write_status(
     model: &CollabModel,
     ctx: &Context,
     observed: &conditions::Observed,
-) -> Result<()> {
+) -> Result<CollabModelStatus> {
     let now = Time(Timestamp::now());
     let status =
         conditions::status(observed, model.status.as_ref(), model.metadata.generation, &now);
     if model.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(status);
     }
     let namespace = model.namespace().unwrap_or_default();
     let api: Api<CollabModel> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -253,7 +333,7 @@ async fn write_status(
     )
     .await
     .map_err(Error::kube("writing status"))?;
-    Ok(())
+    Ok(status)
 }
 
 /// An API over every namespace, or over one.
@@ -265,6 +345,13 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// The model a pod belongs to, from the labels every rendered pod carries.
+fn model_of_pod(pod: Pod) -> Option<ObjectRef<CollabModel>> {
+    let name = pod.metadata.labels.as_ref()?.get("app.kubernetes.io/instance")?.clone();
+    let namespace = pod.metadata.namespace.clone()?;
+    Some(ObjectRef::new(&name).within(&namespace))
 }
 
 /// Runs the controller until the returned future is dropped, over every namespace or only
@@ -281,6 +368,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) -> Result<()> {
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     Controller::new(models, watcher::Config::default().any_semantic())
         .owns(scoped::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(scoped::<ServiceAccount>(&client, namespace), owned.clone())
+        .owns(scoped::<RoleBinding>(&client, namespace), owned.clone())
+        .owns(scoped::<NetworkPolicy>(&client, namespace), owned.clone())
+        // Pods are owned by ReplicaSets and DaemonSets, not by the model: map them back by their
+        // instance label, so a failing fetch or a cloud link report reaches the status at once.
+        .watches(scoped::<Pod>(&client, namespace), owned.clone(), model_of_pod)
         .owns(scoped::<DaemonSet>(&client, namespace), owned.clone())
         .owns(scoped::<Deployment>(&client, namespace), owned.clone())
         .owns(scoped::<Service>(&client, namespace), owned.clone())

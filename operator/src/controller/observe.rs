@@ -1,10 +1,28 @@
 //! What the status is computed from, folded from the workloads the API server returned. Pure.
 
+use k8s_openapi::api::core::v1::Pod;
+
 use crate::conditions::{CloudObserved, ContextObserved, EdgeObserved, Observed};
-use crate::crd::CollabModel;
-use crate::render::{ModelRef, cloud_endpoint};
+use crate::crd::{CollabModel, Mode};
+use crate::pods::PodObserved;
+use crate::render::{Component, ModelRef, cloud_endpoint};
 
 use super::apply::Applied;
+
+/// The model's pods of one component, as the status needs them.
+fn pods_of(pods: &[Pod], component: Component) -> Vec<PodObserved> {
+    let mut found: Vec<PodObserved> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component"))
+                == Some(&component.as_str().to_string())
+        })
+        .map(PodObserved::from_pod)
+        .collect();
+    // Deterministic messages: the same pods in the same order every time.
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
 
 pub fn observed(
     model: &CollabModel,
@@ -12,6 +30,7 @@ pub fn observed(
     workloads: &Applied,
     context: ContextObserved,
     reconcile_error: Option<String>,
+    pods: &[Pod],
 ) -> Observed {
     let spec = &model.spec;
     let cloud = if let Some(endpoint) = &spec.external_cloud_endpoint {
@@ -25,8 +44,11 @@ pub fn observed(
         edge: workloads.edge.as_ref().map(EdgeObserved::from_daemon_set),
         cloud,
         context: if spec.cloud.enabled { context } else { ContextObserved::NotNeeded },
-        cloud_endpoint: cloud_endpoint(model, at),
+        cloud_endpoint: cloud_endpoint(model, at).map(|e| e.url),
         reconcile_error,
+        edge_pods: pods_of(pods, Component::Edge),
+        cloud_pods: pods_of(pods, Component::Cloud),
+        collaborative: spec.mode == Mode::Collaborative,
     }
 }
 
@@ -74,10 +96,11 @@ mod tests {
             &workloads(1, 2),
             ContextObserved::Managed { ready: true },
             None,
+            &[],
         );
         assert_eq!(seen.edge, Some(EdgeObserved { desired: 2, ready: 1 }));
         assert_eq!(seen.cloud, CloudObserved::Deployment { desired: 2, available: 2 });
-        assert_eq!(seen.cloud_endpoint.as_deref(), Some("chat-cloud.models.svc:50051"));
+        assert_eq!(seen.cloud_endpoint.as_deref(), Some("http://chat-cloud.models.svc:50051"));
     }
 
     #[test]
@@ -89,6 +112,7 @@ mod tests {
             &Applied::default(),
             ContextObserved::Managed { ready: false },
             Some("boom".into()),
+            &[],
         );
         assert_eq!(seen.edge, None);
         assert_eq!(seen.cloud, CloudObserved::Missing);
@@ -106,14 +130,16 @@ mod tests {
             &workloads(2, 0),
             ContextObserved::Managed { ready: false },
             None,
+            &[],
         );
         assert_eq!(seen.cloud, CloudObserved::External("cloud.example:443".into()));
+        assert_eq!(seen.cloud_endpoint.as_deref(), Some("http://cloud.example:443"));
         assert_eq!(seen.context, ContextObserved::NotNeeded);
 
         model.spec.external_cloud_endpoint = None;
         model.spec.mode = Mode::Standalone;
         let seen =
-            observed(&model, &at(&model), &workloads(2, 0), ContextObserved::NotNeeded, None);
+            observed(&model, &at(&model), &workloads(2, 0), ContextObserved::NotNeeded, None, &[]);
         assert_eq!(seen.cloud, CloudObserved::NotNeeded);
         assert_eq!(seen.cloud_endpoint, None);
     }

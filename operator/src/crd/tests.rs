@@ -52,6 +52,8 @@ fn every_cel_rule_is_in_the_schema_where_it_applies_with_its_message() {
         (&[], RULE_CLOUD_NEEDS_REDIS, "has(self.context.redis)"),
         (&["context", "redis"], RULE_REDIS_ONE_SOURCE, ".filter(x, x).size() == 1"),
         (&["cloud", "grpcPort"], RULE_GRPC_PORT, "self != 8081"),
+        (&[], RULE_EXTERNAL_NEEDS_TOKEN, "has(self.credentials.edgeTokenSecretRef)"),
+        (&["credentials"], RULE_MUTUAL_TLS_NEEDS_TLS, "has(self.tlsSecretRef)"),
     ];
     for (path, message, rule_part) in expected {
         let rules = rules_at(path);
@@ -230,12 +232,58 @@ mod cel {
         assert!(rejection(&standalone).is_empty(), "a standalone edge needs no cloud");
     }
 
+    fn token_secret() -> Credentials {
+        Credentials {
+            edge_token_secret_ref: Some(SecretKeyRef { name: "t".into(), key: "token".into() }),
+            ..Credentials::default()
+        }
+    }
+
     #[test]
     fn external_endpoint_with_a_local_cloud_is_rejected() {
         assert_rejected_with(
-            |s| s.external_cloud_endpoint = Some("cloud.example:443".to_string()),
+            |s| {
+                s.external_cloud_endpoint = Some("cloud.example:443".to_string());
+                s.credentials = Some(token_secret());
+            },
             RULE_ENDPOINT_XOR_CLOUD,
         );
+    }
+
+    #[test]
+    fn an_external_cloud_needs_a_token_secret_and_mutual_tls_needs_tls() {
+        assert_rejected_with(
+            |s| {
+                s.cloud.enabled = false;
+                s.context = None;
+                s.external_cloud_endpoint = Some("cloud.example:443".to_string());
+            },
+            RULE_EXTERNAL_NEEDS_TOKEN,
+        );
+        let mut edge_only = CollabModel::fixture();
+        edge_only.spec.cloud.enabled = false;
+        edge_only.spec.context = None;
+        edge_only.spec.external_cloud_endpoint = Some("cloud.example:443".to_string());
+        edge_only.spec.credentials = Some(token_secret());
+        assert!(rejection(&edge_only).is_empty(), "{:?}", rejection(&edge_only));
+
+        assert_rejected_with(
+            |s| {
+                s.credentials = Some(Credentials {
+                    client_ca_secret_ref: Some(SecretRef { name: "ca".into() }),
+                    ..Credentials::default()
+                })
+            },
+            RULE_MUTUAL_TLS_NEEDS_TLS,
+        );
+        let mut mutual = CollabModel::fixture();
+        mutual.spec.credentials = Some(Credentials {
+            tls_secret_ref: Some(SecretRef { name: "tls".into() }),
+            client_ca_secret_ref: Some(SecretRef { name: "ca".into() }),
+            edge_cert_secret_ref: Some(SecretRef { name: "edge".into() }),
+            ..Credentials::default()
+        });
+        assert!(rejection(&mutual).is_empty(), "{:?}", rejection(&mutual));
     }
 
     #[test]

@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::endpoint::CloudEndpoint;
+use super::identity::{EdgeAuth, edge_user, node_client};
 use super::{Bundle, Component, ModelRef, Redis};
 use crate::crd::{CatchUp, CollabModelSpec, Encoding, Mode};
 use crate::error::{Error, Result};
@@ -23,9 +25,19 @@ pub const CLOUD_CONFIG_KEY: &str = "cloud.json";
 
 /// Where pods see things; the Dockerfiles and runtimes use the same paths.
 pub const CONFIG_DIR: &str = "/etc/collm";
+/// A mounted bundle (PersistentVolumeClaim, hostPath, ConfigMap).
 pub const BUNDLE_DIR: &str = "/var/lib/collm/bundle";
+/// The volume a downloaded bundle is fetched into (the init container writes it, the runtime
+/// reads it), and the bundle directory inside it, which appears only once verified.
+pub const FETCH_DIR: &str = "/var/lib/collm/fetched";
+pub const FETCHED_BUNDLE_DIR: &str = "/var/lib/collm/fetched/bundle";
 pub const EDGE_TOKEN_DIR: &str = "/var/run/secrets/collm/edge-token";
+/// The cloud's certificate and key (cloud pods) or only its CA (edge pods).
 pub const TLS_DIR: &str = "/var/run/secrets/collm/tls";
+/// The edge's client certificate (mutual TLS).
+pub const EDGE_CERT_DIR: &str = "/var/run/secrets/collm/edge-cert";
+/// The CA of edge client certificates (mutual TLS).
+pub const CLIENT_CA_DIR: &str = "/var/run/secrets/collm/client-ca";
 /// File name of the edge token inside [`EDGE_TOKEN_DIR`].
 pub const EDGE_TOKEN_FILE: &str = "token";
 /// Environment variable carrying a Redis URL taken from a Secret.
@@ -45,6 +57,8 @@ pub struct BundleConfig {
 pub struct BundleDownload {
     pub url: String,
     pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 /// What an edge agent reads from `edge.json`.
@@ -66,10 +80,27 @@ pub struct EdgeRuntimeConfig {
     pub api_port: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_endpoint: Option<String>,
+    /// DNS name listing the cloud replicas (in-cluster clouds): sessions spread over them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_discovery: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_token_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<String>,
+    /// The edge's client certificate and key (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
+}
+
+/// How a cloud worker checks edges' ServiceAccount tokens.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenReviewConfig {
+    /// The audience edge tokens are issued for.
+    pub audience: String,
+    /// Kubernetes users (ServiceAccounts) whose tokens are accepted.
+    pub users: Vec<String>,
 }
 
 /// The cloud context settings a worker reads.
@@ -104,10 +135,19 @@ pub struct CloudRuntimeConfig {
     pub context: Option<ContextConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_token_file: Option<String>,
+    /// Edges authenticate with ServiceAccount tokens, checked through the TokenReview API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_review: Option<TokenReviewConfig>,
+    /// Clients refused whatever token they present.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revoked_clients: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<String>,
+    /// CA of the client certificates to require (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<String>,
 }
 
 /// Both halves of the runtime configuration.
@@ -128,23 +168,26 @@ impl RuntimeConfig {
         at: &ModelRef,
         bundle: &Bundle,
         redis: Option<&Redis>,
-        cloud_endpoint: Option<String>,
+        endpoint: Option<&CloudEndpoint>,
+        auth: &EdgeAuth,
     ) -> Self {
-        let bundle_config = BundleConfig {
-            dir: BUNDLE_DIR.to_string(),
-            download: match bundle {
-                Bundle::Url { url, sha256 } => {
-                    Some(BundleDownload { url: url.clone(), sha256: sha256.to_lowercase() })
-                }
-                _ => None,
+        let bundle_config = match bundle {
+            Bundle::Url { url, sha256, max_bytes } => BundleConfig {
+                dir: FETCHED_BUNDLE_DIR.to_string(),
+                download: Some(BundleDownload {
+                    url: url.clone(),
+                    sha256: sha256.to_lowercase(),
+                    max_bytes: *max_bytes,
+                }),
             },
+            _ => BundleConfig { dir: BUNDLE_DIR.to_string(), download: None },
         };
-        let creds = spec.credentials.as_ref();
-        let token_file = creds
-            .and_then(|c| c.edge_token_secret_ref.as_ref())
-            .map(|_| format!("{EDGE_TOKEN_DIR}/{EDGE_TOKEN_FILE}"));
-        let tls = creds.and_then(|c| c.tls_secret_ref.as_ref()).is_some();
-        let tls_file = |name: &str| tls.then(|| format!("{TLS_DIR}/{name}"));
+        let creds = spec.credentials.clone().unwrap_or_default();
+        let token_file =
+            (*auth != EdgeAuth::Nothing).then(|| format!("{EDGE_TOKEN_DIR}/{EDGE_TOKEN_FILE}"));
+        let file = |set: bool, dir: &str, name: &str| set.then(|| format!("{dir}/{name}"));
+        let tls = creds.tls_secret_ref.is_some();
+        let edge_cert = creds.edge_cert_secret_ref.is_some();
 
         let edge = EdgeRuntimeConfig {
             format: CONFIG_FORMAT,
@@ -158,23 +201,21 @@ impl RuntimeConfig {
             latency_budget_ms: spec.latency_budget_ms,
             encoding: spec.encoding,
             api_port: spec.edge.api_port,
-            cloud_endpoint,
+            cloud_endpoint: endpoint.map(|e| e.url.clone()),
+            cloud_discovery: endpoint.and_then(|e| e.discovery.clone()),
             edge_token_file: token_file.clone(),
-            tls_ca_file: tls_file("ca.crt"),
+            tls_ca_file: file(tls, TLS_DIR, "ca.crt"),
+            tls_cert_file: file(edge_cert, EDGE_CERT_DIR, "tls.crt"),
+            tls_key_file: file(edge_cert, EDGE_CERT_DIR, "tls.key"),
         };
 
         let context = spec.context.as_ref().map(|ctx| {
             let (redis_url, redis_url_env) = match redis {
                 Some(Redis::Url(url)) => (Some(url.clone()), None),
-                Some(Redis::Secret(_)) => (None, Some(REDIS_URL_ENV.to_string())),
-                Some(Redis::Managed) => (
-                    Some(format!(
-                        "redis://{}.{}.svc:{REDIS_PORT}",
-                        at.child_name(Component::Redis),
-                        at.namespace
-                    )),
-                    None,
-                ),
+                // A Secret's URL, the managed Redis's included (it carries the password).
+                Some(Redis::Secret(_)) | Some(Redis::Managed) => {
+                    (None, Some(REDIS_URL_ENV.to_string()))
+                }
                 None => (None, None),
             };
             ContextConfig {
@@ -186,6 +227,18 @@ impl RuntimeConfig {
                 max_sessions_per_client: ctx.max_sessions_per_client,
             }
         });
+        let (edge_token_file, token_review) = match auth {
+            EdgeAuth::Secret(_) => (token_file, None),
+            EdgeAuth::ServiceAccountToken { audience } => (
+                None,
+                Some(TokenReviewConfig { audience: audience.clone(), users: vec![edge_user(at)] }),
+            ),
+            EdgeAuth::Nothing => (None, None),
+        };
+        let mut revoked_clients: Vec<String> =
+            creds.revoked_edge_nodes.iter().map(|n| node_client(n)).collect();
+        revoked_clients.sort();
+        revoked_clients.dedup();
         let cloud = CloudRuntimeConfig {
             format: CONFIG_FORMAT,
             model: at.name.clone(),
@@ -195,9 +248,12 @@ impl RuntimeConfig {
             http_port: super::cloud::CLOUD_HTTP_PORT,
             catch_up: spec.catch_up,
             context,
-            edge_token_file: token_file,
-            tls_cert_file: tls_file("tls.crt"),
-            tls_key_file: tls_file("tls.key"),
+            edge_token_file,
+            token_review,
+            revoked_clients,
+            tls_cert_file: file(tls, TLS_DIR, "tls.crt"),
+            tls_key_file: file(tls, TLS_DIR, "tls.key"),
+            tls_client_ca_file: file(creds.client_ca_secret_ref.is_some(), CLIENT_CA_DIR, "ca.crt"),
         };
         Self { edge, cloud }
     }

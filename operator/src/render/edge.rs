@@ -4,29 +4,52 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+    ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
+    ServicePort, ServiceSpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{CONFIG_DIR, CONFIG_HASH_ANNOTATION, EDGE_CONFIG_KEY};
-use super::pod::{RUNTIME_UID, restricted_pod_security, runtime_container, runtime_volumes};
-use super::{Bundle, Component, Images, ModelRef};
+use super::identity::EdgeAuth;
+use super::pod::{
+    RUNTIME_UID, Side, fetch_container, field_env, pull_secrets, restricted_pod_security,
+    runtime_container, runtime_env, runtime_volumes, scrape_annotations,
+};
+use super::{Bundle, Component, ModelRef, Settings};
 use crate::crd::{CollabModelSpec, EdgeExposure};
 
-/// Readiness endpoint of the edge agent's HTTP API.
+/// Readiness endpoint of the edge agent's HTTP API: the agent serves (standalone if it must)
+/// whether or not the cloud answers; its cloud link is reported as a pod condition instead.
 pub const EDGE_READY_PATH: &str = "/healthz";
+
+/// The pod condition an edge agent sets on its own pod: whether it reaches its cloud.
+pub const CLOUD_LINK_CONDITION: &str = "collm.dev/CloudLink";
+
+/// What an edge pod asks for when the spec says nothing: enough for the scheduler to place it
+/// sensibly on a small device.
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("250m".to_string())),
+            ("memory".to_string(), Quantity("256Mi".to_string())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
 
 pub fn daemon_set(
     spec: &CollabModelSpec,
     at: &ModelRef,
     bundle: &Bundle,
-    images: &Images,
+    auth: &EdgeAuth,
+    settings: &Settings,
     edge_config_hash: &str,
 ) -> DaemonSet {
     let edge = &spec.edge;
-    let volumes = runtime_volumes(spec, at, bundle, EDGE_CONFIG_KEY);
+    let images = &settings.images;
+    let volumes = runtime_volumes(spec, at, bundle, auth, Side::Edge, EDGE_CONFIG_KEY);
     let host_port = (edge.exposure == EdgeExposure::HostPort).then_some(edge.api_port);
 
     let mut container = runtime_container("edge-agent", &images.edge_agent, images);
@@ -38,18 +61,11 @@ pub fn daemon_set(
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     }]);
-    // The node name identifies the edge to the cloud and in metrics.
-    container.env = Some(vec![EnvVar {
-        name: "COLLM_NODE_NAME".to_string(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "spec.nodeName".to_string(),
-                api_version: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-        value: None,
-    }]);
+    // The node name identifies the edge in logs and metrics; the pod's name and namespace let
+    // the agent report its cloud link on its own pod.
+    let mut env = vec![field_env("COLLM_NODE_NAME", "spec.nodeName")];
+    env.extend(runtime_env());
+    container.env = Some(env);
     container.readiness_probe = Some(Probe {
         http_get: Some(HTTPGetAction {
             path: Some(EDGE_READY_PATH.to_string()),
@@ -59,9 +75,14 @@ pub fn daemon_set(
         period_seconds: Some(5),
         ..Probe::default()
     });
-    container.resources = edge.resources.clone();
+    container.resources = Some(edge.resources.clone().unwrap_or_else(default_resources));
     container.volume_mounts = Some(volumes.mounts);
+    let init_containers = volumes.fetch_mounts.map(|mounts| {
+        vec![fetch_container(&images.edge_agent, images, EDGE_CONFIG_KEY, mounts, &container)]
+    });
 
+    let mut annotations = scrape_annotations(edge.api_port);
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), edge_config_hash.to_string());
     DaemonSet {
         metadata: at.child_meta(Component::Edge),
         spec: Some(DaemonSetSpec {
@@ -72,19 +93,21 @@ pub fn daemon_set(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(at.labels(Component::Edge)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        edge_config_hash.to_string(),
-                    )])),
+                    annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    init_containers,
                     containers: vec![container],
                     node_selector: Some(edge.node_selector.clone()),
                     tolerations: (!edge.tolerations.is_empty()).then(|| edge.tolerations.clone()),
                     security_context: Some(restricted_pod_security(RUNTIME_UID)),
-                    automount_service_account_token: Some(false),
+                    service_account_name: Some(at.child_name(Component::Edge)),
+                    // The API token lets the agent patch its own pod's status (the cloud link
+                    // condition); the cloud token is the projected one with its own audience.
+                    automount_service_account_token: Some(true),
                     enable_service_links: Some(false),
+                    image_pull_secrets: pull_secrets(spec, settings),
                     volumes: Some(volumes.volumes),
                     ..PodSpec::default()
                 }),
@@ -95,7 +118,7 @@ pub fn daemon_set(
     }
 }
 
-/// A Service for the edge API that keeps traffic on the caller's node.
+/// A Service for the edge API (and its /metrics) that keeps traffic on the caller's node.
 pub fn service(spec: &CollabModelSpec, at: &ModelRef) -> Option<Service> {
     (spec.edge.exposure == EdgeExposure::Service).then(|| Service {
         metadata: at.child_meta(Component::Edge),

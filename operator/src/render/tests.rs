@@ -8,10 +8,10 @@ use crate::crd::{
     CloudSpec, Credentials, CustomMetricTarget, EdgeExposure, HostPathBundle, Mode, SecretKeyRef,
     SecretRef,
 };
-use crate::fixtures::images;
+use crate::fixtures::settings;
 
 fn rendered(model: &CollabModel) -> Children {
-    render(model, &images()).expect("fixture renders")
+    render(model, &settings(), &Generated::default()).expect("fixture renders")
 }
 
 fn pod(template: &PodTemplateSpec) -> &PodSpec {
@@ -53,14 +53,19 @@ fn all_metadata(children: &Children) -> Vec<(&'static str, &ObjectMeta)> {
     if let Some(svc) = &children.edge_service {
         all.push(("edge Service", &svc.metadata));
     }
+    all.push(("edge ServiceAccount", &children.edge_identity.service_account.metadata));
+    all.push(("edge RoleBinding", &children.edge_identity.role_binding.metadata));
     let cloud = cloud(children);
     all.push(("Deployment", &cloud.deployment.metadata));
     all.push(("cloud Service", &cloud.service.metadata));
+    all.push(("cloud pods Service", &cloud.pods_service.metadata));
+    all.push(("cloud ServiceAccount", &cloud.service_account.metadata));
     all.push(("HorizontalPodAutoscaler", &cloud.autoscaler.metadata));
     all.push(("PodDisruptionBudget", &cloud.disruption_budget.metadata));
     let redis = children.redis.as_ref().expect("managed redis rendered");
     all.push(("StatefulSet", &redis.stateful_set.metadata));
     all.push(("redis Service", &redis.service.metadata));
+    all.push(("redis NetworkPolicy", &redis.network_policy.metadata));
     all
 }
 
@@ -105,8 +110,10 @@ fn rendered_objects_carry_the_spec_settings() {
     assert_eq!(edge["exit_layers"], serde_json::json!([6, 12]));
     assert_eq!(edge["latency_budget_ms"], 250);
     assert_eq!(edge["encoding"], "f16");
-    assert_eq!(edge["cloud_endpoint"], "chat-cloud.models.svc:50051");
+    assert_eq!(edge["cloud_endpoint"], "http://chat-cloud.models.svc:50051");
+    assert_eq!(edge["cloud_discovery"], "chat-cloud-pods.models.svc");
     assert_eq!(edge["bundle"]["download"]["sha256"], "ab".repeat(32));
+    assert_eq!(edge["bundle"]["dir"], "/var/lib/collm/fetched/bundle");
 
     let cloud_cfg = cloud_config(&children);
     assert_eq!(cloud_cfg["catch_up"], "exact");
@@ -129,7 +136,9 @@ fn rendered_objects_carry_the_spec_settings() {
     }
     assert_eq!(cloud_cfg["context"]["ttl_seconds"], 600);
     assert_eq!(cloud_cfg["context"]["max_sessions_per_client"], 8);
-    assert_eq!(cloud_cfg["context"]["redis_url"], "redis://chat-redis.models.svc:6379");
+    // The managed Redis's URL carries its password: it comes from the generated Secret.
+    assert!(cloud_cfg["context"].get("redis_url").is_none());
+    assert_eq!(cloud_cfg["context"]["redis_url_env"], "COLLM_REDIS_URL");
     assert_eq!(cloud_cfg["context"]["key_prefix"], "collm:models:chat:");
 
     let edge_pod = pod(edge_template(&children));
@@ -275,17 +284,30 @@ fn edge_only_model_renders_no_cloud_and_points_at_the_external_endpoint() {
     model.spec.cloud = CloudSpec { enabled: false, ..CloudSpec::default() };
     model.spec.context = None;
     model.spec.external_cloud_endpoint = Some("cloud.example:443".to_string());
+    model.spec.credentials = Some(Credentials {
+        edge_token_secret_ref: Some(SecretKeyRef { name: "t".into(), key: "token".into() }),
+        ..Credentials::default()
+    });
     let children = rendered(&model);
     assert!(children.cloud.is_none());
     assert!(children.redis.is_none());
-    assert_eq!(edge_config(&children)["cloud_endpoint"], "cloud.example:443");
+    assert_eq!(edge_config(&children)["cloud_endpoint"], "http://cloud.example:443");
+    assert!(edge_config(&children).get("cloud_discovery").is_none(), "the remote side balances");
+    // With TLS the same host:port becomes https.
+    model.spec.credentials.as_mut().expect("creds").tls_secret_ref =
+        Some(SecretRef { name: "ca".into() });
+    assert_eq!(edge_config(&rendered(&model))["cloud_endpoint"], "https://cloud.example:443");
+    // Without a token Secret nobody could check the edges' ServiceAccount tokens.
+    model.spec.credentials = None;
+    let err = render(&model, &settings(), &Generated::default()).expect_err("no token");
+    assert!(err.to_string().contains("edgeTokenSecretRef"), "{err}");
 }
 
 #[test]
 fn collaborative_edge_without_any_cloud_is_refused() {
     let mut model = CollabModel::fixture();
     model.spec.cloud.enabled = false;
-    let err = render(&model, &images()).expect_err("no cloud to talk to");
+    let err = render(&model, &settings(), &Generated::default()).expect_err("no cloud to talk to");
     assert!(err.to_string().contains("externalCloudEndpoint"), "{err}");
 }
 
@@ -293,7 +315,10 @@ fn collaborative_edge_without_any_cloud_is_refused() {
 fn unstored_model_is_refused() {
     let mut model = CollabModel::fixture();
     model.metadata.uid = None;
-    assert!(matches!(render(&model, &images()), Err(Error::MissingMetadata("uid"))));
+    assert!(matches!(
+        render(&model, &settings(), &Generated::default()),
+        Err(Error::MissingMetadata("uid"))
+    ));
 }
 
 #[test]
@@ -306,9 +331,10 @@ fn secret_redis_url_reaches_the_worker_as_an_env_var() {
     let children = rendered(&model);
     assert!(children.redis.is_none(), "no managed Redis for an external one");
     let env = pod(cloud_template(&children)).containers[0].env.clone().expect("env");
-    let from = env[0].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("ref");
+    let redis = env.iter().find(|e| e.name == "COLLM_REDIS_URL").expect("the Redis URL");
+    let from = redis.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("ref");
     assert_eq!((from.name.as_str(), from.key.as_str()), ("redis-auth", "url"));
-    assert_eq!(cloud_config(&children)["context"]["redis_url_env"], env[0].name);
+    assert_eq!(cloud_config(&children)["context"]["redis_url_env"], redis.name);
 }
 
 #[test]
@@ -320,6 +346,7 @@ fn credentials_are_mounted_where_the_config_says() {
             key: "chat".to_string(),
         }),
         tls_secret_ref: Some(SecretRef { name: "cloud-tls".to_string() }),
+        ..Credentials::default()
     });
     let children = rendered(&model);
     let edge_cfg = edge_config(&children);
