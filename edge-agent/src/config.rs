@@ -26,8 +26,14 @@ pub struct EdgeFile {
     pub api_port: Option<u16>,
     /// One endpoint, or several separated by commas (failover order).
     pub cloud_endpoint: Option<String>,
+    /// A DNS name listing the cloud replicas behind `cloud_endpoint` (a headless Service):
+    /// sessions spread over them.
+    pub cloud_discovery: Option<String>,
     pub edge_token_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    /// This edge's client certificate and key (mutual TLS).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -70,7 +76,11 @@ pub struct Settings {
     pub latency_budget: Option<Duration>,
     pub encoding: Encoding,
     pub cloud: Vec<String>,
+    /// Spread sessions over the replicas this DNS name lists.
+    pub cloud_discovery: Option<String>,
     pub token: Option<String>,
+    /// Where the token came from (read again when it rotates).
+    pub token_file: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub tls_identity: Option<(PathBuf, PathBuf)>,
 }
@@ -87,6 +97,7 @@ pub struct Flags {
     pub latency_budget_ms: Option<u64>,
     pub encoding: Option<Encoding>,
     pub cloud: Vec<String>,
+    pub cloud_discovery: Option<String>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
@@ -125,19 +136,28 @@ impl Settings {
                 .map_err(|e: collm_runtime::codec::CodecError| Error::Startup(e.to_string()))?,
             (None, None) => Encoding::F16,
         };
-        let cloud = if flags.cloud.is_empty() {
-            file.cloud_endpoint
+        let (cloud, cloud_discovery) = if flags.cloud.is_empty() {
+            let cloud: Vec<String> = file
+                .cloud_endpoint
                 .map(|c| {
                     c.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
                 })
-                .unwrap_or_default()
+                .unwrap_or_default();
+            (cloud, flags.cloud_discovery.or(file.cloud_discovery))
         } else {
-            flags.cloud
+            // Endpoints given on the command line are dialed as given.
+            (flags.cloud, flags.cloud_discovery)
         };
-        let token = match (flags.token, flags.token_file.or(file.edge_token_file)) {
-            (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(read_token(&path)?),
-            (None, None) => None,
+        let cloud_discovery = cloud_discovery.filter(|d| !d.trim().is_empty());
+        if cloud_discovery.is_some() && cloud.len() != 1 {
+            return Err(Error::Startup(
+                "cloud discovery needs exactly one cloud endpoint (the Service the replicas stand behind)".into(),
+            ));
+        }
+        let (token, token_file) = match (flags.token, flags.token_file.or(file.edge_token_file)) {
+            (Some(t), _) => (Some(t), None),
+            (None, Some(path)) => (Some(read_token(&path)?), Some(path)),
+            (None, None) => (None, None),
         };
         if !cloud.is_empty() && token.is_none() {
             return Err(Error::Startup(
@@ -149,11 +169,12 @@ impl Settings {
                 "mode {mode} needs a cloud: give --cloud URL (or run --mode standalone)"
             )));
         }
-        let tls_identity = match (flags.tls_cert, flags.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => return Err(Error::Startup("--tls-cert and --tls-key go together".into())),
-        };
+        let tls_identity =
+            match (flags.tls_cert.or(file.tls_cert_file), flags.tls_key.or(file.tls_key_file)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err(Error::Startup("--tls-cert and --tls-key go together".into())),
+            };
         if let Some(t) = flags.threshold.or(file.threshold) {
             if !(t > 0.0) {
                 return Err(Error::Startup(format!("threshold must be > 0, got {t}")));
@@ -172,7 +193,9 @@ impl Settings {
                 .map(Duration::from_millis),
             encoding,
             cloud,
+            cloud_discovery,
             token,
+            token_file,
             tls_ca: flags.tls_ca.or(file.tls_ca_file),
             tls_identity,
         })
@@ -203,7 +226,9 @@ mod tests {
       "split_layer": 24, "exit_layers": [24], "mode": "collaborative", "threshold": 0.7,
       "latency_budget_ms": 250, "encoding": "int8", "api_port": 8000,
       "cloud_endpoint": "http://smol-cloud.ns.svc:50051",
-      "edge_token_file": "/var/run/secrets/collm/edge-token/token"
+      "cloud_discovery": "smol-cloud-pods.ns.svc",
+      "edge_token_file": "/var/run/secrets/collm/edge-token/token",
+      "tls_cert_file": "/edge/tls.crt", "tls_key_file": "/edge/tls.key"
     }"#;
 
     #[test]
@@ -220,7 +245,17 @@ mod tests {
         assert_eq!(s.encoding, Encoding::Int8);
         assert_eq!(s.latency_budget, Some(Duration::from_millis(250)));
         assert_eq!(s.cloud, vec!["http://smol-cloud.ns.svc:50051".to_string()]);
+        assert_eq!(s.cloud_discovery.as_deref(), Some("smol-cloud-pods.ns.svc"));
         assert_eq!(s.token.as_deref(), Some("t0k"));
+        assert_eq!(
+            s.token_file.as_deref(),
+            Some(Path::new("/var/run/secrets/collm/edge-token/token")),
+            "read again when the kubelet rotates it"
+        );
+        assert_eq!(
+            s.tls_identity,
+            Some((PathBuf::from("/edge/tls.crt"), PathBuf::from("/edge/tls.key")))
+        );
     }
 
     #[test]
@@ -235,6 +270,7 @@ mod tests {
         let s = Settings::resolve(flags, file, no_file).expect("resolves");
         assert_eq!(s.mode, Mode::Standalone);
         assert_eq!(s.cloud.len(), 2);
+        assert_eq!(s.cloud_discovery, None, "the file's discovery belongs to the file's endpoint");
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! - [`generation`]: one generation's loop (uploads, exit decisions, cloud requests, fallbacks);
 //! - [`decide`]: the pure per-token choice between exit head, cloud and latency fallback;
 //! - [`api`]: the HTTP layer (request validation, responses, server-sent events);
-//! - [`config`]: flags and the operator's `edge.json`.
+//! - [`config`]: flags and the operator's `edge.json`;
+//! - [`link_report`]: the cloud link as a condition on the agent's own pod.
 
 pub mod api;
 pub mod config;
 pub mod decide;
 pub mod engine;
 pub mod generation;
+pub mod link_report;
 pub mod metrics;
 pub mod mode;
 pub mod text_stream;

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use collm_cloud_client::{CloudLink, LinkConfig, TlsFiles};
+use collm_cloud_client::{CloudLink, Discovery, LinkConfig, TlsFiles};
 use collm_edge_agent::api::{self, AppState};
 use collm_edge_agent::config::{EdgeFile, Flags, Settings, read_token_file};
 use collm_edge_agent::engine::EdgeEngine;
 use collm_edge_agent::generation::Generator;
+use collm_edge_agent::link_report::{self, PodRef};
 use collm_edge_agent::metrics::Metrics;
 use collm_edge_agent::mode::Mode;
 use collm_runtime::codec::Encoding;
@@ -23,8 +24,24 @@ use tracing::Instrument;
 #[command(
     name = "edge-agent",
     version,
-    about = "The edge half of a split model, as an OpenAI-compatible API"
+    about = "The edge half of a split model, as an OpenAI-compatible API",
+    args_conflicts_with_subcommands = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Download, verify and unpack the bundle archive the configuration names, then exit (a
+    /// pod's init container).
+    FetchBundle(collm_fetch::FetchArgs),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// The operator's runtime configuration (`edge.json`); flags override it.
     #[arg(long)]
@@ -56,6 +73,10 @@ struct Args {
     /// Cloud worker endpoint (repeat for failover, in order of preference).
     #[arg(long = "cloud")]
     cloud: Vec<String>,
+    /// A DNS name whose records are the cloud replicas behind the one --cloud URL (a headless
+    /// Service): sessions spread over them, each staying on its replica.
+    #[arg(long)]
+    cloud_discovery: Option<String>,
     /// This edge's bearer token for the cloud.
     #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
@@ -75,7 +96,11 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Args::parse()) {
+    let cli = Cli::parse();
+    if let Some(Command::FetchBundle(args)) = cli.command {
+        return collm_fetch::run(args, collm_bundle::Parts::Edge);
+    }
+    match run(cli.serve) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
@@ -85,6 +110,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    // One TLS provider for the cloud link and the Kubernetes API.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let _telemetry = collm_telemetry::init("edge-agent", a.otlp_endpoint.as_deref())?;
     let file = match &a.config {
         Some(path) => EdgeFile::read(path)?,
@@ -100,6 +127,7 @@ fn run(a: Args) -> Result<()> {
         latency_budget_ms: a.latency_budget_ms,
         encoding: a.encoding,
         cloud: a.cloud,
+        cloud_discovery: a.cloud_discovery,
         token: a.token,
         token_file: a.token_file,
         tls_ca: a.tls_ca,
@@ -128,6 +156,8 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
         (endpoints, Some(token)) => {
             let mut config = LinkConfig::new(endpoints.to_vec(), token, engine.hidden_size);
             config.model_id = Some(engine.model_id.clone());
+            config.token_file = s.token_file.clone();
+            config.discovery = s.cloud_discovery.as_deref().map(Discovery::dns);
             config.tls =
                 s.tls_ca.clone().map(|ca| TlsFiles { ca, identity: s.tls_identity.clone() });
             // Try once before serving, so the first requests find the cloud; if none answers,
@@ -139,6 +169,9 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
             Some(link)
         }
     };
+    if let (Some(link), Some(pod)) = (link.clone(), PodRef::from_env()) {
+        tokio::spawn(link_report::run(link, pod));
+    }
     if let Some(link) = link.clone() {
         let connected = metrics.cloud_connected.clone();
         tokio::spawn(async move {

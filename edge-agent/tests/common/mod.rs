@@ -248,3 +248,9 @@ pub fn read_all(mut r: impl Read) -> String {
     r.read_to_string(&mut s).expect("read");
     s
 }
+
+/// Spawns `cmd` and waits for its first line `<prefix><address>` (for tests that build their
+/// own command lines).
+pub fn spawn_until(cmd: &mut Command, prefix: &str) -> Proc {
+    Proc::spawn(cmd, prefix)
+}
