@@ -2,6 +2,11 @@
 //! processes sharing a fresh bearer token — in the foreground until SIGINT/SIGTERM, which stops
 //! the children cleanly. Without `--redis` the workers keep the cloud context in memory (each
 //! its own); with it they share it, as in a cluster.
+//!
+//! Like a Deployment, the stack outlives its members: a child that dies is started again on
+//! the same address, after a backoff that grows while it keeps dying (1 s, 2 s, 4 s, … 30 s,
+//! reset once it has run for a minute). Meanwhile the edge fails over to the other workers, and
+//! answers alone if none is left, so the stack keeps serving.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -37,6 +42,10 @@ pub struct Args {
 
 /// How long a child may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Restart backoff: first wait, cap, and how long a child must run for the wait to reset.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 pub fn run(a: Args) -> Result<()> {
     if a.workers == 0 {
@@ -53,122 +62,167 @@ pub fn run(a: Args) -> Result<()> {
 
     let mut children = Children::default();
     for i in 0..a.workers {
-        let mut cmd = Command::new(sibling("cloud-worker")?);
-        share_cores(&mut cmd);
-        cmd.arg("--bundle").arg(&a.bundle).args(["--listen", "127.0.0.1:0"]);
-        cmd.arg("--tokens").arg(&tokens).args(&a.worker_args);
+        let mut spec = ChildSpec::new(&format!("cloud-worker {i}"), sibling("cloud-worker")?);
+        spec.args.extend(["--bundle".into(), a.bundle.display().to_string()]);
+        spec.args.extend(["--tokens".into(), tokens.display().to_string()]);
+        spec.args.extend(a.worker_args.iter().cloned());
         if let Some(url) = &a.redis {
-            cmd.args(["--redis-url", url]);
+            spec.args.extend(["--redis-url".into(), url.clone()]);
         }
-        let addr = children.start(
-            &format!("cloud-worker {i}"),
-            cmd,
-            "cloud-worker listening on ",
-            &stop,
-        )?;
+        spec.listen = "127.0.0.1:0".into();
+        spec.listen_flag = "--listen";
+        spec.ready_prefix = "cloud-worker listening on ";
+        let addr = children.start(spec, &stop)?;
         eprintln!("cloud-worker {i}: http://{addr}");
     }
-    let mut cmd = Command::new(sibling("edge-agent")?);
-    share_cores(&mut cmd);
-    cmd.arg("--bundle").arg(&a.bundle).args(["--listen", &format!("127.0.0.1:{}", a.port)]);
-    cmd.args(["--token", &token]);
-    for addr in children.addrs.clone() {
-        cmd.args(["--cloud", &format!("http://{addr}")]);
+    let mut spec = ChildSpec::new("edge-agent", sibling("edge-agent")?);
+    spec.args.extend(["--bundle".into(), a.bundle.display().to_string()]);
+    spec.args.extend(["--token".into(), token]);
+    for addr in children.addrs() {
+        spec.args.extend(["--cloud".into(), format!("http://{addr}")]);
     }
-    cmd.args(&a.agent_args);
-    let edge = children.start("edge-agent", cmd, "edge-agent listening on http://", &stop)?;
+    spec.args.extend(a.agent_args.iter().cloned());
+    spec.listen = format!("127.0.0.1:{}", a.port);
+    spec.listen_flag = "--listen";
+    spec.ready_prefix = "edge-agent listening on http://";
+    let edge = children.start(spec, &stop)?;
     println!("edge: http://{edge}");
 
-    let outcome = children.watch(&stop);
+    children.supervise(&stop);
     children.stop_all();
-    outcome
+    Ok(())
+}
+
+/// How to (re)start one child.
+struct ChildSpec {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    listen_flag: &'static str,
+    /// The address to listen on: `:0` the first time, the address it got afterwards, so the
+    /// others still find it after a restart.
+    listen: String,
+    /// Its first stdout line, before the address.
+    ready_prefix: &'static str,
+}
+
+impl ChildSpec {
+    fn new(name: &str, program: PathBuf) -> Self {
+        Self {
+            name: name.to_string(),
+            program,
+            args: Vec::new(),
+            listen_flag: "--listen",
+            listen: String::new(),
+            ready_prefix: "",
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        share_cores(&mut cmd);
+        cmd.args(&self.args).args([self.listen_flag, &self.listen]);
+        cmd
+    }
+}
+
+/// A running child and how it is restarted.
+struct Member {
+    spec: ChildSpec,
+    child: Option<Child>,
+    started: Instant,
+    backoff: Duration,
+    /// When a dead child is started again.
+    restart_at: Option<Instant>,
 }
 
 #[derive(Default)]
 struct Children {
-    running: Vec<(String, Child)>,
-    addrs: Vec<String>,
+    members: Vec<Member>,
 }
 
 impl Children {
-    /// Spawns `cmd` and waits for its first stdout line `<prefix><address>`.
-    fn start(
-        &mut self,
-        name: &str,
-        mut cmd: Command,
-        prefix: &str,
-        stop: &AtomicBool,
-    ) -> Result<String> {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Pass anything else the child prints through.
-            let _ = std::io::copy(&mut reader, &mut std::io::stderr());
-        });
-        self.running.push((name.to_owned(), child));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                self.stop_all();
-                bail!("interrupted while starting {name}");
-            }
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    let Some(addr) = line.trim().strip_prefix(prefix) else {
-                        self.stop_all();
-                        bail!("{name} did not start (its output: {:?})", line.trim());
-                    };
-                    self.addrs.push(addr.to_owned());
-                    return Ok(addr.to_owned());
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    self.stop_all();
-                    bail!("{name} exited before it was ready (see its error above)");
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
-                    self.stop_all();
-                    bail!("{name} was not ready within {START_TIMEOUT:?}");
-                }
-                Err(_) => {}
-            }
-        }
+    fn addrs(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.spec.listen.clone()).collect()
     }
 
-    /// Until a signal (Ok) or a child's unexpected exit (Err).
-    fn watch(&mut self, stop: &AtomicBool) -> Result<()> {
+    /// Starts a new member and waits until it prints its address.
+    fn start(&mut self, mut spec: ChildSpec, stop: &AtomicBool) -> Result<String> {
+        let (child, addr) = match launch(&spec, stop) {
+            Ok(started) => started,
+            Err(e) => {
+                self.stop_all();
+                return Err(e);
+            }
+        };
+        spec.listen = addr.clone();
+        self.members.push(Member {
+            spec,
+            child: Some(child),
+            started: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            restart_at: None,
+        });
+        Ok(addr)
+    }
+
+    /// Until a signal: restarts members that die, with backoff.
+    fn supervise(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            for (name, child) in &mut self.running {
-                if let Ok(Some(status)) = child.try_wait() {
-                    bail!("{name} exited unexpectedly ({status}); stopping the stack");
+            for m in &mut self.members {
+                if let Some(child) = m.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    m.child = None;
+                    if m.started.elapsed() >= STABLE_AFTER {
+                        m.backoff = FIRST_BACKOFF;
+                    }
+                    eprintln!(
+                        "{} exited unexpectedly ({status}); restarting it in {:?}, the stack keeps serving",
+                        m.spec.name, m.backoff
+                    );
+                    m.restart_at = Some(Instant::now() + m.backoff);
+                    m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
+                }
+                if m.child.is_none() && m.restart_at.is_some_and(|at| Instant::now() >= at) {
+                    m.restart_at = None;
+                    match launch(&m.spec, stop) {
+                        Ok((child, addr)) => {
+                            eprintln!("{} restarted on {addr}", m.spec.name);
+                            m.child = Some(child);
+                            m.started = Instant::now();
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "{} did not restart: {e:#}; trying again in {:?}",
+                                m.spec.name, m.backoff
+                            );
+                            m.restart_at = Some(Instant::now() + m.backoff);
+                            m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         eprintln!("stopping the local stack");
-        Ok(())
     }
 
     /// SIGTERM to every child (edge first, so it stops sending), then SIGKILL after 20 s.
     fn stop_all(&mut self) {
-        for (_, child) in self.running.iter().rev() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        for m in self.members.iter().rev() {
+            if let Some(child) = &m.child {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (name, child) in self.running.iter_mut().rev() {
+        for m in self.members.iter_mut().rev() {
+            let Some(child) = m.child.as_mut() else { continue };
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() > deadline => {
-                        eprintln!("{name} ignored SIGTERM; killing it");
+                        eprintln!("{} ignored SIGTERM; killing it", m.spec.name);
                         let _ = child.kill();
                         let _ = child.wait();
                         break;
@@ -176,14 +230,70 @@ impl Children {
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
+            m.child = None;
         }
-        self.running.clear();
+        self.members.clear();
     }
 }
 
 impl Drop for Children {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// Spawns the child and waits for its first stdout line `<prefix><address>`.
+fn launch(spec: &ChildSpec, stop: &AtomicBool) -> Result<(Child, String)> {
+    let mut child = spec
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", spec.name))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Pass anything else the child prints through.
+        let _ = std::io::copy(&mut reader, &mut std::io::stderr());
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    let fail = |mut child: Child, why: String| -> Result<(Child, String)> {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(why)
+    };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return fail(child, format!("interrupted while starting {}", spec.name));
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                return match line.trim().strip_prefix(spec.ready_prefix) {
+                    Some(addr) => Ok((child, addr.to_owned())),
+                    None => fail(
+                        child,
+                        format!("{} did not start (its output: {:?})", spec.name, line.trim()),
+                    ),
+                };
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return fail(
+                    child,
+                    format!("{} exited before it was ready (see its error above)", spec.name),
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                return fail(
+                    child,
+                    format!("{} was not ready within {START_TIMEOUT:?}", spec.name),
+                );
+            }
+            Err(_) => {}
+        }
     }
 }
 
