@@ -112,7 +112,7 @@ fn a_model_applied_with_kubectl_gets_every_child_with_its_settings_and_owner() {
             .expect("JSON");
     assert_eq!(edge["threshold"], 0.8);
     assert_eq!(edge["mode"], "collaborative");
-    assert_eq!(edge["cloud_endpoint"], format!("chat-cloud.{ns}.svc:50051"));
+    assert_eq!(edge["cloud_endpoint"], format!("http://chat-cloud.{ns}.svc:50051"));
     let cloud: Value =
         serde_json::from_str(config["data"]["cloud.json"].as_str().expect("cloud.json"))
             .expect("JSON");
@@ -245,7 +245,7 @@ fn status_conditions_and_printer_columns_follow_the_children() {
         condition(&model, "ContextReady").map(|c| (c.0, c.1)),
         Some(("True".into(), "RedisReachable".into()))
     );
-    assert_eq!(model["status"]["cloudEndpoint"], format!("chat-cloud.{ns}.svc:50051"));
+    assert_eq!(model["status"]["cloudEndpoint"], format!("http://chat-cloud.{ns}.svc:50051"));
     for type_ in ["Ready", "EdgeReady", "CloudReady", "ContextReady", "Degraded"] {
         assert!(condition(&model, type_).is_some(), "{type_} is reported");
     }
