@@ -148,6 +148,9 @@ struct Inner {
     /// When the last healthy connection was lost, until another is made.
     lost_at: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    /// Turns true once discovery has answered (or failed) for the first time: dialing before
+    /// that would only try the Service URL.
+    discovered: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long after losing its last connection the link still counts as failing over rather than
@@ -186,6 +189,7 @@ impl CloudLink {
             wake: Notify::new(),
             lost_at: Mutex::new(None),
             last_error: Mutex::new(None),
+            discovered: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&inner)));
         if inner.config.discovery.is_some() {
@@ -244,6 +248,11 @@ impl CloudLink {
     pub async fn reconnect_now(&self) -> Result<Arc<Connection>> {
         if let Some(conn) = self.connection() {
             return Ok(conn);
+        }
+        if self.inner.config.discovery.is_some() {
+            let mut discovered = self.inner.discovered.subscribe();
+            let first = discovered.wait_for(|done| *done);
+            let _ = tokio::time::timeout(self.inner.config.connect_timeout, first).await;
         }
         let mut reasons = Vec::new();
         // A second round when the first failed for no reason: the replica set changed under it
