@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 
-use collm_protocol::SessionId;
+use collm_protocol::{Branch, SessionId};
 use collm_runtime::partition::KvCache;
-use collm_runtime::sampling::{self, Pick, SamplingParams};
 use collm_runtime::{CatchUp, CloudLayers, EdgeAnswered};
 
 use crate::Result;
@@ -17,11 +16,14 @@ type SessionKey = (ClientId, SessionId);
 
 struct CachedSession {
     cache: KvCache,
+    /// The branch the cached keys and values were computed on.
+    epoch: u64,
     last_used: u64,
 }
 
 /// The cloud layers (ONNX Runtime sessions run `&mut`, so callers serialise on a lock) and a
-/// bounded LRU of per-session KV caches.
+/// bounded LRU of per-session KV caches. The lock is meant to be held for one partition run
+/// only: callers read the rows a run needs before they take it and pick tokens after.
 pub struct CloudEngine {
     layers: CloudLayers,
     caches: HashMap<SessionKey, CachedSession>,
@@ -33,27 +35,27 @@ pub struct CloudEngine {
     dropped: HashMap<SessionKey, u64>,
 }
 
-/// What the next-token step picked, and what it cost.
+/// What one extension of a session's cache computed, and what it cost.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CloudPick {
-    pub pick: Pick,
-    pub top_k: Vec<Pick>,
+pub struct Extended {
+    /// Next-token logits of the last `logits_count` positions run, row-major.
+    pub logits: Vec<f32>,
     pub cache: CacheUse,
-    /// Positions run through the cloud layers for this answer (1 on a hit after one upload).
+    /// Positions run through the cloud layers (1 on a hit after one upload).
     pub computed: u64,
     /// Positions whose K/V were propagated instead (`propagate` catch-up).
     pub propagated: u64,
 }
 
-/// How the session's KV cache served a next-token step.
+/// How the session's KV cache served a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
     /// The cached KV was extended.
     Hit,
     /// No cache yet: the session's first answer on this worker.
     Built,
-    /// The cache had been evicted or was past the requested position: recomputed from the
-    /// stored rows (exact catch-up from position 0).
+    /// The cache had been evicted or held nothing usable: recomputed from the stored rows
+    /// (from position 0).
     Rebuilt,
 }
 
@@ -88,48 +90,64 @@ impl CloudEngine {
         self.layers.catch_up()
     }
 
-    /// Positions the cached KV of this session covers, if it can serve a request for the token
-    /// after `after` (a cache already past `after` cannot: the session is recomputed from 0).
-    pub fn usable_prefix(&self, client: &ClientId, session: &SessionId, after: u64) -> u64 {
+    pub fn vocab_size(&self) -> usize {
+        self.layers.partition().shape.vocab_size
+    }
+
+    /// Positions of this session's cached keys and values that a request on `branch` needing
+    /// the logits of position `after` (and maybe later ones) can build on: those computed on
+    /// this branch (below every rollback since the cache's epoch), at most `after` (the asked
+    /// position itself must run to give its logits).
+    pub fn usable_prefix(
+        &self,
+        client: &ClientId,
+        session: &SessionId,
+        branch: &Branch,
+        after: u64,
+    ) -> u64 {
         let key = (client.clone(), session.clone());
         match self.caches.get(&key) {
-            Some(c) if (c.cache.len() as u64) <= after => c.cache.len() as u64,
+            Some(c) if c.epoch <= branch.epoch => {
+                let len = c.cache.len() as u64;
+                let valid = branch.rewritten_since(c.epoch).map_or(len, |p| len.min(p));
+                valid.min(after)
+            }
             _ => 0,
         }
     }
 
-    /// Catches up on `rows` (positions `from..=after`, decoded) on top of the session's cache
-    /// and picks the next token exactly as the in-process cloud does.
+    /// Runs `rows` (positions `from..`, decoded) on top of the session's first `from` cached
+    /// positions, catching up as the catch-up mode says, and returns the logits of the last
+    /// `logits_count` positions. `None` when the cache no longer holds `from` positions usable
+    /// on `branch` (another request changed it since `usable_prefix`): read again.
     #[allow(clippy::too_many_arguments)]
-    pub fn next_token(
+    pub fn extend(
         &mut self,
         client: &ClientId,
         session: &SessionId,
+        branch: &Branch,
         from: u64,
         rows: &[f32],
         edge_answered: &EdgeAnswered,
-        params: &SamplingParams,
-        u: f64,
-        top_k: usize,
-    ) -> Result<CloudPick> {
+        logits_count: usize,
+    ) -> Result<Option<Extended>> {
         let key = (client.clone(), session.clone());
         self.tick += 1;
-        let reuse = self.caches.get(&key).is_some_and(|c| c.cache.len() as u64 == from);
-        let cache_use = if reuse {
+        let cache_use = if from > 0 {
+            let after = from + (rows.len() / self.hidden_size().max(1)) as u64;
+            if self.usable_prefix(client, session, branch, after) < from {
+                return Ok(None);
+            }
             CacheUse::Hit
         } else {
-            if from != 0 {
-                return Err(crate::Error::Internal(format!(
-                    "the cached context of session {session} moved while it was being extended; retry"
-                )));
-            }
-            // A cache past the requested position is dropped here; one evicted earlier is
-            // remembered in `dropped`.
+            // A cache with nothing usable is dropped here; one evicted earlier is remembered
+            // in `dropped`.
             let was_cached = self.caches.remove(&key).is_some();
             let was_dropped = self.dropped.remove(&key).is_some();
             let cache = self.layers.empty_cache()?;
             self.evict_for_one_more();
-            self.caches.insert(key.clone(), CachedSession { cache, last_used: self.tick });
+            let fresh = CachedSession { cache, epoch: branch.epoch, last_used: self.tick };
+            self.caches.insert(key.clone(), fresh);
             if was_cached || was_dropped { CacheUse::Rebuilt } else { CacheUse::Built }
         };
         let entry = self
@@ -137,15 +155,33 @@ impl CloudEngine {
             .get_mut(&key)
             .ok_or_else(|| crate::Error::Internal("cache vanished".into()))?;
         entry.last_used = self.tick;
-        let stepped = self.layers.step(&mut entry.cache, rows, edge_answered)?;
-        let logits = stepped.logits;
-        Ok(CloudPick {
-            pick: sampling::sample(&logits, params, u),
-            top_k: if top_k > 0 { sampling::top_k(&logits, top_k) } else { vec![] },
+        entry.cache.truncate(from as usize)?;
+        entry.epoch = branch.epoch;
+        let stepped = self.layers.step(&mut entry.cache, rows, edge_answered, logits_count)?;
+        Ok(Some(Extended {
+            logits: stepped.logits,
             cache: cache_use,
             computed: stepped.exact,
             propagated: stepped.propagated,
-        })
+        }))
+    }
+
+    /// Forgets the session's cached positions from `len` on (a rejected draft), if the cache
+    /// is still on branch `epoch`.
+    pub fn truncate(
+        &mut self,
+        client: &ClientId,
+        session: &SessionId,
+        epoch: u64,
+        len: u64,
+    ) -> Result<()> {
+        let key = (client.clone(), session.clone());
+        if let Some(c) = self.caches.get_mut(&key)
+            && c.epoch == epoch
+        {
+            c.cache.truncate(len as usize)?;
+        }
+        Ok(())
     }
 
     pub fn forget(&mut self, client: &ClientId, session: &SessionId) {

@@ -52,6 +52,11 @@ pub enum Error {
     )]
     SplitOnly,
 
+    #[error(
+        "this worker does not offer `{0}` (it is not in its Health capabilities); an edge must not use it here"
+    )]
+    Unsupported(&'static str),
+
     #[error("cloud partition: {0}")]
     Runtime(#[from] collm_runtime::Error),
 
@@ -70,7 +75,7 @@ impl From<Error> for tonic::Status {
                 Code::ResourceExhausted
             }
             Error::UnknownSession(_) => Code::NotFound,
-            Error::SplitOnly => Code::FailedPrecondition,
+            Error::SplitOnly | Error::Unsupported(_) => Code::FailedPrecondition,
             Error::SessionLayout { .. } => Code::InvalidArgument,
             Error::StoreUnavailable(_) | Error::StoreCredentials(_) => Code::Unavailable,
             Error::Store(_) | Error::Runtime(_) | Error::Internal(_) => Code::Internal,

@@ -10,6 +10,7 @@ use collm_protocol::{ModelLimits, ValidGenerate};
 use collm_runtime::generate::{GenerateOptions, Generation, Mode, generate};
 use collm_runtime::transport::{
     CloudAnswer, CloudTransport, InProcessCloud, NextTokenRequest, SessionId, Upload, UploadAck,
+    Verdict, VerifyRequest,
 };
 use collm_runtime::{CatchUp, Encoding, ExitPolicy, SamplingParams, SplitModel};
 
@@ -123,6 +124,14 @@ impl CloudTransport for Abandonable<'_> {
             return Err(collm_runtime::Error::Invalid("the caller stopped listening".into()));
         }
         self.inner.next_token(session, req)
+    }
+
+    fn verify(&mut self, session: SessionId, req: VerifyRequest) -> collm_runtime::Result<Verdict> {
+        self.inner.verify(session, req)
+    }
+
+    fn rollback(&mut self, session: SessionId, len: usize) -> collm_runtime::Result<()> {
+        self.inner.rollback(session, len)
     }
 
     fn end_session(&mut self, session: SessionId) {

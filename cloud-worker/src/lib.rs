@@ -7,6 +7,7 @@ pub mod context;
 pub mod engine;
 mod error;
 pub mod full;
+pub mod infer;
 pub mod metrics;
 pub mod serve;
 pub mod service;

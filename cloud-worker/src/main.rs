@@ -22,7 +22,7 @@ use collm_cloud_worker::serve::{Bound, ServeOptions};
 use collm_cloud_worker::service::CloudWorker;
 use collm_cloud_worker::tls::TlsFiles;
 use collm_cloud_worker::token_review::{ReviewCache, ReviewPolicy, TokenReviewer};
-use collm_protocol::Limits;
+use collm_protocol::{Capabilities, Limits};
 use collm_runtime::CloudLayers;
 use collm_runtime::partition::{Partition, PartitionShape};
 use collm_telemetry::http::Readiness;
@@ -114,6 +114,15 @@ struct Args {
     /// Milliseconds between checks of the context store (readiness, context bytes).
     #[arg(long, default_value_t = 2000)]
     store_check_interval_ms: u64,
+    /// Milliseconds a next-token or verify request waits for rows it needs that are not
+    /// stored yet (an edge asks without waiting for its uploads' acknowledgements); then it
+    /// fails naming the first missing position, and the edge re-uploads from there.
+    #[arg(long, default_value_t = 2000)]
+    row_wait_ms: u64,
+    /// Act as a worker from before a capability (`epochs` or `verify`): it is not announced
+    /// and not served. For rolling upgrades and for testing edges against older workers.
+    #[arg(long, value_name = "CAPABILITY", hide = true)]
+    without: Vec<String>,
     #[command(flatten)]
     redis: RedisArgs,
 }
@@ -184,6 +193,23 @@ fn apply_config(a: &mut Args, matches: &ArgMatches, c: &CloudConfig) -> Result<(
     Ok(())
 }
 
+/// Every capability but those named in `without`.
+fn capabilities(without: &[String]) -> Result<Capabilities> {
+    let mut c = Capabilities::all();
+    for name in without {
+        match name.as_str() {
+            Capabilities::EPOCHS => c.epochs = false,
+            Capabilities::VERIFY => c.verify = false,
+            other => bail!(
+                "unknown capability {other:?} in --without (expected {} or {})",
+                Capabilities::EPOCHS,
+                Capabilities::VERIFY
+            ),
+        }
+    }
+    Ok(c)
+}
+
 fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     let config = a.config.as_deref().map(CloudConfig::load).transpose()?;
     if let Some(c) = &config {
@@ -239,7 +265,9 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
     let known = clients.clone();
     let mut worker = CloudWorker::new(clients, store, engine, limits, model_id)
         .with_metrics(std::sync::Arc::clone(&metrics))
-        .with_readiness(readiness.clone());
+        .with_readiness(readiness.clone())
+        .with_row_wait(Duration::from_millis(a.row_wait_ms))
+        .with_capabilities(capabilities(&a.without)?);
     if a.full {
         worker = worker.with_full_model(FullModel::load(&bundle_dir)?);
     }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::engine::{CacheUse, CloudPick};
+use crate::engine::CacheUse;
 
 /// The RPCs of `CloudService`, as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +21,7 @@ pub enum Rpc {
     EndSession,
     Health,
     Generate,
+    Verify,
 }
 
 impl Rpc {
@@ -31,6 +32,7 @@ impl Rpc {
             Self::EndSession => "EndSession",
             Self::Health => "Health",
             Self::Generate => "Generate",
+            Self::Verify => "Verify",
         }
     }
 }
@@ -60,6 +62,8 @@ pub struct WorkerMetrics {
     context_bytes: Gauge,
     context_store_up: Gauge,
     generated_tokens: Counter,
+    drafted_tokens: Counter,
+    accepted_tokens: Counter,
 }
 
 impl WorkerMetrics {
@@ -82,6 +86,8 @@ impl WorkerMetrics {
             context_bytes: Gauge::default(),
             context_store_up: Gauge::default(),
             generated_tokens: Counter::default(),
+            drafted_tokens: Counter::default(),
+            accepted_tokens: Counter::default(),
         };
         let r = registry;
         r.register(
@@ -160,6 +166,16 @@ impl WorkerMetrics {
             "Tokens streamed by Generate (full model, cloud-only baseline)",
             m.generated_tokens.clone(),
         );
+        r.register(
+            "collm_cloud_drafted_tokens",
+            "Draft tokens checked by Verify (lossless speculation)",
+            m.drafted_tokens.clone(),
+        );
+        r.register(
+            "collm_cloud_accepted_tokens",
+            "Draft tokens Verify found equal to the full model's picks",
+            m.accepted_tokens.clone(),
+        );
         Arc::new(m)
     }
 
@@ -182,8 +198,14 @@ impl WorkerMetrics {
         self.sessions_ended.inc();
     }
 
-    pub fn answered(&self, pick: &CloudPick, cached_sessions: usize) {
-        match pick.cache {
+    pub fn answered(
+        &self,
+        cache: CacheUse,
+        computed: u64,
+        propagated: u64,
+        cached_sessions: usize,
+    ) {
+        match cache {
             CacheUse::Hit => self.cache_hits.inc(),
             CacheUse::Built => self.cache_misses.inc(),
             CacheUse::Rebuilt => {
@@ -191,8 +213,8 @@ impl WorkerMetrics {
                 self.cache_misses.inc()
             }
         };
-        self.positions_computed.inc_by(pick.computed);
-        self.positions_propagated.inc_by(pick.propagated);
+        self.positions_computed.inc_by(computed);
+        self.positions_propagated.inc_by(propagated);
         self.set_cached_sessions(cached_sessions);
     }
 
@@ -210,6 +232,11 @@ impl WorkerMetrics {
 
     pub fn generated(&self) {
         self.generated_tokens.inc();
+    }
+
+    pub fn verified(&self, drafted: usize, accepted: usize) {
+        self.drafted_tokens.inc_by(drafted as u64);
+        self.accepted_tokens.inc_by(accepted as u64);
     }
 }
 
@@ -252,14 +279,7 @@ impl Drop for RpcTimer {
 
 #[cfg(test)]
 mod tests {
-    use collm_runtime::sampling::Pick;
-
     use super::*;
-
-    fn pick(cache: CacheUse, computed: u64) -> CloudPick {
-        let propagated = computed / 2;
-        CloudPick { pick: Pick { token: 1, prob: 0.5 }, top_k: vec![], cache, computed, propagated }
-    }
 
     #[test]
     fn calls_cache_use_and_uploads_show_up_under_their_names() {
@@ -269,9 +289,10 @@ mod tests {
         m.start(Rpc::NextToken).finish_with::<()>(&Err(tonic::Status::not_found("gone")));
         drop(m.start(Rpc::Upload));
         m.uploaded(3, 1728);
-        m.answered(&pick(CacheUse::Built, 5), 1);
-        m.answered(&pick(CacheUse::Hit, 1), 1);
-        m.answered(&pick(CacheUse::Rebuilt, 7), 1);
+        m.answered(CacheUse::Built, 5, 2, 1);
+        m.answered(CacheUse::Hit, 1, 0, 1);
+        m.answered(CacheUse::Rebuilt, 7, 3, 1);
+        m.verified(4, 3);
         m.context_store(true, Some(4096));
         let text = collm_telemetry::metrics::render(&registry);
         for line in [
@@ -289,6 +310,8 @@ mod tests {
             "collm_cloud_positions_propagated_total 5",
             "collm_cloud_context_bytes 4096",
             "collm_cloud_context_store_up 1",
+            "collm_cloud_drafted_tokens_total 4",
+            "collm_cloud_accepted_tokens_total 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

@@ -154,10 +154,7 @@ impl Bound {
             .layer(review)
             .add_service(health)
             .add_service(CloudServiceServer::new(worker))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                stopped(stopping.clone()),
-            );
+            .serve_with_incoming_shutdown(without_delay(grpc), stopped(stopping.clone()));
         let drain_limit = {
             let stopping = stopping.clone();
             async move {
@@ -184,6 +181,22 @@ impl Bound {
         }
         served
     }
+}
+
+/// The accepted connections with Nagle's algorithm off: a next-token answer is a few dozen
+/// bytes that must leave at once, not wait for the edge's delayed ACK (tonic applies its own
+/// `tcp_nodelay` setting only to listeners it binds itself, not to an incoming stream).
+fn without_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot turn off Nagle's algorithm on a connection");
+        }
+        Ok(stream)
+    })
 }
 
 /// Resolves once the flag turns true (or its sender is gone).

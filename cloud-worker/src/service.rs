@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use collm_protocol::pb;
 use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::{
-    CloudService, Limits, SessionId, ValidGenerate, ValidNextToken, ValidUpload, check_uploaded,
+    Capabilities, CloudService, Limits, ProtocolError, SessionId, ValidGenerate, ValidNextToken,
+    ValidUpload, ValidVerify,
 };
 use collm_runtime::EdgeAnswered;
-use collm_runtime::sampling::SamplingParams;
+use collm_runtime::sampling::{self, SamplingParams};
 use collm_telemetry::http::Readiness;
 use collm_telemetry::metrics::Registry;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,8 +23,9 @@ use tracing::{Instrument, Span, instrument};
 
 use crate::clients::{ClientId, Clients};
 use crate::context::{Appended, ContextStore};
-use crate::engine::{CloudEngine, CloudPick};
+use crate::engine::CloudEngine;
 use crate::full::{Finished, FullModel};
+use crate::infer::{self, DEFAULT_ROW_WAIT, RowsArrived, Run};
 use crate::metrics::{Rpc, RpcTimer, WorkerMetrics};
 use crate::{Error, Result};
 
@@ -36,6 +38,16 @@ pub struct CloudWorker<S> {
     metrics: Arc<WorkerMetrics>,
     readiness: Readiness,
     full: Option<Arc<FullModel>>,
+    capabilities: Capabilities,
+    /// Bound on waiting for the rows a request needs.
+    row_wait: std::time::Duration,
+    arrived: RowsArrived,
+    vocab_size: usize,
+}
+
+/// The sampling parameters of the runtime for validated wire ones.
+fn params(s: collm_protocol::Sampling) -> SamplingParams {
+    SamplingParams { temperature: s.temperature, top_k: s.top_k as usize, top_p: s.top_p }
 }
 
 impl<S: ContextStore> CloudWorker<S> {
@@ -47,6 +59,7 @@ impl<S: ContextStore> CloudWorker<S> {
         model_id: String,
     ) -> Self {
         Self {
+            vocab_size: engine.vocab_size(),
             clients: Arc::new(clients),
             store: Arc::new(store),
             engine: Arc::new(Mutex::new(engine)),
@@ -56,7 +69,23 @@ impl<S: ContextStore> CloudWorker<S> {
             metrics: WorkerMetrics::register(&mut Registry::default()),
             readiness: Readiness::new(),
             full: None,
+            capabilities: Capabilities::all(),
+            row_wait: DEFAULT_ROW_WAIT,
+            arrived: RowsArrived::default(),
         }
+    }
+
+    /// What this worker announces and serves beyond the original protocol (all by default;
+    /// fewer to act as an older worker would, e.g. during a rolling upgrade).
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// How long a request waits for rows it needs that are not stored yet.
+    pub fn with_row_wait(mut self, wait: std::time::Duration) -> Self {
+        self.row_wait = wait;
+        self
     }
 
     /// Counts into `metrics` (registered in the registry `/metrics` serves).
@@ -89,57 +118,111 @@ impl<S: ContextStore> CloudWorker<S> {
         Ok(client)
     }
 
+    /// How long a request may wait for its rows: without the `epochs` capability the worker
+    /// behaves as before it had it, refusing at once what is not stored yet.
+    fn row_wait(&self) -> std::time::Duration {
+        if self.capabilities.epochs { self.row_wait } else { std::time::Duration::ZERO }
+    }
+
     async fn next(&self, client: ClientId, req: ValidNextToken) -> Result<pb::NextTokenReply> {
-        let info = self
-            .store
-            .session(&client, &req.session)
-            .await?
-            .ok_or_else(|| Error::UnknownSession(req.session.as_str().to_owned()))?;
-        check_uploaded(info.persisted, req.after)?;
+        let info = infer::wait_for_rows(
+            &*self.store,
+            &self.arrived,
+            &client,
+            &req.session,
+            &req.branch,
+            req.after + 1,
+            self.row_wait(),
+            "a next-token request",
+        )
+        .await?;
         let edge_answered = EdgeAnswered::from_flat(&req.edge_answered)
-            .map_err(collm_protocol::ProtocolError::InvalidEdgeAnswers)?;
-        let params = SamplingParams {
-            temperature: req.sampling.temperature,
-            top_k: req.sampling.top_k as usize,
-            top_p: req.sampling.top_p,
+            .map_err(ProtocolError::InvalidEdgeAnswers)?;
+        let run = Run {
+            client: &client,
+            session: &req.session,
+            branch: &req.branch,
+            first: req.after,
+            end: req.after + 1,
+            edge_answered: &edge_answered,
         };
-        let (engine, store) = (Arc::clone(&self.engine), Arc::clone(&self.store));
-        let handle = tokio::runtime::Handle::current();
-        let span = Span::current();
-        // The engine lock is taken on a blocking thread only, and held from reading the cache's
-        // length to extending it, so concurrent requests can never interleave on one cache.
-        let (picked, cached): (CloudPick, usize) = tokio::task::spawn_blocking(move || {
-            let _span = span.enter();
-            let mut engine =
-                engine.lock().map_err(|_| Error::Internal("engine poisoned".into()))?;
-            let from = engine.usable_prefix(&client, &req.session, req.after);
-            let segments =
-                handle.block_on(store.rows(&client, &req.session, from..req.after + 1))?;
-            let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();
-            let picked = engine.next_token(
-                &client,
-                &req.session,
-                from,
-                &rows,
-                &edge_answered,
-                &params,
-                req.u,
-                req.top_k as usize,
-            )?;
-            Ok::<_, Error>((picked, engine.cached_sessions()))
+        let (extended, cached) = infer::extend(&self.engine, &*self.store, run).await?;
+        self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
+        tracing::debug!(cache = ?extended.cache, computed = extended.computed, "answered");
+        let (params, u, top_k) = (params(req.sampling), req.u, req.top_k as usize);
+        // Picking reads the whole vocabulary: off the async executor, outside the engine lock.
+        let (pick, top) = tokio::task::spawn_blocking(move || {
+            let logits = &extended.logits;
+            let top = if top_k > 0 { sampling::top_k(logits, top_k) } else { vec![] };
+            (sampling::sample(logits, &params, u), top)
         })
         .await
-        .map_err(|e| Error::Internal(format!("inference task failed: {e}")))??;
-        self.metrics.answered(&picked, cached);
-        tracing::debug!(cache = ?picked.cache, computed = picked.computed, "answered");
+        .map_err(|e| Error::Internal(format!("picking task failed: {e}")))?;
         Ok(pb::NextTokenReply {
-            token: picked.pick.token,
-            prob: picked.pick.prob,
-            top_k: picked
-                .top_k
-                .iter()
-                .map(|p| pb::TokenProb { token: p.token, prob: p.prob })
-                .collect(),
+            token: pick.token,
+            prob: pick.prob,
+            top_k: top.iter().map(|p| pb::TokenProb { token: p.token, prob: p.prob }).collect(),
+            persisted: info.persisted,
+        })
+    }
+
+    async fn verify(&self, client: ClientId, req: ValidVerify) -> Result<pb::VerifyReply> {
+        if !self.capabilities.verify {
+            return Err(Error::Unsupported(Capabilities::VERIFY));
+        }
+        let vocab = self.vocab_size;
+        if let Some((index, &id)) =
+            req.draft.iter().enumerate().find(|(_, t)| **t as usize >= vocab)
+        {
+            return Err(ProtocolError::UnknownTokenId {
+                what: "draft",
+                index,
+                id,
+                vocab_size: vocab as u32,
+            }
+            .into());
+        }
+        let end = req.rows_end();
+        let info = infer::wait_for_rows(
+            &*self.store,
+            &self.arrived,
+            &client,
+            &req.session,
+            &req.branch,
+            end,
+            self.row_wait(),
+            "a verify request",
+        )
+        .await?;
+        let run = Run {
+            client: &client,
+            session: &req.session,
+            branch: &req.branch,
+            first: req.after,
+            end,
+            // Every drafted position runs exactly: the verdict is the full model's.
+            edge_answered: &EdgeAnswered::default(),
+        };
+        let (extended, cached) = infer::extend(&self.engine, &*self.store, run).await?;
+        self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
+        let params = params(req.sampling);
+        let (draft, u) = (req.draft.clone(), req.u.clone());
+        let (accepted, pick) = tokio::task::spawn_blocking(move || {
+            collm_runtime::speculate::judge(&extended.logits, vocab, &draft, &u, &params)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
+        self.metrics.verified(req.draft.len(), accepted);
+        // The cache keeps the accepted tokens' positions only; the rejected ones are recomputed
+        // from their rewritten rows on the next request.
+        let keep = req.after + 1 + accepted as u64;
+        let (session, epoch) = (req.session.clone(), req.branch.epoch);
+        infer::with_engine(&self.engine, move |e| e.truncate(&client, &session, epoch, keep))
+            .await?;
+        Ok(pb::VerifyReply {
+            accepted: accepted as u32,
+            token: pick.token,
+            prob: pick.prob,
             persisted: info.persisted,
         })
     }
@@ -231,23 +314,30 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         };
         let mut chunks = req.into_inner();
         let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&self.metrics));
-        let limits = self.limits;
+        let (limits, arrived, capabilities) =
+            (self.limits, self.arrived.clone(), self.capabilities);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let acks = async move {
             let mut code = Code::Ok;
             while let Some(chunk) = chunks.next().await {
                 let ack = async {
                     let upload = ValidUpload::parse(chunk?, &limits).map_err(Error::from)?;
+                    if upload.epoch > 0 && !capabilities.epochs {
+                        return Err(Status::from(Error::Unsupported(Capabilities::EPOCHS)));
+                    }
                     metrics.uploaded(upload.rows, upload.payload.len());
-                    let (session, start) = (upload.session.clone(), upload.start);
-                    Ok::<_, Status>(match store.append(&client, upload).await? {
+                    let (session, start, epoch) =
+                        (upload.session.clone(), upload.start, upload.epoch);
+                    let appended = store.append(&client, upload).await?;
+                    arrived.ring();
+                    Ok::<_, Status>(match appended {
                         Appended::Persisted(p) => {
                             if start == 0 && p > 0 {
                                 metrics.session_opened();
                             }
-                            ack_persisted(&session, p)
+                            ack_persisted(&session, p, epoch)
                         }
-                        Appended::MissingFrom(p) => ack_missing(&session, p),
+                        Appended::MissingFrom(p) => ack_missing(&session, p, epoch),
                     })
                 }
                 .await;
@@ -287,6 +377,23 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
     }
 
     #[instrument(skip_all, fields(client = tracing::field::Empty))]
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReply>, Status> {
+        let timer = self.metrics.start(Rpc::Verify);
+        let result = async {
+            let client = self.admit(&req)?;
+            let req = ValidVerify::parse(req.into_inner(), &self.limits)?;
+            Ok(Response::new(self.verify(client, req).await?))
+        }
+        .await
+        .map_err(|e: Error| Status::from(e));
+        timer.finish_with(&result);
+        result
+    }
+
+    #[instrument(skip_all, fields(client = tracing::field::Empty))]
     async fn end_session(
         &self,
         req: Request<pb::EndSessionRequest>,
@@ -312,7 +419,11 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         // Authenticated too: an edge learns that its credentials are wrong before it uploads.
         let result = self.admit(&req).map_err(Status::from).map(|_| {
             let serving = self.readiness.is_ready();
-            Response::new(self.limits.health_reply(serving, self.model_id.clone()))
+            Response::new(self.limits.health_reply(
+                serving,
+                self.model_id.clone(),
+                self.capabilities,
+            ))
         });
         timer.finish_with(&result);
         result

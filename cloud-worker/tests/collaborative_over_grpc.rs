@@ -152,3 +152,28 @@ fn an_unreachable_cloud_fails_in_one_line_naming_it() {
     assert_eq!(lines.len(), 1, "one-line error expected: {stderr}");
     assert!(lines[0].contains("cannot reach the cloud") && lines[0].contains(&url), "{stderr}");
 }
+
+#[test]
+fn speculative_generation_gives_the_full_models_tokens_in_process_and_over_grpc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = tiny_bundle(dir.path());
+    let worker = Worker::start(&bundle, dir.path());
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    let old = Worker::start_with(&bundle, &old, &["--without", "verify"]);
+    for sampling in [&["--temperature", "0"][..], &["--temperature", "0.9", "--seed", "5"]] {
+        let mut args = vec!["--max-tokens", "40", "--encoding", "f32"];
+        args.extend_from_slice(sampling);
+        let full = generate_json(&bundle, &[&args[..], &["--mode", "full"]].concat());
+        let spec_args = [&args[..], &["--mode", "speculative"]].concat();
+        let local = generate_json(&bundle, &spec_args);
+        assert_eq!(field(&local, "tokens"), field(&full, "tokens"), "in process, {sampling:?}");
+        assert!(local["drafted"].as_u64().expect("drafted") > 0, "{local}");
+        assert!(local["rollbacks"].as_u64().expect("rollbacks") > 0, "tiny drafts are often wrong");
+        for url in [&worker.url, &old.url] {
+            let remote = [&spec_args[..], &["--cloud", url, "--token", "tok-a"]].concat();
+            let remote = generate_json(&bundle, &remote);
+            assert_eq!(field(&remote, "tokens"), field(&full, "tokens"), "{url}, {sampling:?}");
+        }
+    }
+}

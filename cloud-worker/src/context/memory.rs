@@ -8,16 +8,36 @@ use std::time::Instant;
 
 use collm_protocol::{Encoding, ProtocolError, SessionId, ValidUpload};
 
-use super::{Appended, ContextStore, SessionInfo, StoreLimits, trim};
+use super::{Appended, ContextStore, SessionInfo, StoreLimits, check_read, trim};
 use crate::clients::ClientId;
 use crate::{Error, Result};
 
 struct StoredSession {
     segments: Vec<ValidUpload>,
     persisted: u64,
+    epoch: u64,
     hidden_size: u32,
     encoding: Encoding,
     touched: Instant,
+}
+
+impl StoredSession {
+    /// Drops the rows from position `from` on.
+    fn truncate(&mut self, from: u64) {
+        if from >= self.persisted {
+            return;
+        }
+        self.segments.retain(|seg| seg.start < from);
+        if let Some(last) = self.segments.last_mut()
+            && last.end() > from
+        {
+            let rows = from - last.start;
+            let row_bytes = last.encoding.row_bytes(last.hidden_size as usize);
+            last.payload = last.payload.slice(..rows as usize * row_bytes);
+            last.rows = rows as u32;
+        }
+        self.persisted = from;
+    }
 }
 
 pub struct InMemoryStore {
@@ -70,6 +90,7 @@ impl ContextStore for InMemoryStore {
                 let fresh = StoredSession {
                     segments: Vec::new(),
                     persisted: 0,
+                    epoch: upload.epoch,
                     hidden_size: upload.hidden_size,
                     encoding: upload.encoding,
                     touched: Instant::now(),
@@ -86,6 +107,18 @@ impl ContextStore for InMemoryStore {
                     stored: format!("{} rows of {}", s.encoding.as_str(), s.hidden_size),
                     got: format!("{} rows of {}", upload.encoding.as_str(), upload.hidden_size),
                 });
+            }
+            if upload.epoch < s.epoch {
+                return Err(ProtocolError::StaleEpoch {
+                    what: "an upload",
+                    epoch: upload.epoch,
+                    current: s.epoch,
+                }
+                .into());
+            }
+            if upload.epoch > s.epoch {
+                s.truncate(upload.rewrite_from);
+                s.epoch = upload.epoch;
             }
             match upload.unstored(s.persisted) {
                 Ok(Some(new)) => {
@@ -110,6 +143,7 @@ impl ContextStore for InMemoryStore {
                     persisted: s.persisted,
                     hidden_size: s.hidden_size,
                     encoding: s.encoding,
+                    epoch: s.epoch,
                 }
             }))
         })
@@ -119,6 +153,7 @@ impl ContextStore for InMemoryStore {
         &self,
         client: &ClientId,
         session: &SessionId,
+        epoch: u64,
         positions: Range<u64>,
     ) -> Result<Vec<ValidUpload>> {
         self.with_client(client, |sessions| {
@@ -127,13 +162,7 @@ impl ContextStore for InMemoryStore {
                 .ok_or_else(|| Error::UnknownSession(session.as_str().to_owned()))?;
             // Reading is use: a session the cloud keeps reading must not expire under it.
             s.touched = Instant::now();
-            if positions.end > s.persisted {
-                return Err(ProtocolError::NotUploaded {
-                    after: positions.end.saturating_sub(1),
-                    persisted: s.persisted,
-                }
-                .into());
-            }
+            check_read(epoch, s.epoch, s.persisted, &positions)?;
             Ok(s.segments.iter().filter_map(|seg| trim(seg, &positions)).collect())
         })
     }
@@ -202,7 +231,7 @@ mod tests {
             );
 
             let s = SessionId::parse("s").expect("id");
-            let rows = st.rows(&a, &s, 1..4).await.expect("stored");
+            let rows = st.rows(&a, &s, 0, 1..4).await.expect("stored");
             let whole: Vec<f32> = rows.iter().flat_map(ValidUpload::decode).collect();
             let direct: Vec<f32> = [upload("s", 0, 3), upload("s", 2, 2)]
                 .iter()
@@ -216,7 +245,7 @@ mod tests {
                 .collect();
             assert_eq!(whole, expected);
             assert!(matches!(
-                st.rows(&a, &s, 2..5).await,
+                st.rows(&a, &s, 0, 2..5).await,
                 Err(Error::Protocol(ProtocolError::NotUploaded { after: 4, persisted: 4 }))
             ));
         });
@@ -230,7 +259,7 @@ mod tests {
             let s = SessionId::parse("s").expect("id");
             st.append(&a, upload("s", 0, 2)).await.expect("stored");
             assert!(st.session(&b, &s).await.expect("ok").is_none());
-            assert!(matches!(st.rows(&b, &s, 0..1).await, Err(Error::UnknownSession(_))));
+            assert!(matches!(st.rows(&b, &s, 0, 0..1).await, Err(Error::UnknownSession(_))));
             assert!(!st.end(&b, &s).await.expect("ok"));
             assert_eq!(st.session(&a, &s).await.expect("ok").map(|i| i.persisted), Some(2));
             assert!(st.end(&a, &s).await.expect("ok"));

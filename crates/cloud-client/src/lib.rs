@@ -25,14 +25,14 @@ use std::time::Duration;
 
 use collm_protocol::{CloudServiceClient, ProtocolError, SessionId};
 use collm_runtime::transport::{
-    self, CloudAnswer, CloudTransport, NextTokenRequest, Upload, UploadAck,
+    self, CloudAnswer, CloudTransport, NextTokenRequest, Upload, UploadAck, Verdict, VerifyRequest,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use discovery::{Discovery, Resolve};
 pub use link::{CloudLink, LinkConfig, LinkStatus, TlsFiles};
-pub use session::CloudSession;
+pub use session::{CloudSession, Verdict as CloudVerdict};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -199,6 +199,30 @@ impl CloudTransport for GrpcCloud {
         let s =
             self.sessions.get_mut(&session).ok_or(collm_runtime::Error::UnknownSession(session))?;
         Ok(self.rt.block_on(s.next_token(req, timeout))?)
+    }
+
+    fn verify(
+        &mut self,
+        session: transport::SessionId,
+        req: VerifyRequest,
+    ) -> collm_runtime::Result<Verdict> {
+        let timeout = self.link.config().ack_timeout;
+        let s =
+            self.sessions.get_mut(&session).ok_or(collm_runtime::Error::UnknownSession(session))?;
+        let v = self.rt.block_on(s.verify(req.after, &req.draft, &req.u, &req.params, timeout))?;
+        Ok(Verdict { accepted: v.accepted, pick: v.pick })
+    }
+
+    fn rollback(&mut self, session: transport::SessionId, len: usize) -> collm_runtime::Result<()> {
+        let _rt = self.rt.enter();
+        let s =
+            self.sessions.get_mut(&session).ok_or(collm_runtime::Error::UnknownSession(session))?;
+        Ok(s.rollback(len)?)
+    }
+
+    fn can_speculate(&self) -> bool {
+        let _rt = self.rt.enter();
+        self.link.connection().is_some_and(|c| c.capabilities.epochs && c.capabilities.verify)
     }
 
     fn end_session(&mut self, session: transport::SessionId) {

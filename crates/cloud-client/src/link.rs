@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use collm_protocol::{CloudServiceClient, Limits, pb};
+use collm_protocol::{Capabilities, CloudServiceClient, Limits, pb};
 use tokio::sync::Notify;
 
 use crate::discovery::{self, Discovery};
@@ -89,6 +89,8 @@ pub struct Connection {
     pub client: Client,
     pub pipe: UploadPipe,
     pub limits: Limits,
+    /// What the endpoint announced beyond the original protocol.
+    pub capabilities: Capabilities,
 }
 
 impl Connection {
@@ -445,6 +447,7 @@ impl Inner {
             return Err(Error::ModelMismatch { cloud: health.model_id, edge: ours.clone() });
         }
         let limits = Limits::from_health(&health);
+        let capabilities = Capabilities::from_wire(&health.capabilities);
         let pipe = UploadPipe::open(client.clone(), self.latency.clone()).await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(Connection {
@@ -454,6 +457,7 @@ impl Inner {
             client,
             pipe,
             limits,
+            capabilities,
         })
     }
 }

@@ -2,12 +2,19 @@
 //! it ends: whatever the cloud does not hold when it is asked (a replica that never saw the
 //! session, a flushed or unreachable context store, an expired session) is uploaded again, so
 //! the answer is the one an uninterrupted cloud would give.
+//!
+//! Against a cloud with the `epochs` capability a request goes out at once, without waiting
+//! for the acknowledgement of the rows it needs (the cloud waits for them): one round trip per
+//! ask. Such a cloud also lets the session roll back: [`CloudSession::rollback`] takes back
+//! the rows from a position on and starts a new epoch, which every later upload and request
+//! carries, so nothing of the abandoned branch is ever read as current.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use collm_protocol::trace::TraceParent;
-use collm_protocol::{Encoding, SessionId, pb};
+use collm_protocol::{Capabilities, Encoding, SessionId, pb};
+use collm_runtime::sampling::{Pick, SamplingParams};
 use collm_runtime::transport::{CloudAnswer, NextTokenRequest};
 
 use crate::link::{CloudLink, Connection};
@@ -28,6 +35,17 @@ pub struct CloudSession {
     asked: u64,
     /// Trace context sent with every request, so cloud spans join the edge's trace.
     trace: Option<TraceParent>,
+    /// The first position each rollback rewrote, in order; the session's epoch is their count.
+    rollbacks: Vec<u64>,
+}
+
+/// The cloud's verdict on a draft.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Leading draft tokens the full model picks too.
+    pub accepted: usize,
+    /// The full model's token after them.
+    pub pick: Pick,
 }
 
 impl CloudSession {
@@ -43,7 +61,37 @@ impl CloudSession {
             uploaded_bytes: 0,
             asked: 0,
             trace: None,
+            rollbacks: Vec::new(),
         }
+    }
+
+    /// The session's epoch: rollbacks so far.
+    pub fn epoch(&self) -> u64 {
+        self.rollbacks.len() as u64
+    }
+
+    /// What the connected cloud can do (`None` while no cloud is connected).
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        self.link.connection().map(|c| c.capabilities)
+    }
+
+    /// Takes back every row from position `len` on: the edge decoded them on a guess or a
+    /// draft the cloud rejected. When any of them was kept, the session moves to a new epoch
+    /// (the cloud drops those rows when the next upload of that epoch arrives, and refuses
+    /// requests of the old one). Only for a cloud with the `epochs` capability: an older one
+    /// would read the rewritten rows as retransmissions of the old ones.
+    pub fn rollback(&mut self, len: usize) -> Result<()> {
+        if len >= self.rows() {
+            return Ok(());
+        }
+        if self.capabilities().is_some_and(|c| !c.epochs) {
+            return Err(Error::Config(
+                "the cloud cannot take rows back (no `epochs` capability): do not speculate".into(),
+            ));
+        }
+        self.kept.truncate(len * self.row_bytes());
+        self.rollbacks.push(len as u64);
+        Ok(())
     }
 
     /// The trace the session's cloud requests belong to.
@@ -145,6 +193,53 @@ impl CloudSession {
         tokio::time::timeout(timeout, asked).await.map_err(|_| Error::Timeout(timeout))?
     }
 
+    /// Sends a next-token request for the session's current epoch and returns its answer as a
+    /// future of its own, so the edge can keep decoding (and uploading) while it is in flight.
+    /// `None` when no cloud with the `epochs` capability is connected: ask with
+    /// [`CloudSession::next_token`] then. The future does not retry: on an error, ask again
+    /// with [`CloudSession::next_token`], which re-uploads and fails over.
+    pub fn ask_ahead(
+        &mut self,
+        req: &NextTokenRequest,
+        timeout: Duration,
+    ) -> Result<Option<impl std::future::Future<Output = Result<CloudAnswer>> + Send + 'static>>
+    {
+        let Some(conn) = self.link.connection().filter(|c| c.capabilities.epochs) else {
+            return Ok(None);
+        };
+        self.introduce(&conn)?;
+        let mut request = tonic::Request::new(self.wire_request(req));
+        if let Some(parent) = &self.trace {
+            collm_protocol::trace::inject(request.metadata_mut(), parent);
+        }
+        let (mut client, link) = (conn.client.clone(), self.link.clone());
+        Ok(Some(async move {
+            let t = Instant::now();
+            let reply = tokio::time::timeout(timeout, client.next_token(request))
+                .await
+                .map_err(|_| Error::Timeout(timeout))?
+                .map_err(Error::from_answer)?;
+            if let Ok(mut m) = link.latency().lock() {
+                m.observe_answer(t.elapsed());
+            }
+            Ok(convert::answer(&reply.into_inner()))
+        }))
+    }
+
+    fn wire_request(&self, req: &NextTokenRequest) -> pb::NextTokenRequest {
+        let mut wire = collm_protocol::outgoing::next_token_request(
+            &self.id,
+            req.after as u64,
+            convert::sampling(&req.params),
+            req.u,
+            req.top_k as u32,
+        );
+        wire.edge_answered = req.edge_answered.to_flat();
+        wire.epoch = self.epoch();
+        wire.rollbacks = self.rollbacks.clone();
+        wire
+    }
+
     /// The baseline without a context manager: every request ships the whole context to a
     /// throwaway cloud session, then forgets it.
     pub async fn ask_naive(
@@ -176,10 +271,124 @@ impl CloudSession {
     /// its TTL expires).
     pub async fn end(self) {
         if let Some(conn) = self.link.connection() {
+            conn.pipe.forget(&self.id);
             if self.sent_on.is_some() {
                 end_on(&conn, &self.id).await;
             }
         }
+    }
+
+    /// Asks the cloud to check `draft`, the tokens the edge drafted for the positions after
+    /// `after` (their rows uploaded), picking with `params` and the draws `u` (one per draft
+    /// token and one more). Fails over like [`CloudSession::next_token`]; `timeout` bounds the
+    /// whole call. Only for a cloud with the `verify` capability.
+    pub async fn verify(
+        &mut self,
+        after: usize,
+        draft: &[u32],
+        u: &[f64],
+        params: &SamplingParams,
+        timeout: Duration,
+    ) -> Result<Verdict> {
+        let asked = async {
+            let mut failures = 0;
+            loop {
+                let conn = match self.link.connection() {
+                    Some(conn) => conn,
+                    None => self.link.reconnect_now().await?,
+                };
+                if !conn.capabilities.verify || !conn.capabilities.epochs {
+                    return Err(Error::Config(format!(
+                        "the cloud at {} cannot verify drafts (no `verify` capability)",
+                        conn.endpoint
+                    )));
+                }
+                match self.verify_on(&conn, after, draft, u, params).await {
+                    Err(e) if e.is_link_failure() => {
+                        tracing::warn!(endpoint = %conn.endpoint, error = %e, "cloud failed, failing over");
+                        self.link.mark_failed(&conn);
+                        failures += 1;
+                        if failures > self.link.config().endpoints.len() {
+                            return Err(e);
+                        }
+                    }
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, asked).await.map_err(|_| Error::Timeout(timeout))?
+    }
+
+    async fn verify_on(
+        &mut self,
+        conn: &Arc<Connection>,
+        after: usize,
+        draft: &[u32],
+        u: &[f64],
+        params: &SamplingParams,
+    ) -> Result<Verdict> {
+        self.introduce(conn)?;
+        let wire = pb::VerifyRequest {
+            session_id: self.id.as_str().to_owned(),
+            after: after as u64,
+            draft: draft.to_vec(),
+            u: u.to_vec(),
+            sampling: Some(convert::sampling(params).to_wire()),
+            epoch: self.epoch(),
+            rollbacks: self.rollbacks.clone(),
+        };
+        let trace = self.trace;
+        let ask = |wire: pb::VerifyRequest| {
+            let mut request = tonic::Request::new(wire);
+            if let Some(parent) = &trace {
+                collm_protocol::trace::inject(request.metadata_mut(), parent);
+            }
+            let mut client = conn.client.clone();
+            async move { client.verify(request).await.map_err(Error::from_answer) }
+        };
+        let t = Instant::now();
+        let reply = match ask(wire.clone()).await {
+            Err(Error::Lost(_)) => {
+                // As for a next-token request: upload everything again, ask once more.
+                let end = after as u64 + draft.len() as u64 + 1;
+                self.send(conn, &self.id.clone(), 0, self.rows())?;
+                let timeout = self.link.config().ack_timeout;
+                match conn.pipe.settle(&self.id, end, timeout).await? {
+                    Coverage::Covered => ask(wire).await?,
+                    Coverage::MissingFrom(from) => return Err(Error::Missing(from)),
+                }
+            }
+            other => other?,
+        }
+        .into_inner();
+        if let Ok(mut m) = self.link.latency().lock() {
+            m.observe_answer(t.elapsed());
+        }
+        if reply.accepted as usize > draft.len() {
+            return Err(Error::Refused(format!(
+                "the cloud accepted {} of {} draft tokens",
+                reply.accepted,
+                draft.len()
+            )));
+        }
+        Ok(Verdict {
+            accepted: reply.accepted as usize,
+            pick: Pick { token: reply.token, prob: reply.prob },
+        })
+    }
+
+    /// On a connection this session has not used yet, sends the last kept row: the cloud
+    /// skips it if it holds the session already (shared context), stores it if it holds
+    /// everything before it, and otherwise says where its copy ends.
+    fn introduce(&mut self, conn: &Connection) -> Result<()> {
+        if self.sent_on != Some(conn.generation) {
+            self.sent_on = Some(conn.generation);
+            let rows = self.rows();
+            if rows > 0 {
+                self.send(conn, &self.id.clone(), rows - 1, rows)?;
+            }
+        }
+        Ok(())
     }
 
     async fn ask_on(
@@ -189,17 +398,11 @@ impl CloudSession {
     ) -> Result<CloudAnswer> {
         let id = self.id.clone();
         let end = req.after as u64 + 1;
-        if self.sent_on != Some(conn.generation) {
-            // A replica this session has not talked to: send the last kept row. The cloud
-            // skips it if it holds the session already (shared context), stores it if it
-            // holds everything before it, and otherwise says where its copy ends.
-            self.sent_on = Some(conn.generation);
-            let rows = self.rows();
-            if rows > 0 {
-                self.send(conn, &id, rows - 1, rows)?;
-            }
+        self.introduce(conn)?;
+        if !conn.capabilities.epochs {
+            // An older cloud refuses a request for rows it has not stored yet.
+            self.ensure_uploaded(conn, &id, end).await?;
         }
-        self.ensure_uploaded(conn, &id, end).await?;
         match self.request(conn, &id, req).await {
             // The cloud lost the session or part of it since it acknowledged the rows
             // (expiry, eviction, a flushed store): upload everything again, ask once more.
@@ -245,6 +448,10 @@ impl CloudSession {
             req.top_k as u32,
         );
         wire.edge_answered = req.edge_answered.to_flat();
+        if id == &self.id {
+            wire.epoch = self.epoch();
+            wire.rollbacks = self.rollbacks.clone();
+        }
         let t = Instant::now();
         let mut request = tonic::Request::new(wire);
         if let Some(parent) = &self.trace {
@@ -257,6 +464,13 @@ impl CloudSession {
         Ok(convert::answer(&reply.into_inner()))
     }
 
+    /// The lowest position rewritten since the epoch this connection's cloud last
+    /// acknowledged: rows below it are the same on the cloud's branch and the session's.
+    fn rewrite_from(&self, conn: &Connection) -> u64 {
+        let seen = conn.pipe.acks(&self.id).epoch as usize;
+        self.rollbacks.get(seen..).and_then(|r| r.iter().copied().min()).unwrap_or(0)
+    }
+
     /// Queues kept rows `from..to` in chunks the cloud accepts.
     fn send(&mut self, conn: &Connection, id: &SessionId, from: usize, to: usize) -> Result<()> {
         let limits = &conn.limits;
@@ -267,7 +481,7 @@ impl CloudSession {
         while start < to {
             let end = (start + per_chunk).min(to);
             let bytes = &self.kept[start * row_bytes..end * row_bytes];
-            let chunk = collm_protocol::outgoing::upload_chunk(
+            let mut chunk = collm_protocol::outgoing::upload_chunk(
                 id,
                 start as u64,
                 (end - start) as u32,
@@ -275,6 +489,10 @@ impl CloudSession {
                 self.encoding,
                 bytes.to_vec().into(),
             );
+            if id == &self.id {
+                chunk.epoch = self.epoch();
+                chunk.rewrite_from = self.rewrite_from(conn);
+            }
             conn.pipe.send(chunk)?;
             self.uploaded_bytes += bytes.len() as u64;
             start = end;

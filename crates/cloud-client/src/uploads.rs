@@ -1,6 +1,7 @@
 //! One long-lived `Upload` stream per connection, shared by every session of the edge: chunks
 //! go out through a channel, a background task folds the acks into per-session `persisted`
-//! positions that `next_token` waits on, and times each chunk for the latency model.
+//! positions and epochs (what requests to an older cloud wait on, and what a rollback needs
+//! to know the cloud has seen), and times each chunk for the latency model.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,11 +14,20 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::estimate::LatencyModel;
 use crate::{Client, Error, Result};
 
-#[derive(Debug, Default, Clone)]
+/// What the acks said about one session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionAcks {
+    pub persisted: u64,
+    /// Set when the cloud reported positions from here on missing.
+    pub missing: Option<u64>,
+    /// The session's epoch in the cloud's last ack.
+    pub epoch: u64,
+}
+
+#[derive(Debug, Default)]
 struct AckState {
-    persisted: HashMap<String, u64>,
-    /// Sessions the cloud reported missing positions for.
-    missing: HashMap<String, u64>,
+    /// Sessions with acks on this stream, until they end ([`UploadPipe::forget`]).
+    sessions: HashMap<String, SessionAcks>,
     /// Why the stream ended, when it did.
     failed: Option<String>,
     /// Acks received so far (one per chunk, in order).
@@ -36,6 +46,8 @@ struct InFlight {
 pub struct UploadPipe {
     chunks: mpsc::UnboundedSender<pb::UploadChunk>,
     acks: watch::Receiver<AckState>,
+    /// Also held by the ack task; here to forget ended sessions.
+    state: Arc<watch::Sender<AckState>>,
     in_flight: Arc<Mutex<InFlight>>,
     /// Chunks queued so far.
     sent: std::sync::atomic::AtomicU64,
@@ -45,6 +57,8 @@ impl UploadPipe {
     pub async fn open(mut client: Client, latency: Arc<Mutex<LatencyModel>>) -> Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(AckState::default());
+        let state_tx = Arc::new(state_tx);
+        let state = Arc::clone(&state_tx);
         let outgoing = UnboundedReceiverStream::new(rx);
         let mut incoming = client.upload(outgoing).await?.into_inner();
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
@@ -55,11 +69,14 @@ impl UploadPipe {
                     Ok(Some(ack)) => {
                         record_ack(&timing, &latency);
                         state_tx.send_modify(|s| {
-                            match ack.missing_from {
-                                Some(from) => s.missing.insert(ack.session_id.clone(), from),
-                                None => s.missing.remove(&ack.session_id),
-                            };
-                            s.persisted.insert(ack.session_id, ack.persisted);
+                            s.sessions.insert(
+                                ack.session_id,
+                                SessionAcks {
+                                    persisted: ack.persisted,
+                                    missing: ack.missing_from,
+                                    epoch: ack.epoch,
+                                },
+                            );
                             s.acked += 1;
                         })
                     }
@@ -77,7 +94,21 @@ impl UploadPipe {
                 }
             }
         });
-        Ok(Self { chunks: tx, acks: state_rx, in_flight, sent: 0.into() })
+        Ok(Self { chunks: tx, acks: state_rx, state, in_flight, sent: 0.into() })
+    }
+
+    /// What the acks said about `session` so far (nothing yet: all zero).
+    pub fn acks(&self, session: &SessionId) -> SessionAcks {
+        self.acks.borrow().sessions.get(session.as_str()).copied().unwrap_or_default()
+    }
+
+    /// Forgets an ended session's acks (its id is not used again).
+    pub fn forget(&self, session: &SessionId) {
+        // Without notifying: nobody waits on an ended session.
+        self.state.send_if_modified(|s| {
+            s.sessions.remove(session.as_str());
+            false
+        });
     }
 
     /// Why the stream ended, if it did.
@@ -113,12 +144,11 @@ impl UploadPipe {
         timeout: Duration,
     ) -> Result<Coverage> {
         let target = self.sent.load(std::sync::atomic::Ordering::Relaxed);
-        let settled = self.wait(timeout, |s| s.acked >= target).await?;
-        let key = session.as_str();
-        if settled.persisted.get(key).is_some_and(|p| *p >= end) {
+        let settled = self.wait(session, timeout, |s, _| s.acked >= target).await?;
+        if settled.persisted >= end {
             return Ok(Coverage::Covered);
         }
-        Ok(Coverage::MissingFrom(settled.persisted.get(key).copied().unwrap_or(0)))
+        Ok(Coverage::MissingFrom(settled.persisted))
     }
 
     /// Waits until the cloud holds every position of `session` below `end`, or until it reports
@@ -129,29 +159,37 @@ impl UploadPipe {
         end: u64,
         timeout: Duration,
     ) -> Result<Coverage> {
-        let key = session.as_str();
         let waited = self
-            .wait(timeout, |s| {
-                s.missing.contains_key(key) || s.persisted.get(key).is_some_and(|p| *p >= end)
+            .wait(session, timeout, |_, a| {
+                a.is_some_and(|a| a.missing.is_some() || a.persisted >= end)
             })
             .await?;
-        if waited.persisted.get(key).is_some_and(|p| *p >= end) {
+        if waited.persisted >= end {
             return Ok(Coverage::Covered);
         }
-        Ok(Coverage::MissingFrom(waited.missing.get(key).copied().unwrap_or(0)))
+        Ok(Coverage::MissingFrom(waited.missing.unwrap_or(0)))
     }
 
-    /// The ack state once `done` holds (or the stream failed), within `timeout`.
-    async fn wait(&self, timeout: Duration, done: impl Fn(&AckState) -> bool) -> Result<AckState> {
+    /// What the acks said about `session` once `done` holds (or the stream failed), within
+    /// `timeout`. Only that session's entry is copied out.
+    async fn wait(
+        &self,
+        session: &SessionId,
+        timeout: Duration,
+        done: impl Fn(&AckState, Option<&SessionAcks>) -> bool,
+    ) -> Result<SessionAcks> {
+        let key = session.as_str();
         let mut acks = self.acks.clone();
-        let state = tokio::time::timeout(timeout, acks.wait_for(|s| s.failed.is_some() || done(s)))
-            .await
-            .map_err(|_| Error::Link(format!("no upload acknowledgement within {timeout:?}")))?
-            .map_err(|_| Error::Link("the upload stream ended".into()))?
-            .clone();
+        let state = tokio::time::timeout(
+            timeout,
+            acks.wait_for(|s| s.failed.is_some() || done(s, s.sessions.get(key))),
+        )
+        .await
+        .map_err(|_| Error::Link(format!("no upload acknowledgement within {timeout:?}")))?
+        .map_err(|_| Error::Link("the upload stream ended".into()))?;
         match &state.failed {
             Some(err) => Err(Error::Link(err.clone())),
-            None => Ok(state),
+            None => Ok(state.sessions.get(key).copied().unwrap_or_default()),
         }
     }
 }

@@ -90,6 +90,20 @@ pub enum ProtocolError {
     )]
     TooManyEdgeAnswers { values: usize, max: u64 },
 
+    #[error("invalid rollbacks: {0}")]
+    InvalidRollbacks(String),
+
+    #[error(
+        "{what} of epoch {epoch} refused: the session is on epoch {current}, so it comes from a rolled-back branch or a stale connection"
+    )]
+    StaleEpoch { what: &'static str, epoch: u64, current: u64 },
+
+    #[error("a draft holds {len} tokens; send 1 to {max}")]
+    DraftLength { len: usize, max: u32 },
+
+    #[error("a draft of n tokens needs n + 1 uniform draws, got {draws} (expected {expected})")]
+    DrawCount { draws: usize, expected: usize },
+
     #[error("top_k of {requested} alternatives exceeds the limit of {max}")]
     TopKTooLarge { requested: u32, max: u32 },
 
@@ -135,6 +149,9 @@ impl ProtocolError {
             | InvalidTopP(_)
             | InvalidDraw(_)
             | InvalidEdgeAnswers(_)
+            | InvalidRollbacks(_)
+            | DraftLength { .. }
+            | DrawCount { .. }
             | TopKTooLarge { .. }
             | EmptyPrompt
             | PromptTooLong { .. }
@@ -146,6 +163,7 @@ impl ProtocolError {
             }
             BeyondContext { .. } => tonic::Code::OutOfRange,
             Gap { .. } | NotUploaded { .. } => tonic::Code::FailedPrecondition,
+            StaleEpoch { .. } => tonic::Code::Aborted,
             MissingCredentials | MalformedCredentials(_) => tonic::Code::Unauthenticated,
         }
     }

@@ -27,4 +27,7 @@ pub use pb::cloud_service_client::CloudServiceClient;
 pub use pb::cloud_service_server::{CloudService, CloudServiceServer};
 pub use session::{MAX_SESSION_ID_LEN, SessionId};
 pub use trace::TraceParent;
-pub use valid::{Limits, Sampling, ValidNextToken, ValidUpload, check_contiguous, check_uploaded};
+pub use valid::{
+    Branch, Capabilities, Limits, Sampling, ValidNextToken, ValidUpload, ValidVerify,
+    check_contiguous, check_uploaded,
+};

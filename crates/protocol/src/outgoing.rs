@@ -26,6 +26,8 @@ pub fn upload_chunk(
         hidden_size,
         checksum: Some(pb::upload_chunk::Checksum::Crc32c(crc32c::crc32c(&payload))),
         payload,
+        epoch: 0,
+        rewrite_from: 0,
     }
 }
 
@@ -57,5 +59,7 @@ pub fn next_token_request(
         u,
         top_k,
         edge_answered: vec![],
+        epoch: 0,
+        rollbacks: vec![],
     }
 }

@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_chunk_bytes: usize,
     /// Largest number of alternatives a next-token reply may list.
     pub max_top_k: u32,
+    /// Longest draft one Verify request may carry.
+    pub max_draft: u32,
 }
 
 impl Limits {
@@ -35,6 +37,7 @@ impl Limits {
     pub const DEFAULT_MAX_CHUNK_BYTES: usize = 3 << 20;
     pub const DEFAULT_MAX_CHUNK_ROWS: u32 = 1024;
     pub const DEFAULT_MAX_TOP_K: u32 = 64;
+    pub const DEFAULT_MAX_DRAFT: u32 = 64;
 
     /// Limits for a model, with default operating limits.
     pub fn new(hidden_size: u32, max_context: u64) -> Self {
@@ -44,6 +47,7 @@ impl Limits {
             max_chunk_rows: Self::DEFAULT_MAX_CHUNK_ROWS,
             max_chunk_bytes: Self::DEFAULT_MAX_CHUNK_BYTES,
             max_top_k: Self::DEFAULT_MAX_TOP_K,
+            max_draft: Self::DEFAULT_MAX_DRAFT,
         }
     }
 
@@ -55,6 +59,7 @@ impl Limits {
             max_chunk_rows: reply.max_chunk_rows,
             max_chunk_bytes: usize::try_from(reply.max_chunk_bytes).unwrap_or(usize::MAX),
             max_top_k: Self::DEFAULT_MAX_TOP_K,
+            max_draft: Self::DEFAULT_MAX_DRAFT,
         }
     }
 
@@ -65,8 +70,13 @@ impl Limits {
         self.max_chunk_rows.min(u32::try_from(by_bytes).unwrap_or(u32::MAX))
     }
 
-    /// The `Health` reply describing these limits.
-    pub fn health_reply(&self, serving: bool, model_id: impl Into<String>) -> pb::HealthReply {
+    /// The `Health` reply describing these limits and what the cloud can do.
+    pub fn health_reply(
+        &self,
+        serving: bool,
+        model_id: impl Into<String>,
+        capabilities: Capabilities,
+    ) -> pb::HealthReply {
         pb::HealthReply {
             serving,
             model_id: model_id.into(),
@@ -74,6 +84,7 @@ impl Limits {
             max_context: self.max_context,
             max_chunk_rows: self.max_chunk_rows,
             max_chunk_bytes: self.max_chunk_bytes as u64,
+            capabilities: capabilities.to_wire(),
         }
     }
 }
@@ -84,6 +95,10 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidUpload {
     pub session: SessionId,
+    /// The branch the rows belong to (0 before any rollback).
+    pub epoch: u64,
+    /// When `epoch` is newer than the session's: stored rows from here on are dropped first.
+    pub rewrite_from: u64,
     pub start: u64,
     pub rows: u32,
     pub encoding: Encoding,
@@ -140,6 +155,8 @@ impl ValidUpload {
         }
         Ok(Self {
             session,
+            epoch: chunk.epoch,
+            rewrite_from: chunk.rewrite_from,
             start: chunk.start,
             rows: chunk.rows,
             encoding,
@@ -242,11 +259,78 @@ impl Sampling {
     }
 }
 
+/// What the cloud can do beyond the original protocol, as its Health reply announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Asks wait for their rows; sessions have epochs; rows may be rewritten after a rollback.
+    pub epochs: bool,
+    /// The Verify RPC (lossless speculation).
+    pub verify: bool,
+}
+
+impl Capabilities {
+    pub const EPOCHS: &'static str = "epochs";
+    pub const VERIFY: &'static str = "verify";
+
+    /// Everything this version of the protocol defines.
+    pub fn all() -> Self {
+        Self { epochs: true, verify: true }
+    }
+
+    /// From a Health reply; names this version does not know are ignored.
+    pub fn from_wire(names: &[String]) -> Self {
+        let has = |n: &str| names.iter().any(|c| c == n);
+        Self { epochs: has(Self::EPOCHS), verify: has(Self::VERIFY) }
+    }
+
+    pub fn to_wire(self) -> Vec<String> {
+        [(self.epochs, Self::EPOCHS), (self.verify, Self::VERIFY)]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n.to_owned())
+            .collect()
+    }
+}
+
+/// The branch a request is asked on: its epoch and, for every rollback so far, the first
+/// position it rewrote (one per epoch, each inside the context).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Branch {
+    pub epoch: u64,
+    pub rollbacks: Vec<u64>,
+}
+
+impl Branch {
+    pub fn parse(epoch: u64, rollbacks: Vec<u64>, limits: &Limits) -> Result<Self> {
+        if rollbacks.len() as u64 != epoch {
+            return Err(ProtocolError::InvalidRollbacks(format!(
+                "epoch {epoch} needs one rollback position per epoch, got {}",
+                rollbacks.len()
+            )));
+        }
+        if let Some(p) = rollbacks.iter().find(|&&p| p >= limits.max_context) {
+            return Err(ProtocolError::InvalidRollbacks(format!(
+                "rollback position {p} is outside the context of {} positions",
+                limits.max_context
+            )));
+        }
+        Ok(Self { epoch, rollbacks })
+    }
+
+    /// The lowest position rewritten by a rollback after epoch `since` (`None` when no
+    /// rollback happened since): keys and values computed on epoch `since` are good below it.
+    pub fn rewritten_since(&self, since: u64) -> Option<u64> {
+        let from = usize::try_from(since).unwrap_or(usize::MAX).min(self.rollbacks.len());
+        self.rollbacks[from..].iter().copied().min()
+    }
+}
+
 /// "Which token follows position `after`?", checked: a sound session id, a position inside the
-/// context, sampling parameters in range, a uniform draw in [0, 1).
+/// context, sampling parameters in range, a uniform draw in [0, 1), a sound branch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidNextToken {
     pub session: SessionId,
+    pub branch: Branch,
     pub after: u64,
     pub sampling: Sampling,
     pub u: f64,
@@ -284,12 +368,59 @@ impl ValidNextToken {
         }
         Ok(Self {
             session,
+            branch: Branch::parse(req.epoch, req.rollbacks, limits)?,
             after: req.after,
             sampling,
             u: req.u,
             top_k: req.top_k,
             edge_answered: req.edge_answered,
         })
+    }
+}
+
+/// "Would the full model have picked these tokens after `after`?", checked: a draft of 1 to
+/// `max_draft` tokens inside the context, one draw in [0, 1) per draft token plus one.
+/// (Token ids are checked against the vocabulary by the cloud, which knows it.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidVerify {
+    pub session: SessionId,
+    pub branch: Branch,
+    pub after: u64,
+    pub draft: Vec<u32>,
+    pub u: Vec<f64>,
+    pub sampling: Sampling,
+}
+
+impl ValidVerify {
+    pub fn parse(req: pb::VerifyRequest, limits: &Limits) -> Result<Self> {
+        let session = SessionId::parse(&req.session_id)?;
+        let n = req.draft.len();
+        if n == 0 || n > limits.max_draft as usize {
+            return Err(ProtocolError::DraftLength { len: n, max: limits.max_draft });
+        }
+        let end = req.after.saturating_add(n as u64 + 1);
+        if end > limits.max_context {
+            return Err(ProtocolError::BeyondContext { end, max_context: limits.max_context });
+        }
+        if req.u.len() != n + 1 {
+            return Err(ProtocolError::DrawCount { draws: req.u.len(), expected: n + 1 });
+        }
+        if let Some(&u) = req.u.iter().find(|u| !(**u >= 0.0 && **u < 1.0)) {
+            return Err(ProtocolError::InvalidDraw(u));
+        }
+        Ok(Self {
+            session,
+            branch: Branch::parse(req.epoch, req.rollbacks, limits)?,
+            after: req.after,
+            sampling: Sampling::parse(req.sampling.as_ref())?,
+            draft: req.draft,
+            u: req.u,
+        })
+    }
+
+    /// One past the last position the verification reads (the last draft token's).
+    pub fn rows_end(&self) -> u64 {
+        self.after + self.draft.len() as u64 + 1
     }
 }
 

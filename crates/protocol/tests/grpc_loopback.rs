@@ -14,9 +14,9 @@ use collm_protocol::pb;
 use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::trace::{self, TraceParent};
 use collm_protocol::{
-    BearerToken, CloudService, CloudServiceClient, CloudServiceServer, Encoding, Limits,
-    ModelLimits, ProtocolError, Sampling, SessionId, ValidGenerate, ValidNextToken, ValidUpload,
-    bearer_token, check_uploaded,
+    BearerToken, Capabilities, CloudService, CloudServiceClient, CloudServiceServer, Encoding,
+    Limits, ModelLimits, ProtocolError, Sampling, SessionId, ValidGenerate, ValidNextToken,
+    ValidUpload, bearer_token, check_uploaded,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
@@ -67,11 +67,11 @@ impl CloudService for Toy {
                 Ok(Some(new)) => *held = new.end(),
                 Ok(None) => {}
                 Err(ProtocolError::Gap { persisted, .. }) => {
-                    return Ok(ack_missing(&session, persisted));
+                    return Ok(ack_missing(&session, persisted, 0));
                 }
                 Err(e) => return Err(e.into()),
             }
-            Ok(ack_persisted(&session, *held))
+            Ok(ack_persisted(&session, *held, 0))
         });
         Ok(Response::new(Box::pin(acks)))
     }
@@ -94,6 +94,13 @@ impl CloudService for Toy {
         Ok(Response::new(pb::NextTokenReply { token: 42, prob: 0.5, top_k, persisted }))
     }
 
+    async fn verify(
+        &self,
+        _req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReply>, Status> {
+        Err(Status::unimplemented("the toy cloud announces no `verify` capability"))
+    }
+
     async fn end_session(
         &self,
         req: Request<pb::EndSessionRequest>,
@@ -113,7 +120,7 @@ impl CloudService for Toy {
         &self,
         _req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthReply>, Status> {
-        Ok(Response::new(limits().health_reply(true, "toy")))
+        Ok(Response::new(limits().health_reply(true, "toy", Capabilities::default())))
     }
 
     type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GeneratedToken, Status>> + Send>>;

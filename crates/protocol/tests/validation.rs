@@ -4,8 +4,8 @@
 use collm_protocol::outgoing::{encode_upload, next_token_request, upload_chunk};
 use collm_protocol::pb::{self, upload_chunk::Checksum};
 use collm_protocol::{
-    Encoding, Limits, ProtocolError, Sampling, SessionId, ValidNextToken, ValidUpload,
-    check_contiguous, check_uploaded,
+    Capabilities, Encoding, Limits, ProtocolError, Sampling, SessionId, ValidNextToken,
+    ValidUpload, ValidVerify, check_contiguous, check_uploaded,
 };
 use prost::bytes::Bytes;
 use sha2::Digest;
@@ -223,6 +223,8 @@ fn next(sampling: Option<pb::SamplingParams>, u: f64, top_k: u32) -> pb::NextTok
         u,
         top_k,
         edge_answered: vec![],
+        epoch: 0,
+        rollbacks: vec![],
     }
 }
 
@@ -237,6 +239,7 @@ fn a_next_token_request_round_trips_and_defaults_to_greedy() {
     let valid = ValidNextToken::parse(req, &limits()).expect("valid");
     let expected = ValidNextToken {
         session: session(),
+        branch: Default::default(),
         after: 3,
         sampling,
         u: 0.25,
@@ -303,6 +306,9 @@ fn each_error_maps_to_one_status_code() {
         (ProtocolError::Gap { persisted: 1, start: 2 }, Code::FailedPrecondition),
         (ProtocolError::NotUploaded { after: 2, persisted: 1 }, Code::FailedPrecondition),
         (ProtocolError::MissingCredentials, Code::Unauthenticated),
+        (ProtocolError::StaleEpoch { what: "an upload", epoch: 1, current: 2 }, Code::Aborted),
+        (ProtocolError::DraftLength { len: 0, max: 4 }, Code::InvalidArgument),
+        (ProtocolError::InvalidRollbacks("x".into()), Code::InvalidArgument),
     ];
     for (err, code) in cases {
         let message = err.to_string();
@@ -313,19 +319,70 @@ fn each_error_maps_to_one_status_code() {
 }
 
 #[test]
-fn health_reply_advertises_the_limits() {
-    let reply = limits().health_reply(true, "bundle-sha");
+fn health_reply_advertises_the_limits_and_capabilities() {
+    let reply = limits().health_reply(true, "bundle-sha", Capabilities::all());
     assert_eq!(
         (reply.hidden_size, reply.max_context, reply.max_chunk_rows, reply.max_chunk_bytes),
         (H, 100, 16, 1024)
     );
     assert!(reply.serving);
     assert_eq!(reply.model_id, "bundle-sha");
+    assert_eq!(Capabilities::from_wire(&reply.capabilities), Capabilities::all());
+    // An older cloud announces nothing; names from a newer one are ignored.
+    let old = limits().health_reply(true, "m", Capabilities::default());
+    assert!(old.capabilities.is_empty());
+    let newer = vec!["epochs".to_owned(), "teleport".to_owned()];
+    assert_eq!(Capabilities::from_wire(&newer), Capabilities { epochs: true, verify: false });
+}
+
+#[test]
+fn requests_carry_a_sound_branch() {
+    let mut req = next(None, 0.5, 0);
+    req.epoch = 2;
+    req.rollbacks = vec![7, 5];
+    let v = ValidNextToken::parse(req.clone(), &limits()).expect("valid");
+    assert_eq!((v.branch.epoch, v.branch.rewritten_since(0)), (2, Some(5)));
+    assert_eq!(v.branch.rewritten_since(1), Some(5));
+    assert_eq!(v.branch.rewritten_since(2), None, "nothing rewritten since the current epoch");
+    req.rollbacks = vec![7];
+    let err = ValidNextToken::parse(req.clone(), &limits()).expect_err("one short");
+    assert!(err.to_string().contains("one rollback position per epoch"), "{err}");
+    req.rollbacks = vec![7, 100];
+    let err = ValidNextToken::parse(req, &limits()).expect_err("outside the context");
+    assert_eq!(tonic::Status::from(err).code(), Code::InvalidArgument);
+}
+
+fn verify(draft: Vec<u32>, u: Vec<f64>) -> pb::VerifyRequest {
+    pb::VerifyRequest {
+        session_id: "chat-1".into(),
+        after: 3,
+        draft,
+        u,
+        sampling: None,
+        epoch: 0,
+        rollbacks: vec![],
+    }
+}
+
+#[test]
+fn a_verify_request_needs_a_draft_and_one_draw_more() {
+    let v = ValidVerify::parse(verify(vec![1, 2], vec![0.1, 0.2, 0.3]), &limits()).expect("ok");
+    assert_eq!((v.rows_end(), v.sampling), (6, Sampling::default()));
+    for (req, needle) in [
+        (verify(vec![], vec![0.1]), "a draft holds 0 tokens"),
+        (verify(vec![1; 65], vec![0.1; 66]), "a draft holds 65 tokens"),
+        (verify(vec![1, 2], vec![0.1, 0.2]), "needs n + 1 uniform draws"),
+        (verify(vec![1], vec![0.1, 1.0]), "uniform draw u must be in [0, 1)"),
+        (pb::VerifyRequest { after: 95, ..verify(vec![1; 5], vec![0.1; 6]) }, "exceed the context"),
+    ] {
+        let err = ValidVerify::parse(req, &limits()).expect_err(needle);
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
 }
 
 #[test]
 fn an_edge_sizes_its_chunks_from_the_advertised_limits() {
-    let advertised = Limits::from_health(&limits().health_reply(true, "m"));
+    let advertised = Limits::from_health(&limits().health_reply(true, "m", Capabilities::all()));
     assert_eq!((advertised.hidden_size, advertised.max_context), (H, 100));
     // 1024 bytes: 32 f32 rows, 64 f16 rows, 85 int8 rows of 8 -- capped at 16 rows.
     assert_eq!(advertised.rows_per_chunk(Encoding::F32), 16);

@@ -59,6 +59,14 @@ impl EdgeAnswered {
         }
     }
 
+    /// Forgets the positions from `position` on (they were rolled back).
+    pub fn truncate(&mut self, position: u64) {
+        self.ranges.retain(|r| r.start < position);
+        if let Some(last) = self.ranges.last_mut() {
+            last.end = last.end.min(position);
+        }
+    }
+
     pub fn contains(&self, position: u64) -> bool {
         let i = self.ranges.partition_point(|r| r.end <= position);
         self.ranges.get(i).is_some_and(|r| r.start <= position)
@@ -121,12 +129,19 @@ pub struct CatchUpRun {
     pub kind: RunKind,
 }
 
-/// Splits positions `from..=after` into runs, in order. The asked position `after` is always
-/// exact: its logits are the answer.
-pub fn plan(mode: CatchUp, from: u64, after: u64, edge: &EdgeAnswered) -> Vec<CatchUpRun> {
+/// Splits positions `from..=after` into runs, in order. The last `answered` positions (at
+/// least the asked position `after`) are always exact: their logits are the answer.
+pub fn plan(
+    mode: CatchUp,
+    from: u64,
+    after: u64,
+    answered: u64,
+    edge: &EdgeAnswered,
+) -> Vec<CatchUpRun> {
+    let exact_from = (after + 1).saturating_sub(answered.max(1));
     let mut runs: Vec<CatchUpRun> = Vec::new();
     for p in from..=after {
-        let kind = if mode == CatchUp::Propagate && p != after && edge.contains(p) {
+        let kind = if mode == CatchUp::Propagate && p < exact_from && edge.contains(p) {
             RunKind::Propagated
         } else {
             RunKind::Exact
@@ -169,6 +184,13 @@ mod tests {
         assert_eq!(EdgeAnswered::from_flat(&e.to_flat()), Ok(e.clone()));
         assert!(e.contains(3) && e.contains(5) && e.contains(12));
         assert!(!e.contains(2) && !e.contains(6) && !e.contains(10) && !e.contains(13));
+        let mut rolled = e.clone();
+        rolled.truncate(10);
+        assert_eq!(rolled.ranges(), &[3..6, 9..10]);
+        rolled.truncate(4);
+        assert_eq!(rolled.ranges(), &[3..4]);
+        rolled.push(7);
+        assert_eq!(rolled.ranges(), &[3..4, 7..8]);
     }
 
     #[test]
@@ -187,14 +209,14 @@ mod tests {
 
     #[test]
     fn exact_mode_runs_everything_through_the_layers() {
-        let runs = plan(CatchUp::Exact, 0, 9, &answered(&[2, 3, 4, 7]));
+        let runs = plan(CatchUp::Exact, 0, 9, 1, &answered(&[2, 3, 4, 7]));
         assert_eq!(runs, vec![CatchUpRun { positions: 0..10, kind: RunKind::Exact }]);
     }
 
     #[test]
     fn propagate_mode_propagates_edge_answers_but_never_the_asked_position() {
         // Prompt 0..4, the edge answered after 4, 5 and 7, the cloud after 6; asked: after 8.
-        let runs = plan(CatchUp::Propagate, 4, 8, &answered(&[4, 5, 7, 8]));
+        let runs = plan(CatchUp::Propagate, 4, 8, 1, &answered(&[4, 5, 7, 8]));
         let expect = [
             (4..6, RunKind::Propagated),
             (6..7, RunKind::Exact),
@@ -206,8 +228,12 @@ mod tests {
         assert_eq!(runs, expect);
         assert_eq!(counts(&runs), (2, 3));
         // Rebuilding from 0 classifies the same positions the same way.
-        let rebuilt = plan(CatchUp::Propagate, 0, 8, &answered(&[4, 5, 7, 8]));
+        let rebuilt = plan(CatchUp::Propagate, 0, 8, 1, &answered(&[4, 5, 7, 8]));
         assert_eq!(rebuilt[0], CatchUpRun { positions: 0..4, kind: RunKind::Exact });
         assert_eq!(&rebuilt[1..], &expect[..]);
+        // Positions whose logits are asked for (a verified draft) always run exactly.
+        let verified = plan(CatchUp::Propagate, 4, 8, 3, &answered(&[4, 5, 7, 8]));
+        assert_eq!(verified[0], CatchUpRun { positions: 4..6, kind: RunKind::Propagated });
+        assert_eq!(verified[1], CatchUpRun { positions: 6..9, kind: RunKind::Exact });
     }
 }

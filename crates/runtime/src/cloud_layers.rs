@@ -17,7 +17,8 @@ pub struct CloudLayers {
 /// What one step computed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stepped {
-    /// Next-token logits of the asked position.
+    /// Next-token logits of the last `logits_count` positions run (the asked one last),
+    /// row-major.
     pub logits: Vec<f32>,
     /// Positions run through the cloud layers.
     pub exact: u64,
@@ -76,12 +77,15 @@ impl CloudLayers {
     }
 
     /// Extends `cache` with `rows` (the split hidden states of positions `cache.len()..=after`,
-    /// decoded) and returns the logits of the last one.
+    /// decoded) and returns the logits of the last `logits_count` of them (a verified draft
+    /// needs one per draft token and one after; those positions always run exactly, in the
+    /// same batched pass).
     pub fn step(
         &mut self,
         cache: &mut KvCache,
         rows: &[f32],
         edge: &EdgeAnswered,
+        logits_count: usize,
     ) -> Result<Stepped> {
         let width = self.partition.shape.hidden_size.max(1);
         let n = (rows.len() / width) as u64;
@@ -92,7 +96,8 @@ impl CloudLayers {
             )));
         }
         let from = cache.len() as u64;
-        let runs = catch_up::plan(self.catch_up, from, from + n - 1, edge);
+        let logits_count = logits_count.clamp(1, n as usize);
+        let runs = catch_up::plan(self.catch_up, from, from + n - 1, logits_count as u64, edge);
         let (exact, propagated) = catch_up::counts(&runs);
         let mut logits = Vec::new();
         for (i, run) in runs.iter().enumerate() {
@@ -105,7 +110,7 @@ impl CloudLayers {
                     let mut out = self.partition.run(
                         cache,
                         PartitionInput::Hidden(slice),
-                        usize::from(last),
+                        if last { logits_count } else { 0 },
                         wanted,
                     )?;
                     if last {

@@ -7,11 +7,10 @@
 //! [`PREFILL_CHUNK`] positions (so the first chunk's hidden states travel to the cloud while
 //! the next is computed), then one chosen token at a time. The step that reaches the last
 //! pending token carries the exit heads' logits for that position and the uniform draw that
-//! will pick the next token, drawn from the seeded generator once per generated token.
+//! will pick the next token: a pure function of the seed and the position it fills
+//! ([`crate::draw::uniform`]), so a position decoded again after a rollback gets the same draw.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
+use crate::draw;
 use crate::partition::{KvCache, Partition, PartitionInput};
 use crate::{Error, Result};
 use collm_bundle::graph::names;
@@ -52,10 +51,10 @@ impl ReadyToPick {
     }
 }
 
-/// One generation's edge state: KV cache, seeded generator and the tokens not yet run.
+/// One generation's edge state: KV cache, seed and the tokens not yet run.
 pub struct EdgeDecoder {
     cache: KvCache,
-    rng: ChaCha8Rng,
+    seed: u64,
     pending: Vec<u32>,
     exits: Vec<usize>,
     heads_needed: bool,
@@ -94,7 +93,7 @@ impl EdgeDecoder {
             .collect();
         Ok(Self {
             cache: edge.empty_cache()?,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
             pending: prompt.to_vec(),
             exits: exits.to_vec(),
             heads_needed,
@@ -137,9 +136,36 @@ impl EdgeDecoder {
             } else {
                 vec![]
             },
-            u: self.rng.random(),
+            u: draw::uniform(self.seed, self.cache.len() as u64),
         });
         Ok(EdgeStep { start, hidden, ready })
+    }
+
+    /// The draw that picks the token placed at `position` (the same one [`ReadyToPick::u`]
+    /// carries for that position).
+    pub fn uniform(&self, position: usize) -> f64 {
+        draw::uniform(self.seed, position as u64)
+    }
+
+    /// Tokens queued and not yet run.
+    pub fn pending(&self) -> &[u32] {
+        &self.pending
+    }
+
+    /// Goes back to the state after position `len - 1` with `token` chosen for position `len`:
+    /// the positions from `len` on (a rejected guess or draft) are forgotten and `token` is
+    /// queued in their place. `len` must not exceed the positions run.
+    pub fn rollback(&mut self, len: usize, token: u32) -> Result<()> {
+        if len > self.cache.len() || len == 0 {
+            return Err(Error::Invalid(format!(
+                "cannot roll back to {len} positions: {} were run",
+                self.cache.len()
+            )));
+        }
+        self.cache.truncate(len)?;
+        self.pending.clear();
+        self.pending.push(token);
+        Ok(())
     }
 
     /// Queues the chosen token to be run next. Fails when the context is full.

@@ -28,6 +28,41 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Forgets every position from `len` on (a rolled-back draft or guess), keeping the keys
+    /// and values of positions `0..len` as they were. Truncating to the current length or
+    /// beyond changes nothing.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for (k, v) in &mut self.layers {
+            *k = truncated(k, len)?;
+            *v = truncated(v, len)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+/// The first `len` positions of a `[1, heads, positions, head_dim]` cache tensor, copied.
+fn truncated(value: &DynValue, len: usize) -> Result<DynValue> {
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err("cache tensor"))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let [batch, heads, positions, head_dim] = dims[..] else {
+        return Err(Error::Runtime(format!("cache tensor of shape {dims:?}")));
+    };
+    let keep = len.min(positions);
+    let mut out = Vec::with_capacity(batch * heads * keep * head_dim);
+    for block in data.chunks_exact((positions * head_dim).max(1)).take(batch * heads) {
+        out.extend_from_slice(&block[..keep * head_dim]);
+    }
+    let tensor = Tensor::<f32>::from_array((
+        vec![batch as i64, heads as i64, keep as i64, head_dim as i64],
+        out,
+    ))
+    .map_err(ort_err("truncated cache"))?;
+    Ok(tensor.into_dyn())
 }
 
 /// Which decoder layers a partition runs and the shapes it exchanges.

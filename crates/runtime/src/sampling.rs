@@ -62,41 +62,86 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<Pick> {
     idx.into_iter().map(|i| Pick { token: i as u32, prob: probs[i] }).collect()
 }
 
-/// Picks a token; `u` is a uniform draw in `[0, 1)`, ignored when greedy.
+/// Picks a token; `u` is a uniform draw in `[0, 1)`, ignored when greedy. Candidates are
+/// walked from the most probable down (ties: lower id first) through the cumulative mass left
+/// by the top-k and top-p cuts; they are ordered lazily, a few at a time, because the draw
+/// lands among the first few dozen almost always and a whole 49,152-token vocabulary need not
+/// be sorted for one token.
 pub fn sample(logits: &[f32], params: &SamplingParams, u: f64) -> Pick {
-    if params.temperature <= 0.0 {
+    if params.temperature <= 0.0 || logits.is_empty() {
         return top1(logits);
     }
     let probs = softmax(logits, params.temperature);
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    if params.top_k > 0 {
-        idx.truncate(params.top_k);
-    }
-    if params.top_p < 1.0 {
-        let mut acc = 0.0;
-        let mut keep = 0;
-        for &i in &idx {
-            acc += probs[i];
-            keep += 1;
-            if acc >= params.top_p {
+    let mut order = Descending::new(logits);
+    let limit = if params.top_k > 0 { params.top_k.min(logits.len()) } else { logits.len() };
+    // The kept candidates are the first `kept` in descending order, holding `mass`.
+    let (kept, mass) = if params.top_p < 1.0 {
+        let mut acc = 0.0f64;
+        let mut n = 0;
+        while n < limit {
+            acc += f64::from(probs[order.nth(n)]);
+            n += 1;
+            if acc >= f64::from(params.top_p) {
                 break;
             }
         }
-        idx.truncate(keep.max(1));
-    }
-    let mass: f64 = idx.iter().map(|&i| probs[i] as f64).sum();
+        (n.max(1), acc)
+    } else if limit < logits.len() {
+        (limit, (0..limit).map(|n| f64::from(probs[order.nth(n)])).sum())
+    } else {
+        (limit, probs.iter().map(|&p| f64::from(p)).sum())
+    };
     let mut target = u * mass;
-    let mut chosen = idx[idx.len() - 1];
-    for &i in &idx {
-        target -= probs[i] as f64;
+    let mut chosen = order.nth(kept - 1);
+    for n in 0..kept {
+        let i = order.nth(n);
+        target -= f64::from(probs[i]);
         if target < 0.0 {
             chosen = i;
             break;
         }
     }
-    let confidence = softmax(logits, 1.0)[chosen];
-    Pick { token: chosen as u32, prob: confidence }
+    Pick { token: chosen as u32, prob: probability(logits, chosen) }
+}
+
+/// The untempered softmax probability of token `i`.
+fn probability(logits: &[f32], i: usize) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| f64::from(v - max).exp()).sum();
+    (f64::from(logits[i] - max).exp() / sum) as f32
+}
+
+/// Token ids in descending order of logit (ties: lower id first), sorted on demand in growing
+/// blocks: `nth(n)` sorts only as far as `n`.
+struct Descending<'a> {
+    logits: &'a [f32],
+    ids: Vec<usize>,
+    /// `ids[..sorted]` are the most probable, in order; the rest are all less probable.
+    sorted: usize,
+}
+
+impl<'a> Descending<'a> {
+    const FIRST_BLOCK: usize = 64;
+
+    fn new(logits: &'a [f32]) -> Self {
+        Self { logits, ids: (0..logits.len()).collect(), sorted: 0 }
+    }
+
+    fn nth(&mut self, n: usize) -> usize {
+        if n >= self.sorted {
+            let want = (n + 1).max(self.sorted * 4).max(Self::FIRST_BLOCK).min(self.ids.len());
+            let logits = self.logits;
+            let cmp = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+            let rest = &mut self.ids[self.sorted..];
+            let take = want - self.sorted;
+            if take < rest.len() {
+                rest.select_nth_unstable_by(take - 1, cmp);
+            }
+            rest[..take].sort_unstable_by(cmp);
+            self.sorted = want;
+        }
+        self.ids[n]
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +172,62 @@ mod tests {
         let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9 };
         for u in [0.0, 0.5, 0.999] {
             assert!(sample(&logits, &p, u).token <= 1, "tail tokens must never be drawn");
+        }
+    }
+
+    /// The reference: sort the whole vocabulary, cut, walk the cumulative mass.
+    fn sample_by_full_sort(logits: &[f32], params: &SamplingParams, u: f64) -> u32 {
+        let probs = softmax(logits, params.temperature);
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if params.top_k > 0 {
+            idx.truncate(params.top_k);
+        }
+        if params.top_p < 1.0 {
+            let mut acc = 0.0f64;
+            let keep = idx
+                .iter()
+                .position(|&i| {
+                    acc += f64::from(probs[i]);
+                    acc >= f64::from(params.top_p)
+                })
+                .map_or(idx.len(), |p| p + 1);
+            idx.truncate(keep);
+        }
+        let mass: f64 = idx.iter().map(|&i| f64::from(probs[i])).sum();
+        let mut target = u * mass;
+        for &i in &idx {
+            target -= f64::from(probs[i]);
+            if target < 0.0 {
+                return i as u32;
+            }
+        }
+        idx[idx.len() - 1] as u32
+    }
+
+    #[test]
+    fn lazy_ordering_picks_what_a_full_sort_picks() {
+        // A vocabulary large enough for several blocks, with ties and a flat tail.
+        let logits: Vec<f32> =
+            (0..5000u32).map(|i| ((i * 7919) % 1000) as f32 / 90.0 - (i % 3) as f32).collect();
+        for params in [
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
+            SamplingParams { temperature: 2.5, top_k: 0, top_p: 1.0 },
+            SamplingParams { temperature: 0.7, top_k: 40, top_p: 1.0 },
+            SamplingParams { temperature: 0.9, top_k: 0, top_p: 0.9 },
+            SamplingParams { temperature: 1.3, top_k: 300, top_p: 0.95 },
+        ] {
+            for k in 0..200 {
+                let u = crate::draw::uniform(5, k);
+                let lazy = sample(&logits, &params, u);
+                assert_eq!(
+                    lazy.token,
+                    sample_by_full_sort(&logits, &params, u),
+                    "{params:?} u {u}"
+                );
+                let p = softmax(&logits, 1.0)[lazy.token as usize];
+                assert!((lazy.prob - p).abs() < 1e-6);
+            }
         }
     }
 

@@ -50,8 +50,9 @@ fn ask_in_turn(
     let mut propagated = 0;
     for &after in asks {
         let from = cache.len();
-        let stepped =
-            layers.step(&mut cache, &rows[from * width..(after + 1) * width], edge).expect("step");
+        let stepped = layers
+            .step(&mut cache, &rows[from * width..(after + 1) * width], edge, 1)
+            .expect("step");
         propagated += stepped.propagated;
         answers.push(stepped.logits);
     }

@@ -71,3 +71,42 @@ fn the_context_limit_is_enforced_with_a_clear_error() {
     assert!(err.to_string().contains("context"), "{err}");
     assert_eq!(cache.len(), 0, "a refused run leaves the cache untouched");
 }
+
+#[test]
+fn a_truncated_cache_continues_as_if_the_dropped_positions_never_ran() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = support::tiny_bundle(dir.path(), 2, &[1, 2]);
+    let b = dir.path().join("bundle");
+    let mut edge =
+        Partition::load(&b.join("edge.onnx"), PartitionShape::new(&m.config, 0..2)).expect("edge");
+    let wanted = [names::HIDDEN, "exit_logits.2"];
+    let kept: Vec<u32> = vec![1, 40, 77, 3, 120];
+    let (guess, truth): (Vec<u32>, Vec<u32>) = (vec![9, 200, 31], vec![58, 2]);
+
+    // The kept positions, a guessed run, a rollback to the kept ones, then the true tokens.
+    let mut rolled = edge.empty_cache().expect("cache");
+    let seq = |c: &mut _, ids: &[u32], edge: &mut Partition| {
+        let mut out = edge.run(c, PartitionInput::Tokens(ids), 1, &wanted).expect("run");
+        (out.take(names::HIDDEN).expect("hidden"), out.take("exit_logits.2").expect("logits"))
+    };
+    seq(&mut rolled, &kept, &mut edge);
+    seq(&mut rolled, &guess, &mut edge);
+    assert_eq!(rolled.len(), kept.len() + guess.len());
+    rolled.truncate(kept.len()).expect("truncate");
+    assert_eq!(rolled.len(), kept.len());
+    rolled.truncate(kept.len() + 10).expect("truncating beyond the length changes nothing");
+    assert_eq!(rolled.len(), kept.len());
+    let after_rollback = seq(&mut rolled, &truth, &mut edge);
+
+    let mut fresh = edge.empty_cache().expect("cache");
+    seq(&mut fresh, &kept, &mut edge);
+    let reference = seq(&mut fresh, &truth, &mut edge);
+    let worst = after_rollback
+        .0
+        .iter()
+        .zip(&reference.0)
+        .chain(after_rollback.1.iter().zip(&reference.1))
+        .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+    assert!(worst <= 1e-5, "a rolled-back cache differs from a fresh one by {worst}");
+    assert_eq!(rolled.len(), fresh.len());
+}

@@ -24,7 +24,7 @@ pub use keys::KeySpace;
 
 use self::link::Link;
 use self::quota::in_parallel;
-use super::{Appended, ContextStore, SessionInfo, StoreLimits};
+use super::{Appended, ContextStore, SessionInfo, StoreLimits, check_read};
 use crate::clients::ClientId;
 use crate::{Error, Result};
 
@@ -74,6 +74,8 @@ impl RedisStore {
                         .arg(&upload.payload[..])
                         .arg(self.ttl_ms())
                         .arg(if may_create { "1" } else { "0" })
+                        .arg(upload.epoch)
+                        .arg(upload.rewrite_from)
                         .invoke_async(&mut conn)
                         .await
                 }
@@ -109,7 +111,8 @@ impl RedisStore {
         if reply.is_empty() {
             return Ok(None);
         }
-        let Ok([persisted, hidden_size, encoding, rows]) = <[Vec<u8>; 4]>::try_from(reply) else {
+        let Ok([persisted, hidden_size, encoding, rows, epoch]) = <[Vec<u8>; 5]>::try_from(reply)
+        else {
             return Err(Error::Store("unexpected reply to a context read".into()));
         };
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -124,6 +127,7 @@ impl RedisStore {
             encoding: text(&encoding)
                 .parse::<Encoding>()
                 .map_err(|_| corrupt("encoding", &encoding))?,
+            epoch: text(&epoch).parse().map_err(|_| corrupt("epoch", &epoch))?,
         };
         Ok(Some((info, rows)))
     }
@@ -161,6 +165,12 @@ impl ContextStore for RedisStore {
         match reply.first().map(String::as_str) {
             Some("persisted") => Ok(Appended::Persisted(position(&reply)?)),
             Some("missing") => Ok(Appended::MissingFrom(position(&reply)?)),
+            Some("stale") => Err(ProtocolError::StaleEpoch {
+                what: "an upload",
+                epoch: upload.epoch,
+                current: position(&reply)?,
+            }
+            .into()),
             Some("layout") => Err(Error::SessionLayout {
                 session: upload.session.to_string(),
                 stored: format!(
@@ -182,19 +192,14 @@ impl ContextStore for RedisStore {
         &self,
         client: &ClientId,
         session: &SessionId,
+        epoch: u64,
         positions: Range<u64>,
     ) -> Result<Vec<ValidUpload>> {
         let (info, rows) = self
             .read(client, session, positions.clone())
             .await?
             .ok_or_else(|| Error::UnknownSession(session.as_str().to_owned()))?;
-        if positions.end > info.persisted {
-            return Err(ProtocolError::NotUploaded {
-                after: positions.end.saturating_sub(1),
-                persisted: info.persisted,
-            }
-            .into());
-        }
+        check_read(epoch, info.epoch, info.persisted, &positions)?;
         if positions.start >= positions.end {
             return Ok(vec![]);
         }
@@ -208,6 +213,8 @@ impl ContextStore for RedisStore {
         }
         Ok(vec![ValidUpload {
             session: session.clone(),
+            epoch,
+            rewrite_from: 0,
             start: positions.start,
             rows: (positions.end - positions.start) as u32,
             encoding: info.encoding,

@@ -233,7 +233,7 @@ fn teacher_forced(
         for &after in &asks {
             let from = cache.len();
             let stepped =
-                layers.step(&mut cache, &rows[from * width..(after + 1) * width], &edge)?;
+                layers.step(&mut cache, &rows[from * width..(after + 1) * width], &edge, 1)?;
             exact += stepped.exact;
             propagated += stepped.propagated;
             tops.push(sampling::top1(&stepped.logits).token);

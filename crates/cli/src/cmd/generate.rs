@@ -24,7 +24,8 @@ pub struct Args {
     system: Option<String>,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// full | standalone | collaborative
+    /// full | standalone | collaborative | speculative (lossless: the edge drafts, the cloud
+    /// verifies; the full model's output; use --encoding f32 for exactly its tokens)
     #[arg(long, default_value = "collaborative")]
     mode: Mode,
     /// Raw confidence threshold θ for every exit head (θ > 1 never exits). Default: the
@@ -145,6 +146,15 @@ pub fn run(a: Args) -> Result<()> {
             generation.timings.decode_tokens_per_s,
             generation.timings.prefill_ms,
         );
+        if generation.drafted > 0 {
+            let _ = writeln!(
+                std::io::stdout(),
+                "{} draft tokens verified, {} accepted, {} rollbacks",
+                generation.drafted,
+                generation.accepted,
+                generation.rollbacks,
+            );
+        }
     }
     Ok(())
 }

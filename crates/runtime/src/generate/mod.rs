@@ -1,5 +1,8 @@
 //! The decoding loop of the split model: the edge runs every position, streams its split
-//! hidden states to the cloud, and answers from an exit head when confident.
+//! hidden states to the cloud, and answers from an exit head when confident — or, in the
+//! lossless speculative mode ([`speculative`]), drafts runs of tokens that the cloud verifies.
+
+mod speculative;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -24,6 +27,10 @@ pub enum Mode {
     Standalone,
     /// The edge answers when an exit head is confident, the cloud otherwise.
     Collaborative,
+    /// Lossless: the edge drafts runs of tokens from its deepest exit head, the cloud checks
+    /// each run in one pass and keeps the full model's tokens, so the output is the full
+    /// model's.
+    Speculative,
 }
 
 impl std::str::FromStr for Mode {
@@ -33,8 +40,9 @@ impl std::str::FromStr for Mode {
             "full" => Ok(Self::Full),
             "standalone" => Ok(Self::Standalone),
             "collaborative" => Ok(Self::Collaborative),
+            "speculative" => Ok(Self::Speculative),
             other => Err(Error::Invalid(format!(
-                "unknown mode {other:?} (expected full, standalone or collaborative)"
+                "unknown mode {other:?} (expected full, standalone, collaborative or speculative)"
             ))),
         }
     }
@@ -91,9 +99,19 @@ pub struct Generation {
     /// `stop` (an end-of-turn token), `length` (max tokens or context reached).
     pub finish_reason: String,
     pub timings: Timings,
+    /// Times the edge took back positions it had decoded ahead (a rejected draft token).
+    pub rollbacks: usize,
+    /// Draft tokens sent for verification, and how many the full model accepted
+    /// (speculative mode).
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+fn next_session() -> SessionId {
+    NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Generates up to `opts.max_tokens` tokens after `prompt`. `cloud` is required unless the mode
 /// is standalone. `on_token` hears every token as soon as it is chosen.
@@ -110,22 +128,24 @@ pub fn generate(
     if opts.mode != Mode::Standalone && cloud.is_none() {
         return Err(Error::Invalid(format!("{:?} mode needs a cloud transport", opts.mode)));
     }
+    let mut opts = std::borrow::Cow::Borrowed(opts);
+    if opts.mode == Mode::Speculative {
+        match cloud.as_deref_mut() {
+            Some(cloud) if cloud.can_speculate() => {
+                return speculative::generate(edge, deepest, cloud, prompt, &opts, on_token);
+            }
+            // A cloud that cannot verify: the same tokens, one cloud answer at a time.
+            _ => opts.to_mut().mode = Mode::Full,
+        }
+    }
+    let opts = opts.as_ref();
     // Full mode never reads the exit heads: ask for no exit logits, sparing their work.
     let mut decoder = EdgeDecoder::new(edge, exits, prompt, opts.seed, opts.mode != Mode::Full)?;
     let width = edge.shape.hidden_size;
-    let session: SessionId = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let session = next_session();
     let encoding = if opts.mode == Mode::Full { Encoding::F32 } else { opts.encoding };
 
-    let mut generation = Generation {
-        prompt_ids: prompt.to_vec(),
-        tokens: vec![],
-        origins: vec![],
-        confidences: vec![],
-        edge_share: 0.0,
-        upload_bytes: 0,
-        finish_reason: "length".into(),
-        timings: Timings::default(),
-    };
+    let mut generation = Generation::new(prompt);
     let start = Instant::now();
     let mut first_token_at = None;
     let max_new = opts.max_tokens.min(decoder.room());
@@ -147,6 +167,7 @@ pub fn generate(
             let Some(ready) = step.ready else { continue };
             let u = ready.u;
             let (pick, origin) = match opts.mode {
+                Mode::Speculative => unreachable!("speculative generations run on their own loop"),
                 Mode::Standalone => {
                     (sampling::sample(ready.head(deepest), &opts.sampling, u), Origin::Edge)
                 }
@@ -209,21 +230,41 @@ pub fn generate(
         cloud.end_session(session);
     }
     result?;
-    let first = first_token_at.unwrap_or_else(Instant::now);
-    generation.timings.prefill_ms = (first - start).as_secs_f64() * 1e3;
-    generation.timings.total_ms = ms(start);
-    generation.timings.decode_ms = generation.timings.total_ms - generation.timings.prefill_ms;
-    if generation.tokens.len() > 1 && generation.timings.decode_ms > 0.0 {
-        generation.timings.decode_tokens_per_s =
-            (generation.tokens.len() - 1) as f64 / (generation.timings.decode_ms / 1e3);
-    }
-    let edge_count = generation.origins.iter().filter(|o| **o == Origin::Edge).count();
-    generation.edge_share = if generation.tokens.is_empty() {
-        0.0
-    } else {
-        edge_count as f64 / generation.tokens.len() as f64
-    };
+    generation.finish(start, first_token_at);
     Ok(generation)
+}
+
+impl Generation {
+    fn new(prompt: &[u32]) -> Self {
+        Self {
+            prompt_ids: prompt.to_vec(),
+            tokens: vec![],
+            origins: vec![],
+            confidences: vec![],
+            edge_share: 0.0,
+            upload_bytes: 0,
+            finish_reason: "length".into(),
+            timings: Timings::default(),
+            rollbacks: 0,
+            drafted: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Timings and shares, once the last token is in.
+    fn finish(&mut self, start: Instant, first_token_at: Option<Instant>) {
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        self.timings.prefill_ms = (first - start).as_secs_f64() * 1e3;
+        self.timings.total_ms = ms(start);
+        self.timings.decode_ms = self.timings.total_ms - self.timings.prefill_ms;
+        if self.tokens.len() > 1 && self.timings.decode_ms > 0.0 {
+            self.timings.decode_tokens_per_s =
+                (self.tokens.len() - 1) as f64 / (self.timings.decode_ms / 1e3);
+        }
+        let edge_count = self.origins.iter().filter(|o| **o == Origin::Edge).count();
+        self.edge_share =
+            if self.tokens.is_empty() { 0.0 } else { edge_count as f64 / self.tokens.len() as f64 };
+    }
 }
 
 fn ms(since: Instant) -> f64 {
