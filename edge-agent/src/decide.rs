@@ -53,7 +53,8 @@ pub fn choose(
     if mode == Mode::Standalone {
         return Choice::Exit(deepest);
     }
-    if let Some(layer) = confident {
+    // A speculative generation's tokens are all the full model's: no head answers alone.
+    if let Some(layer) = confident.filter(|_| mode != Mode::Speculative) {
         return Choice::Exit(layer);
     }
     match (cloud, budget) {
@@ -104,6 +105,14 @@ mod tests {
         assert_eq!(
             choose(Mode::Naive, None, 2, CloudView::Unreachable, None),
             Choice::Fallback(Fallback::Unreachable)
+        );
+    }
+
+    #[test]
+    fn a_speculative_generation_asks_even_when_a_head_is_sure() {
+        assert_eq!(
+            choose(Mode::Speculative, Some(2), 2, FAST, None),
+            Choice::AskCloud { timeout: UNBUDGETED_TIMEOUT }
         );
     }
 

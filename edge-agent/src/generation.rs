@@ -81,14 +81,30 @@ pub struct Summary {
     pub uploaded_bytes: u64,
     /// The cloud could not be reached for at least one token the edge was unsure of.
     pub degraded: bool,
+    /// Times the edge took back tokens it had decoded ahead of the cloud.
+    pub rollbacks: usize,
+    /// Draft tokens verified, and accepted by the cloud (speculative mode).
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl Summary {
+    /// Counts a committed token.
+    pub fn count(&mut self, source: Source) {
+        match source {
+            Source::Edge => self.edge_tokens += 1,
+            Source::Cloud => self.cloud_tokens += 1,
+            Source::EdgeFallback => self.latency_fallback_tokens += 1,
+        }
+    }
 }
 
 pub struct Generator {
-    engine: Arc<EdgeEngine>,
+    pub(crate) engine: Arc<EdgeEngine>,
     link: Option<CloudLink>,
-    encoding: Encoding,
-    budget: Option<Duration>,
-    metrics: Metrics,
+    pub(crate) encoding: Encoding,
+    pub(crate) budget: Option<Duration>,
+    pub(crate) metrics: Metrics,
     session_prefix: String,
     sessions: AtomicU64,
 }
@@ -143,6 +159,9 @@ impl Generator {
             self.metrics.tokens.get_or_create(&labels).inc_by(n as u64);
         }
         self.metrics.uploaded_bytes.inc_by(summary.uploaded_bytes);
+        self.metrics.rollbacks.inc_by(summary.rollbacks as u64);
+        self.metrics.drafted_tokens.inc_by(summary.drafted as u64);
+        self.metrics.accepted_draft_tokens.inc_by(summary.accepted as u64);
         if summary.degraded {
             self.metrics.degraded_responses.inc();
         }
@@ -154,10 +173,6 @@ impl Generator {
         req: &GenerationRequest,
         tokens: &mpsc::Sender<Token>,
     ) -> Result<(Finish, Summary)> {
-        let engine = &self.engine;
-        let width = engine.hidden_size;
-        let deepest = engine.deepest_exit();
-        let stop_ids = engine.text.stop_ids().to_vec();
         let mut session = match (req.mode, &self.link) {
             (Mode::Standalone, _) | (_, None) => None,
             (_, Some(link)) => {
@@ -168,6 +183,40 @@ impl Generator {
                 Some(s)
             }
         };
+        // Decoding ahead of the cloud needs a cloud that takes rows back; with an older one
+        // (or none connected yet) every uncertain token waits for its answer.
+        let capabilities = session.as_ref().and_then(CloudSession::capabilities);
+        let result = match (req.mode, capabilities, session.as_mut()) {
+            (Mode::Speculative, Some(c), Some(s)) if c.verify && c.epochs => {
+                self.run_speculative(req, tokens, s).await
+            }
+            (Mode::Collaborative, Some(c), Some(s)) if c.epochs => {
+                self.run_pipelined(req, tokens, s).await
+            }
+            (_, _, s) => self.run_sequential(req, tokens, s).await,
+        };
+        let mut session_bytes = 0;
+        if let Some(s) = session {
+            session_bytes = s.uploaded_bytes();
+            // Ending the cloud session is housekeeping: the client does not wait for it.
+            tokio::spawn(s.end());
+        }
+        let (finish, mut summary) = result?;
+        summary.uploaded_bytes = session_bytes;
+        Ok((finish, summary))
+    }
+
+    /// Every uncertain token waits for the cloud's answer before the next is decoded.
+    async fn run_sequential(
+        &self,
+        req: &GenerationRequest,
+        tokens: &mpsc::Sender<Token>,
+        mut session: Option<&mut CloudSession>,
+    ) -> Result<(Finish, Summary)> {
+        let engine = &self.engine;
+        let width = engine.hidden_size;
+        let deepest = engine.deepest_exit();
+        let stop_ids = engine.text.stop_ids().to_vec();
         let mut summary = Summary::default();
         let mut decoder = engine.decoder(&req.prompt, req.seed).await?;
         let max_new = req.max_tokens.min(decoder.room());
@@ -180,7 +229,7 @@ impl Generator {
         while produced < max_new {
             let (next, step) = engine.step(decoder).await?;
             decoder = next;
-            if let Some(s) = session.as_mut() {
+            if let Some(s) = session.as_deref_mut() {
                 let payload = codec::encode(&step.hidden, width, self.encoding);
                 match req.mode {
                     Mode::Naive => s.keep(step.start, &payload)?,
@@ -190,7 +239,7 @@ impl Generator {
             let Some(ready) = step.ready else { continue };
             let confidences: Vec<(usize, f32)> =
                 ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits).prob)).collect();
-            let view = match session.as_ref().and_then(CloudSession::estimate) {
+            let view = match session.as_deref().and_then(CloudSession::estimate) {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
             };
@@ -213,7 +262,7 @@ impl Generator {
                     (edge_pick(deepest), Source::EdgeFallback)
                 }
                 Choice::AskCloud { timeout } => {
-                    let Some(s) = session.as_mut() else {
+                    let Some(s) = session.as_deref_mut() else {
                         return Err(Error::Internal("a cloud choice without a session".into()));
                     };
                     let ask = NextTokenRequest {
@@ -233,11 +282,7 @@ impl Generator {
                     }
                 }
             };
-            match source {
-                Source::Edge => summary.edge_tokens += 1,
-                Source::Cloud => summary.cloud_tokens += 1,
-                Source::EdgeFallback => summary.latency_fallback_tokens += 1,
-            }
+            summary.count(source);
             produced += 1;
             if tokens.send(Token { id: pick.token, source, prob: pick.prob }).await.is_err() {
                 finish = Finish::Cancelled;
@@ -251,15 +296,10 @@ impl Generator {
                 decoder.accept(pick.token)?;
             }
         }
-        if let Some(s) = session {
-            summary.uploaded_bytes = s.uploaded_bytes();
-            // Ending the cloud session is housekeeping: the client does not wait for it.
-            tokio::spawn(s.end());
-        }
         Ok((finish, summary))
     }
 
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         session: &mut CloudSession,
         mode: Mode,

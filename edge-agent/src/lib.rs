@@ -3,6 +3,8 @@
 //!
 //! - [`engine`]: the edge partition, shared fairly by concurrent generations;
 //! - [`generation`]: one generation's loop (uploads, exit decisions, cloud requests, fallbacks);
+//!   decoding ahead of the cloud's answers (`pipelined`) and lossless speculation
+//!   (`speculative`) against a cloud that can take rows back;
 //! - [`decide`]: the pure per-token choice between exit head, cloud and latency fallback;
 //! - [`api`]: the HTTP layer (request validation, responses, server-sent events);
 //! - [`config`]: flags and the operator's `edge.json`;
@@ -16,6 +18,8 @@ pub mod generation;
 pub mod link_report;
 pub mod metrics;
 pub mod mode;
+mod pipelined;
+mod speculative;
 pub mod text_stream;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

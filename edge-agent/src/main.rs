@@ -55,7 +55,7 @@ struct Args {
     /// Name clients give as `model` [default: the bundle directory's name].
     #[arg(long)]
     model: Option<String>,
-    /// standalone, collaborative, cloud or naive (requests may name another).
+    /// standalone, collaborative, speculative, cloud or naive (requests may name another).
     #[arg(long)]
     mode: Option<Mode>,
     /// Raw exit confidence threshold θ (> 1 never exits).

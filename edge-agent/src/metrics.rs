@@ -34,6 +34,9 @@ pub struct Metrics {
     pub degraded_responses: Counter,
     pub active_generations: Gauge,
     pub cloud_connected: Gauge,
+    pub rollbacks: Counter,
+    pub drafted_tokens: Counter,
+    pub accepted_draft_tokens: Counter,
 }
 
 impl Metrics {
@@ -50,6 +53,9 @@ impl Metrics {
             degraded_responses: Counter::default(),
             active_generations: Gauge::default(),
             cloud_connected: Gauge::default(),
+            rollbacks: Counter::default(),
+            drafted_tokens: Counter::default(),
+            accepted_draft_tokens: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("collm_edge");
         r.register(
@@ -93,6 +99,21 @@ impl Metrics {
             "cloud_connected",
             "1 while a cloud endpoint is connected",
             m.cloud_connected.clone(),
+        );
+        r.register(
+            "rollbacks",
+            "Times the edge took back tokens it had decoded ahead of the cloud (a wrong guess or a rejected draft token)",
+            m.rollbacks.clone(),
+        );
+        r.register(
+            "drafted_tokens",
+            "Draft tokens sent to the cloud for verification (speculative mode)",
+            m.drafted_tokens.clone(),
+        );
+        r.register(
+            "accepted_draft_tokens",
+            "Draft tokens the cloud found equal to the full model's (speculative mode)",
+            m.accepted_draft_tokens.clone(),
         );
         m
     }

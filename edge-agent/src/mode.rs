@@ -16,6 +16,9 @@ pub enum Mode {
     /// Baseline: collaboration without the cloud context — every cloud request ships the
     /// hidden states of the whole context.
     Naive,
+    /// Lossless: the edge drafts runs of tokens on its deepest exit head, the cloud verifies
+    /// each run in one pass and keeps the full model's tokens.
+    Speculative,
 }
 
 impl Mode {
@@ -25,6 +28,7 @@ impl Mode {
             Mode::Collaborative => "collaborative",
             Mode::Cloud => "cloud",
             Mode::Naive => "naive",
+            Mode::Speculative => "speculative",
         }
     }
 
@@ -42,8 +46,9 @@ impl std::str::FromStr for Mode {
             "collaborative" => Ok(Mode::Collaborative),
             "cloud" => Ok(Mode::Cloud),
             "naive" => Ok(Mode::Naive),
+            "speculative" => Ok(Mode::Speculative),
             other => Err(format!(
-                "unknown mode {other:?} (expected standalone, collaborative, cloud or naive)"
+                "unknown mode {other:?} (expected standalone, collaborative, speculative, cloud or naive)"
             )),
         }
     }

@@ -178,14 +178,3 @@ fn a_context_store_flushed_mid_generation_loses_no_session() {
     assert_eq!(ids, common::ids(&full, "tokens"), "a flushed context changed the answer");
     assert_eq!(usage["cloud_tokens"], json!(80), "{usage}");
 }
-
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-
-impl TapMkdir for std::path::PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).expect("mkdir");
-        self
-    }
-}

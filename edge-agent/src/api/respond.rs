@@ -65,6 +65,9 @@ impl Envelope {
             "cloud_tokens": summary.cloud_tokens,
             "latency_fallback_tokens": summary.latency_fallback_tokens,
             "uploaded_bytes": summary.uploaded_bytes,
+            "rollbacks": summary.rollbacks,
+            "drafted_tokens": summary.drafted,
+            "accepted_draft_tokens": summary.accepted,
             "mode": self.mode.as_str(),
             "degraded": summary.degraded,
         })
@@ -309,7 +312,10 @@ async fn whole(
     let reason = if stopped { "stop" } else { finish_reason(finish) };
     let mut body = env.body(vec![env.choice(&text, false, false, Some(reason))], false);
     body.insert("usage".into(), env.usage(stream.count, &summary));
-    body.insert("collm".into(), json!({ "sources": sources, "tokens": stream.ids }));
+    body.insert(
+        "collm".into(),
+        json!({ "sources": sources, "tokens": stream.ids, "rollbacks": summary.rollbacks }),
+    );
     Ok(axum::Json(Value::Object(body)).into_response())
 }
 

@@ -254,3 +254,15 @@ pub fn read_all(mut r: impl Read) -> String {
 pub fn spawn_until(cmd: &mut Command, prefix: &str) -> Proc {
     Proc::spawn(cmd, prefix)
 }
+
+/// Creates a directory in place (for a process's own files).
+pub trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).expect("mkdir");
+        self
+    }
+}

