@@ -47,7 +47,11 @@ struct Outcome {
     first_token: Option<Duration>,
     tokens: u64,
     edge_tokens: u64,
+    cloud_tokens: u64,
     uploaded_bytes: u64,
+    rollbacks: u64,
+    drafted: u64,
+    accepted: u64,
     error: Option<String>,
 }
 
@@ -65,7 +69,11 @@ fn one(
         first_token: None,
         tokens: 0,
         edge_tokens: 0,
+        cloud_tokens: 0,
         uploaded_bytes: 0,
+        rollbacks: 0,
+        drafted: 0,
+        accepted: 0,
         error: None,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -114,6 +122,10 @@ fn one(
                 outcome.edge_tokens = u["edge_tokens"].as_u64().unwrap_or(0)
                     + u["latency_fallback_tokens"].as_u64().unwrap_or(0);
                 outcome.uploaded_bytes = u["uploaded_bytes"].as_u64().unwrap_or(0);
+                outcome.cloud_tokens = u["cloud_tokens"].as_u64().unwrap_or(0);
+                outcome.rollbacks = u["rollbacks"].as_u64().unwrap_or(0);
+                outcome.drafted = u["drafted_tokens"].as_u64().unwrap_or(0);
+                outcome.accepted = u["accepted_draft_tokens"].as_u64().unwrap_or(0);
             }
         }
         if !done {
@@ -177,12 +189,21 @@ pub fn run(a: LoadArgs) -> Result<()> {
     let tokens: u64 = ok.iter().map(|o| o.tokens).sum();
     let edge: u64 = ok.iter().map(|o| o.edge_tokens).sum();
     let uploaded: u64 = ok.iter().map(|o| o.uploaded_bytes).sum();
+    let sum = |f: fn(&Outcome) -> u64| ok.iter().map(|o| f(o)).sum::<u64>();
+    let (cloud, rollbacks) = (sum(|o| o.cloud_tokens), sum(|o| o.rollbacks));
+    let (drafted, accepted) = (sum(|o| o.drafted), sum(|o| o.accepted));
+    let per_token = |n: u64| if tokens > 0 { n as f64 / tokens as f64 } else { 0.0 };
     let report = json!({
         "requests": total, "concurrency": a.concurrency, "failed": failed.len(),
         "completion_tokens": tokens, "wall_s": wall, "uploaded_bytes": uploaded,
         "mode": a.mode,
         "throughput_tokens_per_s": tokens as f64 / wall,
-        "edge_share": if tokens > 0 { edge as f64 / tokens as f64 } else { 0.0 },
+        "edge_share": per_token(edge),
+        "rollbacks_per_token": per_token(rollbacks),
+        "drafted_tokens": drafted,
+        "accepted_draft_tokens": accepted,
+        // Speculative mode: every verification ends with one cloud token.
+        "tokens_per_verification": if drafted > 0 && cloud > 0 { tokens as f64 / cloud as f64 } else { 0.0 },
         "latency_s": {"p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0)},
         "time_to_first_token_s": {"p50": percentile(&ttft, 50.0), "p99": percentile(&ttft, 99.0)},
         "first_errors": failed.iter().take(3).collect::<Vec<_>>(),
