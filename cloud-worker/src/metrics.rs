@@ -123,7 +123,7 @@ impl WorkerMetrics {
         );
         r.register(
             "collm_cloud_kv_cache_hits",
-            "Next-token steps that extended a session's cached KV",
+            "Next-token and verify steps that extended (or cut back) a session's cached KV",
             m.cache_hits.clone(),
         );
         r.register(
@@ -133,7 +133,7 @@ impl WorkerMetrics {
         );
         r.register(
             "collm_cloud_kv_cache_rebuilds",
-            "Misses for a session whose KV this worker had held (evicted, or past the position asked)",
+            "Misses for a session whose KV this worker had held (evicted, or nothing of it still valid)",
             m.cache_rebuilds.clone(),
         );
         r.register(

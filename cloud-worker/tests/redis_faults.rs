@@ -92,6 +92,9 @@ fn heavy_a_silent_or_slow_redis_link_never_hangs_a_request() {
     let mut raw = RawCloud::connect(&worker.url, "tok-a");
     let all = rows(4, raw.hidden, 4);
     assert_eq!(raw.upload("s", 0, first(&all, 3, raw.hidden)).expect("ack").persisted, 3);
+    raw.next("s", 2).expect("answer");
+    // Asked again, as every later request asks: the cached positions cut back to 2 and
+    // position 2 run alone (a batched first pass rounds differently in the last bits).
     let reference = raw.next("s", 2).expect("answer");
 
     // Slow but within the limit: answered, just later.

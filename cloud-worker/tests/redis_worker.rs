@@ -164,10 +164,10 @@ fn heavy_a_redis_restart_without_persistence_costs_a_reupload_not_the_answer() {
     assert_eq!(cloud.next_token(1, ask(3)).expect("answer after re-upload"), extended);
 
     // Redis restarts empty after every row was acknowledged: the request finds nothing, the
-    // edge uploads everything again, and the worker (its cache already past position 3)
-    // recomputes the session from position 0.
+    // edge uploads everything again, and the worker (its cache already past position 3) cuts
+    // its cache back to position 3 and runs it again: the extended session's answer.
     redis.restart();
-    assert_eq!(cloud.next_token(1, ask(3)).expect("answer after re-upload"), from_scratch);
+    assert_eq!(cloud.next_token(1, ask(3)).expect("answer after re-upload"), extended);
     for session in 1..=3 {
         cloud.end_session(session);
     }

@@ -52,7 +52,7 @@ async fn traffic(url: String) -> anyhow::Result<u32> {
     assert!(acks.iter().all(Result::is_ok), "{acks:?}");
     let ask = |after| next_token_request(&s, after, Sampling::default(), 0.5, 0);
     a.next_token(ask(3)).await?; // built: 4 positions computed
-    a.next_token(ask(3)).await?; // the cache is past position 3: rebuilt, 4 more
+    a.next_token(ask(3)).await?; // the cache is past position 3: cut back, 1 more
     let unknown = SessionId::parse("never-uploaded")?;
     let err = a.next_token(next_token_request(&unknown, 0, Sampling::default(), 0.5, 0)).await;
     assert_eq!(err.expect_err("unknown session").code(), Code::NotFound);
@@ -99,10 +99,10 @@ fn metrics_count_calls_uploads_and_cache_use_and_both_health_endpoints_answer() 
         ("collm_cloud_upload_rows_total", 4.0),
         ("collm_cloud_upload_bytes_total", 4.0 * row_bytes),
         ("collm_cloud_sessions_opened_total", 1.0),
-        ("collm_cloud_kv_cache_hits_total", 0.0),
-        ("collm_cloud_kv_cache_misses_total", 2.0),
-        ("collm_cloud_kv_cache_rebuilds_total", 1.0),
-        ("collm_cloud_positions_computed_total", 8.0),
+        ("collm_cloud_kv_cache_hits_total", 1.0),
+        ("collm_cloud_kv_cache_misses_total", 1.0),
+        ("collm_cloud_kv_cache_rebuilds_total", 0.0),
+        ("collm_cloud_positions_computed_total", 5.0),
         ("collm_cloud_kv_cached_sessions", 1.0),
     ] {
         assert_eq!(sample(&page, series), value, "{series} in\n{page}");
