@@ -118,8 +118,10 @@ impl CloudEngine {
 
     /// Runs `rows` (positions `from..`, decoded) on top of the session's first `from` cached
     /// positions, catching up as the catch-up mode says, and returns the logits of the last
-    /// `logits_count` positions. `None` when the cache no longer holds `from` positions usable
-    /// on `branch` (another request changed it since `usable_prefix`): read again.
+    /// `logits_count` positions: all in one batched pass when `batched`, else the ones after
+    /// the first of them one position at a time (exactly as decoding token by token computes
+    /// them). `None` when the cache no longer holds `from` positions usable on `branch`
+    /// (another request changed it since `usable_prefix`): read again.
     #[allow(clippy::too_many_arguments)]
     pub fn extend(
         &mut self,
@@ -130,6 +132,7 @@ impl CloudEngine {
         rows: &[f32],
         edge_answered: &EdgeAnswered,
         logits_count: usize,
+        batched: bool,
     ) -> Result<Option<Extended>> {
         let key = (client.clone(), session.clone());
         self.tick += 1;
@@ -157,7 +160,11 @@ impl CloudEngine {
         entry.last_used = self.tick;
         entry.cache.truncate(from as usize)?;
         entry.epoch = branch.epoch;
-        let stepped = self.layers.step(&mut entry.cache, rows, edge_answered, logits_count)?;
+        let stepped = if batched {
+            self.layers.step(&mut entry.cache, rows, edge_answered, logits_count)?
+        } else {
+            self.layers.step_one_by_one(&mut entry.cache, rows, edge_answered, logits_count)?
+        };
         Ok(Some(Extended {
             logits: stepped.logits,
             cache: cache_use,

@@ -101,6 +101,9 @@ pub struct Run<'a> {
     /// One past the last position to run.
     pub end: u64,
     pub edge_answered: &'a EdgeAnswered,
+    /// Whether the positions whose logits are asked may run in one batched pass (else one at
+    /// a time, as the full model decodes them).
+    pub batched: bool,
 }
 
 /// Runs `f` on the engine on a blocking thread: the lock may be held by a partition run, which
@@ -136,15 +139,16 @@ pub async fn extend<S: ContextStore>(
                 .await?;
         let segments = store.rows(run.client, run.session, run.branch.epoch, from..run.end).await?;
         let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();
-        let (client, session, branch, edge) = (
+        let (client, session, branch, edge, batched) = (
             run.client.clone(),
             run.session.clone(),
             run.branch.clone(),
             run.edge_answered.clone(),
+            run.batched,
         );
         let extended = with_engine(engine, move |e| {
             let extended =
-                e.extend(&client, &session, &branch, from, &rows, &edge, logits_count)?;
+                e.extend(&client, &session, &branch, from, &rows, &edge, logits_count, batched)?;
             Ok(extended.map(|x| (x, e.cached_sessions())))
         })
         .await?;

@@ -119,6 +119,12 @@ struct Args {
     /// fails naming the first missing position, and the edge re-uploads from there.
     #[arg(long, default_value_t = 2000)]
     row_wait_ms: u64,
+    /// Verify a draft in one batched pass of the cloud layers instead of one position at a
+    /// time: less cloud compute per draft, but the batched rounding can swap two tokens the
+    /// model holds equally likely, so speculative answers may then differ from the full
+    /// model's (one position at a time they are identical).
+    #[arg(long)]
+    batched_verify: bool,
     /// Act as a worker from before a capability (`epochs` or `verify`): it is not announced
     /// and not served. For rolling upgrades and for testing edges against older workers.
     #[arg(long, value_name = "CAPABILITY", hide = true)]
@@ -267,6 +273,7 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
         .with_metrics(std::sync::Arc::clone(&metrics))
         .with_readiness(readiness.clone())
         .with_row_wait(Duration::from_millis(a.row_wait_ms))
+        .with_batched_verify(a.batched_verify)
         .with_capabilities(capabilities(&a.without)?);
     if a.full {
         worker = worker.with_full_model(FullModel::load(&bundle_dir)?);

@@ -43,6 +43,8 @@ pub struct CloudWorker<S> {
     row_wait: std::time::Duration,
     arrived: RowsArrived,
     vocab_size: usize,
+    /// Verify runs a draft's positions in one batched pass instead of one at a time.
+    verify_batched: bool,
 }
 
 /// The sampling parameters of the runtime for validated wire ones.
@@ -72,7 +74,16 @@ impl<S: ContextStore> CloudWorker<S> {
             capabilities: Capabilities::all(),
             row_wait: DEFAULT_ROW_WAIT,
             arrived: RowsArrived::default(),
+            verify_batched: false,
         }
+    }
+
+    /// Verify runs a draft's positions in one batched pass: cheaper for the cloud, but its
+    /// rounding differs from decoding one token at a time, so where the full model holds two
+    /// tokens equally likely to within that rounding the verdict can pick the other one.
+    pub fn with_batched_verify(mut self, batched: bool) -> Self {
+        self.verify_batched = batched;
+        self
     }
 
     /// What this worker announces and serves beyond the original protocol (all by default;
@@ -145,6 +156,7 @@ impl<S: ContextStore> CloudWorker<S> {
             first: req.after,
             end: req.after + 1,
             edge_answered: &edge_answered,
+            batched: true,
         };
         let (extended, cached) = infer::extend(&self.engine, &*self.store, run).await?;
         self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
@@ -202,9 +214,18 @@ impl<S: ContextStore> CloudWorker<S> {
             end,
             // Every drafted position runs exactly: the verdict is the full model's.
             edge_answered: &EdgeAnswered::default(),
+            batched: self.verify_batched,
         };
         let (extended, cached) = infer::extend(&self.engine, &*self.store, run).await?;
         self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
+        tracing::debug!(
+            cache = ?extended.cache,
+            computed = extended.computed,
+            after = req.after,
+            drafted = req.draft.len(),
+            epoch = req.branch.epoch,
+            "verifying"
+        );
         let params = params(req.sampling);
         let (draft, u) = (req.draft.clone(), req.u.clone());
         let (accepted, pick) = tokio::task::spawn_blocking(move || {
@@ -213,6 +234,7 @@ impl<S: ContextStore> CloudWorker<S> {
         .await
         .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
         self.metrics.verified(req.draft.len(), accepted);
+        tracing::debug!(after = req.after, draft = ?req.draft, accepted, token = pick.token, "verified");
         // The cache keeps the accepted tokens' positions only; the rejected ones are recomputed
         // from their rewritten rows on the next request.
         let keep = req.after + 1 + accepted as u64;

@@ -129,10 +129,17 @@ fn asks_wait_for_their_rows_and_old_epochs_are_refused() {
 fn verify_judges_a_draft_as_next_token_answers_position_by_position() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());
-    let worker = Worker::start(&bundle, dir.path());
+    // One position at a time (the default), and in one batched pass.
+    for flags in [&[][..], &["--batched-verify"]] {
+        let worker = Worker::start_with(&bundle, dir.path(), flags);
+        verifies_as_next_token_answers(&worker.url);
+    }
+}
+
+fn verifies_as_next_token_answers(url: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut c = client(&worker.url).await?;
+        let mut c = client(url).await?;
         let h = c.health(pb::HealthRequest {}).await?.into_inner().hidden_size;
         let s = SessionId::parse("drafted")?;
         upload(&mut c, vec![chunk(&s, h, 0, 8, 0.0, 0, 0)]).await?;

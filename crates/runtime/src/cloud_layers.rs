@@ -76,6 +76,32 @@ impl CloudLayers {
         self.partition.empty_cache()
     }
 
+    /// As [`CloudLayers::step`], but the positions after the first whose logits are asked run
+    /// one at a time, as decoding one token at a time runs them. Batched runs round
+    /// differently in the last bits, enough to swap two tokens the model holds equally likely;
+    /// run like this, a verified draft gets exactly the logits the full model decoding token by
+    /// token computes (it catches up on the positions before the draft in one pass too).
+    pub fn step_one_by_one(
+        &mut self,
+        cache: &mut KvCache,
+        rows: &[f32],
+        edge: &EdgeAnswered,
+        logits_count: usize,
+    ) -> Result<Stepped> {
+        let width = self.partition.shape.hidden_size.max(1);
+        let n = rows.len() / width;
+        let singles = logits_count.clamp(1, n.max(1)) - 1;
+        let head = n - singles;
+        let mut stepped = self.step(cache, &rows[..head * width], edge, 1)?;
+        for i in head..n {
+            let one = self.step(cache, &rows[i * width..(i + 1) * width], edge, 1)?;
+            stepped.logits.extend_from_slice(&one.logits);
+            stepped.exact += one.exact;
+            stepped.propagated += one.propagated;
+        }
+        Ok(stepped)
+    }
+
     /// Extends `cache` with `rows` (the split hidden states of positions `cache.len()..=after`,
     /// decoded) and returns the logits of the last `logits_count` of them (a verified draft
     /// needs one per draft token and one after; those positions always run exactly, in the

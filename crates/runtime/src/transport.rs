@@ -132,7 +132,7 @@ impl InProcessCloud {
         let from = s.cache.len();
         let rows = &s.rows[from * width..(last + 1) * width];
         let no_edge = EdgeAnswered::default();
-        Ok(self.layers.step(&mut s.cache, rows, &no_edge, last + 1 - first)?.logits)
+        Ok(self.layers.step_one_by_one(&mut s.cache, rows, &no_edge, last + 1 - first)?.logits)
     }
 }
 
