@@ -113,8 +113,11 @@ pub async fn with_engine<T: Send + 'static>(
     f: impl FnOnce(&mut CloudEngine) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let engine = Arc::clone(engine);
+    let waiting = crate::metrics::EngineWait::start();
     tokio::task::spawn_blocking(move || {
-        let mut engine = engine.lock().map_err(|_| Error::Internal("engine poisoned".into()))?;
+        let engine = engine.lock();
+        drop(waiting);
+        let mut engine = engine.map_err(|_| Error::Internal("engine poisoned".into()))?;
         f(&mut engine)
     })
     .await

@@ -66,8 +66,29 @@ pub struct WorkerMetrics {
     accepted_tokens: Counter,
 }
 
+/// Inference calls waiting for the worker's one engine (a process has one, so one gauge).
+static ENGINE_QUEUE: std::sync::LazyLock<Gauge> = std::sync::LazyLock::new(Gauge::default);
+
+/// Counts a call as waiting for the engine until dropped: hold it from before the engine lock
+/// is asked for until it is granted.
+pub struct EngineWait(());
+
+impl EngineWait {
+    pub fn start() -> Self {
+        ENGINE_QUEUE.inc();
+        Self(())
+    }
+}
+
+impl Drop for EngineWait {
+    fn drop(&mut self) {
+        ENGINE_QUEUE.dec();
+    }
+}
+
 impl WorkerMetrics {
-    /// Registers every metric of the worker in `registry`.
+    /// Registers every metric of the worker in `registry`, with `collm_cloud_build_info` and the
+    /// `process_*` metrics.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let m = Self {
             rpc_requests: Family::default(),
@@ -101,6 +122,11 @@ impl WorkerMetrics {
             m.rpc_seconds.clone(),
         );
         r.register("collm_cloud_rpc_in_flight", "gRPC calls being served", m.in_flight.clone());
+        r.register(
+            "collm_cloud_engine_queue_depth",
+            "Inference steps waiting for the worker's engine (one runs at a time)",
+            ENGINE_QUEUE.clone(),
+        );
         r.register(
             "collm_cloud_upload_bytes",
             "Hidden-state payload bytes received in valid upload chunks",
@@ -175,6 +201,12 @@ impl WorkerMetrics {
             "collm_cloud_accepted_tokens",
             "Draft tokens Verify found equal to the full model's picks",
             m.accepted_tokens.clone(),
+        );
+        collm_telemetry::metrics::register_standard(
+            r,
+            "collm_cloud",
+            "cloud-worker",
+            env!("CARGO_PKG_VERSION"),
         );
         Arc::new(m)
     }

@@ -10,12 +10,15 @@ use collm_runtime::decoder::{EdgeDecoder, EdgeStep};
 use collm_runtime::partition::{Partition, PartitionShape};
 use collm_runtime::text::TextCodec;
 use collm_runtime::{ExitPolicy, OperatingPoint};
+use prometheus_client::metrics::gauge::Gauge;
 use sha2::Digest;
 
 use crate::{Error, Result};
 
 pub struct EdgeEngine {
     partition: Arc<tokio::sync::Mutex<Partition>>,
+    /// Decode steps waiting for the partition: the agent's queue depth (a metric).
+    pub waiting: Gauge,
     pub text: TextCodec,
     pub manifest: Manifest,
     /// Exit layers, shallowest first.
@@ -49,6 +52,7 @@ impl EdgeEngine {
             context: partition.shape.max_position,
             vocab_size: partition.shape.vocab_size,
             partition: Arc::new(tokio::sync::Mutex::new(partition)),
+            waiting: Gauge::default(),
             text,
             exits,
             policy,
@@ -76,7 +80,10 @@ impl EdgeEngine {
 
     /// Runs one step of `decoder` on a blocking thread once the partition is free.
     pub async fn step(&self, mut decoder: EdgeDecoder) -> Result<(EdgeDecoder, EdgeStep)> {
-        let mut partition = self.partition.clone().lock_owned().await;
+        self.waiting.inc();
+        let partition = self.partition.clone().lock_owned().await;
+        self.waiting.dec();
+        let mut partition = partition;
         let (decoder, step) = tokio::task::spawn_blocking(move || {
             let step = decoder.step(&mut partition);
             (decoder, step)

@@ -143,6 +143,7 @@ impl Generator {
         tokens: mpsc::Sender<Token>,
     ) -> Result<(Finish, Summary)> {
         self.metrics.active_generations.inc();
+        self.metrics.prompt_tokens.inc_by(req.prompt.len() as u64);
         let result = if req.mode == Mode::Cloud {
             self.run_in_cloud(&req, &tokens).await
         } else {

@@ -150,7 +150,7 @@ fn run(a: Args) -> Result<()> {
 
 async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
     let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry, engine.waiting.clone());
     let link = match (&s.cloud[..], &s.token) {
         ([], _) | (_, None) => None,
         (endpoints, Some(token)) => {

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<RequestLabels, Histogram>,
     pub time_to_first_token_seconds: Histogram,
+    /// Time between consecutive tokens of one response, as its client receives them.
+    pub inter_token_seconds: Histogram,
+    pub prompt_tokens: Counter,
     pub tokens: Family<SourceLabels, Counter>,
     pub cloud_request_seconds: Histogram,
     pub cloud_errors: Counter,
@@ -40,12 +43,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers the agent's metrics, `collm_edge_build_info` and the `process_*` metrics;
+    /// `engine_queue` is the edge engine's count of decode steps waiting for the partition.
+    pub fn register(registry: &mut Registry, engine_queue: Gauge) -> Self {
         let histogram = || Histogram::new(latency_buckets());
         let m = Self {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(histogram),
             time_to_first_token_seconds: histogram(),
+            inter_token_seconds: histogram(),
+            prompt_tokens: Counter::default(),
             tokens: Family::default(),
             cloud_request_seconds: histogram(),
             cloud_errors: Counter::default(),
@@ -64,7 +71,7 @@ impl Metrics {
             m.requests.clone(),
         );
         r.register(
-            "request_seconds",
+            "request_duration_seconds",
             "Whole API request latency (streams: until the last event)",
             m.request_seconds.clone(),
         );
@@ -73,9 +80,19 @@ impl Metrics {
             "From request arrival to the first generated token",
             m.time_to_first_token_seconds.clone(),
         );
+        r.register(
+            "inter_token_latency_seconds",
+            "Time between consecutive generated tokens of one response, as sent to its client",
+            m.inter_token_seconds.clone(),
+        );
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens of the generations started",
+            m.prompt_tokens.clone(),
+        );
         r.register("tokens", "Generated tokens by who answered them", m.tokens.clone());
         r.register(
-            "cloud_request_seconds",
+            "cloud_request_duration_seconds",
             "Next-token requests to the cloud, uploads of missing rows included",
             m.cloud_request_seconds.clone(),
         );
@@ -96,6 +113,11 @@ impl Metrics {
         );
         r.register("active_generations", "Generations in progress", m.active_generations.clone());
         r.register(
+            "engine_queue_depth",
+            "Decode steps waiting for the edge partition (one runs at a time, in arrival order)",
+            engine_queue,
+        );
+        r.register(
             "cloud_connected",
             "1 while a cloud endpoint is connected",
             m.cloud_connected.clone(),
@@ -114,6 +136,12 @@ impl Metrics {
             "accepted_draft_tokens",
             "Draft tokens the cloud found equal to the full model's (speculative mode)",
             m.accepted_draft_tokens.clone(),
+        );
+        collm_telemetry::metrics::register_standard(
+            registry,
+            "collm_edge",
+            "edge-agent",
+            env!("CARGO_PKG_VERSION"),
         );
         m
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -101,8 +101,14 @@ async fn readyz(State(e): State<Endpoints>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics_page(State(e): State<Endpoints>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(&e.registry))
+/// OpenMetrics for a scraper that asks for it (Prometheus does), else the classic text format.
+async fn metrics_page(State(e): State<Endpoints>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if metrics::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(&e.registry))
+    } else {
+        ([(header::CONTENT_TYPE, metrics::TEXT_CONTENT_TYPE)], metrics::render_text(&e.registry))
+    }
 }
 
 /// A bound listener for [`serve`]; binding first lets the caller print the real port of `:0`.

@@ -5,13 +5,15 @@
 //!   default). Keep the returned [`Telemetry`] alive: dropping it flushes pending spans.
 //! - [`propagation`]: continue the caller's trace from the W3C `traceparent` of gRPC metadata or
 //!   HTTP headers, and send ours on, so one trace spans edge and cloud.
-//! - [`metrics`]: the Prometheus registry types each service registers its metrics in.
+//! - [`metrics`]: the Prometheus registry types each service registers its metrics in, the
+//!   `build_info` and [`process`] metrics every service adds, OpenMetrics and classic text.
 //! - [`http`]: an axum router with `/metrics`, `/healthz` and `/readyz` (from a shared
 //!   [`http::Readiness`]) that a service serves on its own port or merges into its API.
 
 pub mod http;
 mod init;
 pub mod metrics;
+pub mod process;
 pub mod propagation;
 
 pub use init::{LOG_FORMAT_ENV, LogFormat, Telemetry, init};

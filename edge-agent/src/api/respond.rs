@@ -209,6 +209,8 @@ struct TokenText {
     text: TextStream,
     tokens: mpsc::Receiver<Token>,
     started: Instant,
+    /// When the previous token arrived (for the inter-token latency metric).
+    last_token: Instant,
     count: usize,
     sources: Vec<&'static str>,
     /// Every token id received, in order.
@@ -237,6 +239,7 @@ impl TokenText {
             text: TextStream::new(stops),
             tokens,
             started,
+            last_token: started,
             count: 0,
             sources: vec![],
             ids: vec![],
@@ -247,12 +250,13 @@ impl TokenText {
     /// The next piece of text, `None` once the generation stopped sending.
     async fn next(&mut self) -> Option<Piece> {
         let token = self.tokens.recv().await?;
+        let metrics = &self.state.metrics;
         if self.count == 0 {
-            self.state
-                .metrics
-                .time_to_first_token_seconds
-                .observe(self.started.elapsed().as_secs_f64());
+            metrics.time_to_first_token_seconds.observe(self.started.elapsed().as_secs_f64());
+        } else {
+            metrics.inter_token_seconds.observe(self.last_token.elapsed().as_secs_f64());
         }
+        self.last_token = Instant::now();
         self.count += 1;
         self.ids.push(token.id);
         self.sources.push(token.source.as_str());
