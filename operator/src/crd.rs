@@ -13,6 +13,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod observability;
+pub use observability::{LogFormat, ObservabilitySpec, SideObservability};
+
 /// The API group of every resource this project defines.
 pub const GROUP: &str = "collm.dev";
 
@@ -178,6 +181,11 @@ pub struct CollabModelSpec {
     /// operator's own defaults).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Log level and format of the edge and cloud pods, and the OpenTelemetry collector they
+    /// send traces to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<ObservabilitySpec>,
 }
 
 /// Where the model bundle comes from. Exactly one source.
@@ -401,7 +409,8 @@ impl Default for CloudSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomMetricTarget {
-    /// Metric name, e.g. `collm_cloud_inflight_requests`.
+    /// Metric name as the custom metrics adapter serves it, e.g. `collm_cloud_rpc_in_flight`
+    /// (gRPC calls each cloud worker is serving; the worker's /metrics lists them all).
     #[schemars(length(min = 1))]
     pub name: String,
     /// Target average value per pod, as a Kubernetes quantity (e.g. `4` or `500m`).

@@ -36,6 +36,7 @@ impl CollabModel {
             credentials: None,
             external_cloud_endpoint: None,
             image_pull_secrets: Vec::new(),
+            observability: None,
         };
         let mut model = CollabModel::new("chat", spec);
         model.metadata = ObjectMeta {

@@ -314,7 +314,7 @@ mod cel {
             |s| {
                 s.cloud.target_cpu_utilization = Some(60);
                 s.cloud.custom_metric = Some(CustomMetricTarget {
-                    name: "collm_cloud_inflight_requests".to_string(),
+                    name: "collm_cloud_rpc_in_flight".to_string(),
                     average_value: "4".to_string(),
                 });
             },

@@ -96,6 +96,7 @@ fn deployment(spec: &CollabModelSpec, at: &ModelRef, pod: &CloudPod<'_>) -> Depl
         },
     ]);
     let mut env = runtime_env();
+    env.extend(super::observability::env(spec, Side::Cloud));
     let redis_secret = match pod.redis {
         Some(Redis::Secret(secret)) => Some((secret.name.clone(), secret.key.clone())),
         Some(Redis::Managed) => Some((password_secret_name(at), URL_KEY.to_string())),

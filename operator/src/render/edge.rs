@@ -65,6 +65,7 @@ pub fn daemon_set(
     // the agent report its cloud link on its own pod.
     let mut env = vec![field_env("COLLM_NODE_NAME", "spec.nodeName")];
     env.extend(runtime_env());
+    env.extend(super::observability::env(spec, Side::Edge));
     container.env = Some(env);
     container.readiness_probe = Some(Probe {
         http_get: Some(HTTPGetAction {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod edge;
 pub mod endpoint;
 pub mod identity;
+pub mod observability;
 pub mod pod;
 pub mod redis;
 

@@ -172,7 +172,7 @@ fn rendered_objects_carry_the_spec_settings() {
 fn custom_metric_replaces_cpu_target() {
     let mut model = CollabModel::fixture();
     model.spec.cloud.custom_metric = Some(CustomMetricTarget {
-        name: "collm_cloud_inflight_requests".to_string(),
+        name: "collm_cloud_rpc_in_flight".to_string(),
         average_value: "4".to_string(),
     });
     let children = rendered(&model);
@@ -180,7 +180,7 @@ fn custom_metric_replaces_cpu_target() {
     let metrics = hpa.metrics.expect("metrics");
     assert_eq!(metrics.len(), 1);
     let pods = metrics[0].pods.as_ref().expect("pods metric");
-    assert_eq!(pods.metric.name, "collm_cloud_inflight_requests");
+    assert_eq!(pods.metric.name, "collm_cloud_rpc_in_flight");
     assert_eq!(pods.target.average_value.as_ref().map(|q| q.0.as_str()), Some("4"));
 }
 
