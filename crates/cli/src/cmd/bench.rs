@@ -203,7 +203,7 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
             "# Decode benchmark\n\nCommand: `collm bench decode --bundle {} --new-tokens {} --runs {}` \
              (greedy, {} new tokens after a {}-token chat prompt, median of {} runs after a warm-up, \
              each engine in its own process; collaborative at {}, f16 uploads, in-process cloud).\n\n{table}",
-            d.bundle.display(),
+            super::portable_path(&d.bundle),
             d.new_tokens,
             d.runs,
             d.new_tokens,

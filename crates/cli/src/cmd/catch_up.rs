@@ -179,7 +179,7 @@ pub fn run(a: CatchUpArgs) -> Result<()> {
     println!("{}", serde_json::to_string(&tally)?);
     let command = format!(
         "collm bench catch-up --bundle {} --prompts {} --skip {} --new-tokens {}{}",
-        a.bundle.display(),
+        super::portable_path(&a.bundle),
         a.prompts,
         a.skip,
         a.new_tokens,

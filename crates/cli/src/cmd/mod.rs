@@ -9,3 +9,15 @@ pub mod load;
 pub mod score;
 pub mod tiny;
 pub mod up;
+
+/// `path` as a results page may print it: under the artifact cache it is written
+/// `$COLLM_CACHE/...`, so a recorded command names nothing only this machine has.
+pub fn portable_path(path: &std::path::Path) -> String {
+    let cache = std::env::var_os("COLLM_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/ce-collm")));
+    match cache.and_then(|c| path.strip_prefix(c).ok().map(std::path::Path::to_path_buf)) {
+        Some(rest) => format!("$COLLM_CACHE/{}", rest.display()),
+        None => path.display().to_string(),
+    }
+}
