@@ -55,8 +55,8 @@ struct Args {
     /// Name clients give as `model` [default: the bundle directory's name].
     #[arg(long)]
     model: Option<String>,
-    /// standalone, collaborative, speculative, cloud or naive (requests may name another).
-    #[arg(long)]
+    /// Who answers the tokens (requests may name another mode) [default: collaborative].
+    #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// Raw exit confidence threshold θ (> 1 never exits).
     #[arg(long)]
@@ -80,6 +80,8 @@ struct Args {
     /// This edge's bearer token for the cloud.
     #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// A file holding the bearer token, read again whenever it changes (a rotated Kubernetes
+    /// ServiceAccount token).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) of the cloud's TLS certificate; use https:// endpoints with it.
@@ -88,6 +90,7 @@ struct Args {
     /// This edge's certificate and key (PEM) for mutual TLS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// OTLP/gRPC collector for traces (also OTEL_EXPORTER_OTLP_ENDPOINT); off by default.

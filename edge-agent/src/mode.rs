@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Every token from the edge's deepest exit head.
@@ -11,7 +11,10 @@ pub enum Mode {
     /// Confident exit heads answer; the cloud, which holds the context's hidden states
     /// uploaded in the background, answers the rest.
     Collaborative,
-    /// Baseline: the whole request runs on a cloud worker serving the full model.
+    /// Baseline: the whole request runs on a cloud worker serving the full model (`full`, the
+    /// name `collm generate` used for it, is accepted too).
+    #[serde(alias = "full")]
+    #[value(alias = "full")]
     Cloud,
     /// Baseline: collaboration without the cloud context — every cloud request ships the
     /// hidden states of the whole context.
@@ -44,7 +47,9 @@ impl std::str::FromStr for Mode {
         match s {
             "standalone" => Ok(Mode::Standalone),
             "collaborative" => Ok(Mode::Collaborative),
-            "cloud" => Ok(Mode::Cloud),
+            // `full` is what `collm generate --mode` called the whole model before it took the
+            // API's name.
+            "cloud" | "full" => Ok(Mode::Cloud),
             "naive" => Ok(Mode::Naive),
             "speculative" => Ok(Mode::Speculative),
             other => Err(format!(

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "collm",
     version,
-    about = "Split LLM tooling: export, generate, score, calibrate, bench"
+    about = "ce-collm's model tooling: export, bundle, calibrate, generate, score, bench, tiny, up, chat"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,7 +27,7 @@ enum Command {
     Score(cmd::score::Args),
     /// Fit the exit heads on ShareGPT and record their confidence/agreement trade-off.
     Calibrate(cmd::calibrate::Args),
-    /// Benchmarks (decode speed against llama.cpp).
+    /// Benchmarks: decode speed against llama.cpp, load on a running agent, catch-up modes.
     Bench(cmd::bench::Args),
     /// Bundle archives for Kubernetes: `collm bundle pack DIR --out FILE`.
     Bundle(cmd::bundle::Args),

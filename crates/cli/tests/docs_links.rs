@@ -72,7 +72,10 @@ fn pages_link_only_files_of_the_repository() {
 #[test]
 fn the_readme_links_the_architecture_doc() {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
-    assert!(local_links(&readme).iter().any(|l| l == "docs/architecture.md"), "README lacks the link");
+    assert!(
+        local_links(&readme).iter().any(|l| l == "docs/architecture.md"),
+        "README lacks the link"
+    );
     let doc = std::fs::read_to_string(repo().join("docs/architecture.md")).expect("the doc");
     assert!(doc.contains("```mermaid"), "the architecture doc has its diagram");
 }

@@ -32,13 +32,16 @@ enum What {
 
 #[derive(clap::Args)]
 struct DecodeArgs {
+    /// The bundle directory (`collm export` wrote it).
     #[arg(long)]
     bundle: PathBuf,
     /// The GGUF llama.cpp decodes (the bundle's source).
     #[arg(long)]
     gguf: Option<PathBuf>,
+    /// Tokens generated per run.
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
+    /// Timed runs per engine (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Python with llama-cpp-python (default: $COLLM_CACHE/ref-venv/bin/python).
@@ -53,6 +56,7 @@ struct DecodeArgs {
     /// Raw θ for collaborative mode (default: the bundle's default operating point).
     #[arg(long)]
     threshold: Option<f32>,
+    /// Instead of --threshold: each head's calibrated θ for this top-1 agreement.
     #[arg(long)]
     target_agreement: Option<f32>,
 }

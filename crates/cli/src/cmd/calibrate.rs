@@ -22,6 +22,7 @@ use collm_runtime::{
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The bundle directory (`collm export` wrote it).
     #[arg(long)]
     bundle: PathBuf,
     /// ShareGPT JSON (default: $COLLM_CACHE/data/ShareGPT_V3_unfiltered_cleaned_split.json).
@@ -45,8 +46,10 @@ pub struct Args {
     /// least-squares | kl
     #[arg(long, default_value = "kl")]
     method: String,
+    /// Passes over the training data of the KL fit.
     #[arg(long, default_value_t = 6)]
     epochs: usize,
+    /// Learning rate of the KL fit.
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
     /// Pull of the least-squares fit towards the identity (the uncalibrated head). Features are
@@ -193,6 +196,7 @@ fn collect(
     };
     let new = || Collected { inputs: vec![vec![]; exits.len()], targets: vec![] };
     let (mut train, mut heldout) = (new(), new());
+    let started = std::time::Instant::now();
     let eps = model.manifest.config.rms_eps;
     let context = model.manifest.config.max_position;
     let mut skipped = 0;
@@ -222,7 +226,12 @@ fn collect(
         }
         dest.targets.extend(f.targets);
         if (i + 1) % 32 == 0 {
-            eprintln!("calibration features: {}/{} prompts", i + 1, prompts.len());
+            let (done, all) = (i + 1, prompts.len());
+            let spent = started.elapsed().as_secs_f64();
+            eprintln!(
+                "calibration features: {done}/{all} prompts ({spent:.0} s, about {:.0} s to go)",
+                spent / done as f64 * (all - done) as f64
+            );
         }
     }
     if skipped > 0 {

@@ -23,22 +23,28 @@ use collm_runtime::{
 
 #[derive(clap::Args)]
 pub struct CatchUpArgs {
+    /// The bundle directory (`collm export` wrote it).
     #[arg(long)]
     bundle: PathBuf,
     /// ShareGPT JSON (default: the cached ShareGPT_V3_unfiltered_cleaned_split.json).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// ShareGPT prompts measured.
     #[arg(long, default_value_t = 32)]
     prompts: usize,
     /// Prompts passed over first (calibration reads the first 320 by default).
     #[arg(long, default_value_t = 400)]
     skip: usize,
+    /// Longest prompt kept, in characters of the user message.
     #[arg(long, default_value_t = 600)]
     max_chars: usize,
+    /// Tokens generated per prompt.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
+    /// Raw exit confidence threshold θ (default: the bundle's default operating point).
     #[arg(long, conflicts_with = "target_agreement")]
     threshold: Option<f32>,
+    /// Instead of --threshold: each head's calibrated θ for this top-1 agreement.
     #[arg(long)]
     target_agreement: Option<f32>,
     /// Write a Markdown report here.

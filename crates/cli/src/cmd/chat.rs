@@ -21,15 +21,18 @@ pub struct Args {
     /// Model name [default: the first the agent lists].
     #[arg(long)]
     model: Option<String>,
+    /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    /// Sampling temperature (0: greedy).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Seed of the sampler [default: the agent's].
     #[arg(long)]
     seed: Option<u64>,
-    /// standalone, collaborative, cloud or naive [default: the agent's].
-    #[arg(long)]
-    mode: Option<String>,
+    /// Who answers the tokens [default: the agent's].
+    #[arg(long, value_enum)]
+    mode: Option<super::ApiMode>,
     /// Colour the text by source even when stdout is not a terminal.
     #[arg(long)]
     color: bool,
@@ -73,8 +76,8 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(seed) = a.seed {
         body["seed"] = json!(seed);
     }
-    if let Some(mode) = &a.mode {
-        body["mode"] = json!(mode);
+    if let Some(mode) = a.mode {
+        body["mode"] = json!(mode.as_str());
     }
     let started = Instant::now();
     let resp = http()

@@ -2,6 +2,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use clap::ValueEnum;
 use collm_runtime::text::ChatMessage;
 use collm_runtime::transport::CloudTransport;
 use collm_runtime::{
@@ -11,6 +12,7 @@ use collm_runtime::{
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The bundle directory (`collm export` wrote it).
     #[arg(long)]
     bundle: PathBuf,
     /// Raw prompt text (special tokens such as <|im_start|> are recognised).
@@ -22,12 +24,12 @@ pub struct Args {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// full | standalone | collaborative | speculative (lossless: the edge drafts, the cloud
-    /// verifies; the full model's output; use --encoding f32 for exactly its tokens)
-    #[arg(long, default_value = "collaborative")]
-    mode: Mode,
+    /// Who answers the tokens
+    #[arg(long, value_enum, default_value_t = GenerateMode::Collaborative)]
+    mode: GenerateMode,
     /// Raw confidence threshold θ for every exit head (θ > 1 never exits). Default: the
     /// calibrated θ for 95% agreement, or 0.9 for uncalibrated heads.
     #[arg(long, conflicts_with = "target_agreement")]
@@ -41,10 +43,13 @@ pub struct Args {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Sample among this many most likely tokens only (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Sample within this much probability mass only (nucleus sampling; 1: all).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Seed of the sampler (the same seed gives the same tokens).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// How the in-process cloud catches up on positions the edge answered: exact | propagate
@@ -64,7 +69,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut model = SplitModel::open(&a.bundle, a.mode != Mode::Standalone && a.cloud.is_none())?;
+    let standalone = a.mode == GenerateMode::Standalone;
+    let mut model = SplitModel::open(&a.bundle, !standalone && a.cloud.is_none())?;
     let prompt_ids = match (&a.prompt, &a.chat) {
         (Some(p), _) => model.text.encode(p)?,
         (None, Some(c)) => {
@@ -81,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     let uncalibrated = model.manifest.exits.iter().any(|e| e.calibration.is_none());
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
-        mode: a.mode,
+        mode: a.mode.into(),
         policy: ExitPolicy::new(&model.manifest, point)?,
         sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
         seed: a.seed,
@@ -90,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let exits = model.exit_layers();
     let mut cloud: Option<Box<dyn CloudTransport>> = match (&a.cloud, &a.token) {
-        (Some(url), Some(token)) if a.mode != Mode::Standalone => Some(Box::new(
+        (Some(url), Some(token)) if !standalone => Some(Box::new(
             collm_cloud_client::GrpcCloud::connect(url, token, model.edge.shape.hidden_size)?,
         )),
         _ => {
@@ -124,7 +130,7 @@ pub fn run(a: Args) -> Result<()> {
         &mut on_token,
     )?;
     let answer = model.text.decode(&generation.tokens)?;
-    if a.mode == Mode::Collaborative && uncalibrated {
+    if a.mode == GenerateMode::Collaborative && uncalibrated {
         eprintln!(
             "note: the exit heads are not calibrated (run `collm calibrate`); they may have answered with wrong tokens"
         );
@@ -132,7 +138,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&generation)?;
         v["text"] = serde_json::Value::String(answer);
-        v["mode"] = serde_json::to_value(a.mode)?;
+        v["mode"] = a.mode.to_possible_value().map(|v| v.get_name().to_owned()).into();
         v["encoding"] = serde_json::Value::String(opts.encoding.as_str().into());
         let _ = writeln!(std::io::stdout(), "{v}");
     } else {
@@ -157,4 +163,31 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--mode`: the modes of the edge agent's API that run in one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerateMode {
+    /// The whole model, no exits: the API's `cloud` mode, run here in-process unless --cloud
+    /// names a worker (`full`, its former name here, is still accepted)
+    #[value(alias = "full")]
+    Cloud,
+    /// Every token from the edge's deepest exit head; the cloud is never asked
+    Standalone,
+    /// The edge answers when an exit head is confident, the cloud otherwise
+    Collaborative,
+    /// Lossless: the edge drafts, the cloud verifies and keeps the full model's tokens (use
+    /// --encoding f32 for exactly its tokens)
+    Speculative,
+}
+
+impl From<GenerateMode> for Mode {
+    fn from(m: GenerateMode) -> Self {
+        match m {
+            GenerateMode::Cloud => Mode::Full,
+            GenerateMode::Standalone => Mode::Standalone,
+            GenerateMode::Collaborative => Mode::Collaborative,
+            GenerateMode::Speculative => Mode::Speculative,
+        }
+    }
 }

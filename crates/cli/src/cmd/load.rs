@@ -13,6 +13,7 @@ pub struct LoadArgs {
     /// The edge agent, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     url: String,
+    /// The model name the agent serves (`GET /v1/models` lists it).
     #[arg(long)]
     model: String,
     /// Requests in flight at once.
@@ -21,6 +22,7 @@ pub struct LoadArgs {
     /// Requests in all [default: --concurrency].
     #[arg(long)]
     requests: Option<usize>,
+    /// Most tokens per answer.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
     /// Write the report (Markdown) here as well.
@@ -29,9 +31,9 @@ pub struct LoadArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
-    /// Ask for this mode in every request (standalone, collaborative, cloud, naive).
-    #[arg(long)]
-    mode: Option<String>,
+    /// Ask for this mode in every request [default: the agent's].
+    #[arg(long, value_enum)]
+    mode: Option<super::ApiMode>,
 }
 
 const PROMPTS: [&str; 4] = [
@@ -153,6 +155,9 @@ pub fn run(a: LoadArgs) -> Result<()> {
     }
     let url = a.url.trim_end_matches('/').to_owned();
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    // About ten progress lines on stderr however many requests (stdout keeps the report).
+    let every = total.div_ceil(10);
     let started = Instant::now();
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..a.concurrency.min(total))
@@ -167,11 +172,18 @@ pub fn run(a: LoadArgs) -> Result<()> {
                         mine.push(one(
                             &url,
                             &a.model,
-                            a.mode.as_deref(),
+                            a.mode.map(super::ApiMode::as_str),
                             PROMPTS[i % PROMPTS.len()],
                             a.max_tokens,
                             i,
                         ));
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if n % every == 0 || n == total {
+                            eprintln!(
+                                "bench load: {n}/{total} requests answered ({:.1} s)",
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
                     }
                 })
             })

@@ -5,6 +5,7 @@ use collm_runtime::SplitModel;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The bundle directory (`collm export` wrote it).
     #[arg(long)]
     bundle: PathBuf,
     /// Raw prompt text.

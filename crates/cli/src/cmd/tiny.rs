@@ -7,6 +7,7 @@ pub struct Args {
     /// Output GGUF file.
     #[arg(long)]
     out: PathBuf,
+    /// Seed of the random weights (the same seed writes the same file).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write the same weights as a Hugging Face directory here.
