@@ -18,7 +18,8 @@ use serving_support::*;
 use tokio_stream::StreamExt;
 use tonic::Request;
 
-const EDGE: TraceParent = TraceParent { trace_id: [0x5a; 16], parent_id: [0x1b; 8], flags: 1 };
+const EDGE: TraceParent =
+    TraceParent { trace_id: [0x5a; 16], parent_id: [0x1b; 8], flags: 1, state: None };
 
 async fn edge_calls(url: String) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;

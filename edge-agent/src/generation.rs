@@ -180,7 +180,7 @@ impl Generator {
                 let n = self.sessions.fetch_add(1, Ordering::Relaxed);
                 let id = SessionId::parse(&format!("{}-{n}", self.session_prefix))?;
                 let mut s = CloudSession::new(link.clone(), id, self.encoding);
-                s.set_trace(req.trace);
+                s.set_trace(req.trace.clone());
                 Some(s)
             }
         };

@@ -1,6 +1,7 @@
 //! One trace per request, spanning edge and cloud: a caller's `traceparent` is continued by the
-//! edge agent's HTTP span, the agent's calls to the cloud worker carry it on, and both processes
-//! export their spans to one OTLP collector (a fake one, receiving what a real one would).
+//! edge agent's HTTP span, the agent's calls to the cloud worker carry it on (with the caller's
+//! `tracestate`, unchanged), and both processes export their spans to one OTLP collector (a fake
+//! one, receiving what a real one would).
 
 mod common;
 
@@ -10,6 +11,8 @@ use serde_json::json;
 
 const TRACE_ID: [u8; 16] = [0x4b; 16];
 const CALLER_SPAN: [u8; 8] = [0x2c; 8];
+/// What a traced gateway in front of the agent might have added.
+const CALLER_STATE: &str = "gateway=ab12cd,vendor2=x:y";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -32,6 +35,7 @@ fn a_request_is_one_trace_across_the_edge_agent_and_the_cloud_worker() {
     let mut resp = ureq::post(&format!("http://{}/v1/completions", a.addr))
         .header("content-type", "application/json")
         .header("traceparent", &traceparent)
+        .header("tracestate", CALLER_STATE)
         .send(body.as_bytes())
         .expect("the agent answers");
     assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.body_mut().read_to_string());
@@ -62,4 +66,7 @@ fn a_request_is_one_trace_across_the_edge_agent_and_the_cloud_worker() {
         "the cloud's NextToken span's parent is not an edge span: {asked:#?} vs {edge:#?}"
     );
     assert!(!request.name.is_empty());
+    // The caller's tracestate reaches the cloud worker's spans, as it reached the edge's.
+    assert_eq!(request.trace_state, CALLER_STATE, "{request:#?}");
+    assert_eq!(asked.trace_state, CALLER_STATE, "the worker's NextToken span: {asked:#?}");
 }

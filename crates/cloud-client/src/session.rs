@@ -337,7 +337,7 @@ impl CloudSession {
             epoch: self.epoch(),
             rollbacks: self.rollbacks.clone(),
         };
-        let trace = self.trace;
+        let trace = self.trace.clone();
         let ask = |wire: pb::VerifyRequest| {
             let mut request = tonic::Request::new(wire);
             if let Some(parent) = &trace {

@@ -9,13 +9,18 @@ use tonic::metadata::{AsciiMetadataValue, MetadataKey, MetadataMap};
 use crate::{ProtocolError, Result};
 
 pub const TRACEPARENT: &str = "traceparent";
+/// The vendors' part of the W3C trace context, passed on unchanged.
+pub const TRACESTATE: &str = "tracestate";
 
-/// `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`, and the `tracestate` that came
+/// with it (sent on with it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TraceParent {
     pub trace_id: [u8; 16],
     pub parent_id: [u8; 8],
     pub flags: u8,
+    /// The `tracestate` header's value, `None` when there was none.
+    pub state: Option<String>,
 }
 
 impl TraceParent {
@@ -55,7 +60,7 @@ impl TraceParent {
         if parent_id == [0; 8] {
             return Err(bad("parent id is all zeros"));
         }
-        Ok(Self { trace_id, parent_id, flags })
+        Ok(Self { trace_id, parent_id, flags, state: None })
     }
 }
 
@@ -143,12 +148,17 @@ impl Carrier for http::HeaderMap {
 /// Writes `traceparent` into the carrier.
 pub fn inject(carrier: &mut impl Carrier, parent: &TraceParent) {
     carrier.set(TRACEPARENT, parent.to_string());
+    if let Some(state) = &parent.state {
+        carrier.set(TRACESTATE, state.clone());
+    }
 }
 
 /// The caller's trace context, if it sent a well-formed one. A malformed header is ignored (the
 /// receiver starts a new trace), as the specification asks, rather than failing the request.
 pub fn extract(carrier: &impl Carrier) -> Option<TraceParent> {
-    carrier.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.trim()).ok())
+    let mut parent = carrier.get(TRACEPARENT).and_then(|v| TraceParent::parse(v.trim()).ok())?;
+    parent.state = carrier.get(TRACESTATE).map(str::to_owned);
+    Some(parent)
 }
 
 #[cfg(test)]
@@ -168,16 +178,21 @@ mod tests {
 
     #[test]
     fn injected_context_is_extracted_from_a_map_grpc_metadata_and_http_headers() {
-        let tp = TraceParent { trace_id: [7; 16], parent_id: [9; 8], flags: 0 };
+        let tp = TraceParent {
+            trace_id: [7; 16],
+            parent_id: [9; 8],
+            flags: 0,
+            state: Some("vendor=abc,other=1".into()),
+        };
         let mut map = HashMap::new();
         inject(&mut map, &tp);
-        assert_eq!(extract(&map), Some(tp));
+        assert_eq!(extract(&map).as_ref(), Some(&tp));
         let mut md = MetadataMap::new();
         inject(&mut md, &tp);
-        assert_eq!(extract(&md), Some(tp));
+        assert_eq!(extract(&md).as_ref(), Some(&tp));
         let mut headers = http::HeaderMap::new();
         inject(&mut headers, &tp);
-        assert_eq!(extract(&headers), Some(tp));
+        assert_eq!(extract(&headers).as_ref(), Some(&tp));
         assert!(!tp.sampled());
     }
 

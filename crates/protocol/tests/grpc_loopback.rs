@@ -183,7 +183,7 @@ async fn conversation(traces: Arc<Mutex<Vec<Option<TraceParent>>>>) -> anyhow::R
     assert_eq!(got, [(2, None), (4, None), (4, Some(4))]);
 
     // Trace context set on one request reaches the server.
-    let parent = TraceParent { trace_id: [0xab; 16], parent_id: [0xcd; 8], flags: 1 };
+    let parent = TraceParent { trace_id: [0xab; 16], parent_id: [0xcd; 8], flags: 1, state: None };
     let mut req = Request::new(next_token_request(&s, 3, Sampling::default(), 0.5, 2));
     trace::inject(req.metadata_mut(), &parent);
     let reply = client.next_token(req).await?.into_inner();
@@ -238,7 +238,7 @@ async fn generated_client_and_server_talk_over_a_real_socket() -> anyhow::Result
     let traces = Arc::new(Mutex::new(Vec::new()));
     tokio::time::timeout(Duration::from_secs(20), conversation(Arc::clone(&traces))).await??;
     let traces = traces.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    let parent = TraceParent { trace_id: [0xab; 16], parent_id: [0xcd; 8], flags: 1 };
-    assert_eq!(traces.iter().filter(|t| **t == Some(parent)).count(), 1, "{traces:?}");
+    let parent = TraceParent { trace_id: [0xab; 16], parent_id: [0xcd; 8], flags: 1, state: None };
+    assert_eq!(traces.iter().filter(|t| t.as_ref() == Some(&parent)).count(), 1, "{traces:?}");
     Ok(())
 }

@@ -1,60 +1,94 @@
-//! W3C trace context across processes. The header format is the protocol crate's
-//! [`TraceParent`]; here it is tied to spans: a server span continues the trace its caller
-//! names, and a client writes the current span's context into the request it sends.
+//! W3C trace context across processes, read and written by the OpenTelemetry SDK's
+//! [`TraceContextPropagator`] (`traceparent` and `tracestate`): a server span continues the
+//! trace its caller names, keeping the caller's `tracestate`, and a client writes the current
+//! span's context into the request it sends.
 //!
 //! Without trace export (no OTLP endpoint) spans carry no OpenTelemetry context: nothing is
 //! injected, and a received `traceparent` is only recorded as the span's `trace_id` field so logs
 //! still correlate with the caller's trace.
 
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub use collm_protocol::trace::{Carrier, TRACEPARENT, TraceParent};
+pub use collm_protocol::trace::{Carrier, TRACEPARENT, TRACESTATE, TraceParent};
 
-/// Makes `span` a child of the caller's span named by the carrier's `traceparent`, and records
-/// the trace id in the span's `trace_id` field (when it declares one). Call before the span is
-/// first entered: a started span keeps the parent it started with. Returns the caller's
-/// context, `None` when it sent none or a malformed one (the span then starts a new trace).
+/// Our carriers (gRPC metadata, HTTP headers, maps) as the SDK's extractor and injector.
+struct Adapter<'a, C: ?Sized>(&'a C);
+struct AdapterMut<'a, C: ?Sized>(&'a mut C);
+
+impl<C: Carrier + ?Sized> Extractor for Adapter<'_, C> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        // The trace-context propagator asks only for its two fields by name.
+        [TRACEPARENT, TRACESTATE].into_iter().filter(|k| self.0.get(k).is_some()).collect()
+    }
+}
+
+impl<C: Carrier + ?Sized> Injector for AdapterMut<'_, C> {
+    fn set(&mut self, key: &str, value: String) {
+        // An empty tracestate says nothing; W3C asks not to send one.
+        if !(key == TRACESTATE && value.is_empty()) {
+            self.0.set(key, value);
+        }
+    }
+}
+
+/// The caller's span context in `carrier` (its `traceparent` and `tracestate`), if valid.
+fn remote_context(carrier: &impl Carrier) -> Option<SpanContext> {
+    let cx = TraceContextPropagator::new().extract(&Adapter(carrier));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+fn to_traceparent(sc: &SpanContext) -> TraceParent {
+    let state = sc.trace_state().header();
+    TraceParent {
+        trace_id: sc.trace_id().to_bytes(),
+        parent_id: sc.span_id().to_bytes(),
+        flags: sc.trace_flags().to_u8(),
+        state: (!state.is_empty()).then_some(state),
+    }
+}
+
+/// Makes `span` a child of the caller's span named by the carrier's `traceparent` (keeping its
+/// `tracestate`), and records the trace id in the span's `trace_id` field (when it declares
+/// one). Call before the span is first entered: a started span keeps the parent it started
+/// with. Returns the caller's context, `None` when it sent none or a malformed one (the span
+/// then starts a new trace).
 pub fn continue_trace(span: &Span, carrier: &impl Carrier) -> Option<TraceParent> {
-    let parent = collm_protocol::trace::extract(carrier);
-    if let Some(p) = &parent {
-        let remote = SpanContext::new(
-            TraceId::from_bytes(p.trace_id),
-            SpanId::from_bytes(p.parent_id),
-            TraceFlags::new(p.flags),
-            true,
-            TraceState::default(),
-        );
+    let remote = remote_context(carrier);
+    if let Some(sc) = &remote {
         // Fails only when no OpenTelemetry layer is installed (export off) or the span is
         // disabled or already started; the trace id is still recorded for the logs.
-        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+        let _ = span.set_parent(Context::new().with_remote_span_context(sc.clone()));
     }
-    let trace_id = traceparent(span).map(|t| t.trace_id).or(parent.map(|p| p.trace_id));
+    let parent = remote.as_ref().map(to_traceparent);
+    let trace_id = traceparent(span).map(|t| t.trace_id).or(parent.as_ref().map(|p| p.trace_id));
     if let Some(id) = trace_id {
         span.record("trace_id", tracing::field::display(hex(&id)));
     }
     parent
 }
 
-/// The W3C context of `span` (its trace and its own span id), `None` when spans are not exported.
+/// The W3C context of `span` (its trace, its own span id and the trace's `tracestate`), `None`
+/// when spans are not exported.
 pub fn traceparent(span: &Span) -> Option<TraceParent> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| TraceParent {
-        trace_id: sc.trace_id().to_bytes(),
-        parent_id: sc.span_id().to_bytes(),
-        flags: sc.trace_flags().to_u8(),
-    })
+    sc.is_valid().then(|| to_traceparent(&sc))
 }
 
-/// Writes `span`'s context into an outgoing request's metadata or headers, so the receiver's
-/// spans join this trace. Does nothing when spans are not exported.
+/// Writes `span`'s context (`traceparent`, and `tracestate` when the trace has one) into an
+/// outgoing request's metadata or headers, so the receiver's spans join this trace. Does
+/// nothing when spans are not exported.
 pub fn inject(span: &Span, carrier: &mut impl Carrier) {
-    if let Some(tp) = traceparent(span) {
-        collm_protocol::trace::inject(carrier, &tp);
-    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut AdapterMut(carrier));
 }
 
 /// [`inject`] with the current span: for a tonic interceptor or a request builder.

@@ -5,13 +5,15 @@
 use std::collections::HashMap;
 
 use collm_telemetry::propagation::{
-    TRACEPARENT, TraceParent, continue_trace, grpc_server_span, inject, traceparent,
+    TRACEPARENT, TRACESTATE, TraceParent, continue_trace, grpc_server_span, inject, traceparent,
 };
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 
 const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// Two vendors' entries, as a caller behind a traced gateway sends them.
+const CALLER_STATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
 
 fn exporting() -> (SdkTracerProvider, InMemorySpanExporter, impl tracing::Subscriber) {
     let exporter = InMemorySpanExporter::default();
@@ -24,11 +26,15 @@ fn exporting() -> (SdkTracerProvider, InMemorySpanExporter, impl tracing::Subscr
 #[test]
 fn a_server_span_continues_the_callers_trace_and_injects_its_own_span() -> anyhow::Result<()> {
     let (provider, exporter, subscriber) = exporting();
-    let caller = TraceParent::parse(CALLER)?;
+    let caller =
+        TraceParent { state: Some(CALLER_STATE.to_owned()), ..TraceParent::parse(CALLER)? };
     let sent = tracing::subscriber::with_default(subscriber, || {
         let span = tracing::info_span!("handle", trace_id = tracing::field::Empty);
-        let carrier = HashMap::from([(TRACEPARENT.to_owned(), CALLER.to_owned())]);
-        assert_eq!(continue_trace(&span, &carrier), Some(caller));
+        let carrier = HashMap::from([
+            (TRACEPARENT.to_owned(), CALLER.to_owned()),
+            (TRACESTATE.to_owned(), CALLER_STATE.to_owned()),
+        ]);
+        assert_eq!(continue_trace(&span, &carrier).as_ref(), Some(&caller));
         let _entered = span.enter();
         let child = tracing::info_span!("call_downstream");
         let mut outgoing = HashMap::new();
@@ -42,10 +48,14 @@ fn a_server_span_continues_the_callers_trace_and_injects_its_own_span() -> anyho
     assert_eq!(handle.span_context.trace_id().to_bytes(), caller.trace_id);
     assert_eq!(handle.parent_span_id.to_bytes(), caller.parent_id);
     assert!(handle.parent_span_is_remote);
+    assert_eq!(handle.span_context.trace_state().header(), CALLER_STATE, "tracestate kept");
 
     let (outgoing, own) = sent;
-    let injected = TraceParent::parse(outgoing.get(TRACEPARENT).expect("traceparent injected"))?;
-    assert_eq!(Some(injected), own);
+    let mut injected =
+        TraceParent::parse(outgoing.get(TRACEPARENT).expect("traceparent injected"))?;
+    assert_eq!(outgoing.get(TRACESTATE).map(String::as_str), Some(CALLER_STATE), "sent on");
+    injected.state = outgoing.get(TRACESTATE).cloned();
+    assert_eq!(Some(&injected), own.as_ref());
     assert_eq!(injected.trace_id, caller.trace_id, "the downstream call stays in the trace");
     let child = spans.iter().find(|s| s.name == "call_downstream").expect("child exported");
     assert_eq!(child.span_context.span_id().to_bytes(), injected.parent_id);

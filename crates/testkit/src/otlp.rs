@@ -20,6 +20,8 @@ pub struct ReceivedSpan {
     pub trace_id: Vec<u8>,
     pub span_id: Vec<u8>,
     pub parent_span_id: Vec<u8>,
+    /// The W3C `tracestate` the span was recorded with (empty when none).
+    pub trace_state: String,
 }
 
 #[derive(Default, Clone)]
@@ -53,6 +55,7 @@ impl TraceService for Sink {
                     trace_id: span.trace_id,
                     span_id: span.span_id,
                     parent_span_id: span.parent_span_id,
+                    trace_state: span.trace_state,
                 });
             }
         }
