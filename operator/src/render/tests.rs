@@ -399,3 +399,41 @@ fn daemon_set_selector_matches_its_pods() {
     let labels = labels.expect("pod labels");
     assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
 }
+
+#[test]
+fn observability_settings_reach_the_runtime_containers_and_roll_their_pods() {
+    use crate::crd::{LogFormat, ObservabilitySpec, SideObservability};
+    let before = rendered(&CollabModel::fixture());
+    let mut model = CollabModel::fixture();
+    model.spec.observability = Some(ObservabilitySpec {
+        log_format: Some(LogFormat::Json),
+        otlp_endpoint: Some("http://otel-collector.observability:4317".to_string()),
+        cloud: Some(SideObservability {
+            log_level: Some("info,collm_cloud_worker=debug".to_string()),
+            ..SideObservability::default()
+        }),
+        ..ObservabilitySpec::default()
+    });
+    let after = rendered(&model);
+    let env = |template: &PodTemplateSpec| -> BTreeMap<String, String> {
+        pod(template).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    };
+    let (edge, cloud) = (env(edge_template(&after)), env(cloud_template(&after)));
+    for side in [&edge, &cloud] {
+        assert_eq!(side["COLLM_LOG_FORMAT"], "json");
+        assert_eq!(side["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://otel-collector.observability:4317");
+    }
+    assert_eq!(cloud["RUST_LOG"], "info,collm_cloud_worker=debug");
+    assert!(!edge.contains_key("RUST_LOG"), "the edge keeps the binary's default level");
+    assert!(
+        !env(edge_template(&before)).contains_key("COLLM_LOG_FORMAT"),
+        "nothing set, nothing added"
+    );
+    // The pod template changes, so a changed setting rolls the pods.
+    assert_ne!(edge_template(&before), edge_template(&after));
+}
