@@ -208,7 +208,7 @@ pub fn run(a: LoadArgs) -> Result<()> {
     let report = json!({
         "requests": total, "concurrency": a.concurrency, "failed": failed.len(),
         "completion_tokens": tokens, "wall_s": wall, "uploaded_bytes": uploaded,
-        "mode": a.mode,
+        "mode": a.mode.map(super::ApiMode::as_str),
         "throughput_tokens_per_s": tokens as f64 / wall,
         "edge_share": per_token(edge),
         "rollbacks_per_token": per_token(rollbacks),
