@@ -20,12 +20,14 @@
 //! stopped when the test process exits, however it exits.
 
 pub mod chart;
+pub mod chat;
 pub mod cluster;
 pub mod node;
 pub mod operator;
 pub mod pods;
 pub mod process;
 pub mod redis;
+pub mod stage;
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};

@@ -44,9 +44,12 @@ pub fn environment() -> Result<&'static Environment> {
         // (The options call into the library, so it has to be loaded first.)
         let builder = ort::init_from(&path)
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let (threads, spin) = (intra_threads(), spinning());
+        // Said once at startup: in a pod, what the CPU limit and COLLM_SPIN made of the pool.
+        tracing::info!(threads, spin, "ONNX Runtime thread pool");
         let pool = GlobalThreadPoolOptions::default()
-            .with_intra_threads(intra_threads())
-            .and_then(|p| p.with_spin_control(spinning()))
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_spin_control(spin))
             .map_err(|e| format!("thread pool: {e}"))?;
         builder
             .with_name("ce-collm")
