@@ -71,6 +71,8 @@ fn install_chart(node: &RealNode) -> Result<()> {
         args.extend(["--set", value]);
     }
     helm(&node.admin.kubeconfig, &args)?;
+    // The Deployment the README waits for (`kubectl rollout status deployment/collm-operator`).
+    node.admin.must_get(RELEASE_NAMESPACE, "deployment", &format!("{RELEASE}-operator"))?;
     node.admin.wait_ready_pods(RELEASE_NAMESPACE, OPERATOR_PODS, 1, POD_START)?;
     Ok(())
 }
