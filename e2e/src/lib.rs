@@ -5,7 +5,8 @@
 //! Tests whose pods must really run use [`node::real_node`] instead: a cluster with a real
 //! node (local: `e2e/cluster/up --node`) and the images built from `docker/*.Dockerfile`, with
 //! [`pods`] to wait for pods and Jobs, read their logs, exec, port-forward and report why a pod
-//! does not run.
+//! does not run; [`stage::stage`] installs the chart there (the operator in its pod) and
+//! serves bundles over HTTP from this machine, and [`chat`] talks to an edge agent's API.
 //!
 //! ```sh
 //! source scripts/env.sh

@@ -217,6 +217,18 @@ fn heavy_the_readme_example_answers_survives_a_lost_replica_scales_and_goes_away
     assert_eq!(usage["degraded"], false, "{usage}");
     let report = check(openai_client(edge, id));
     eprintln!("the openai client: {report}");
+    // The README's way in from outside the cluster: `kubectl port-forward svc/<model>-edge`.
+    let forward = check(admin.port_forward(&ns, &format!("svc/{name}-edge"), 8080, &node.log_dir));
+    let answer = check(chat(
+        forward.address,
+        &chat_request(id, "Name three primary colors.", 48, json!({})),
+    ));
+    assert_eq!(
+        answer["choices"][0]["message"]["content"].as_str(),
+        Some(text),
+        "greedy, same answer"
+    );
+    drop(forward);
 
     the_cloud_pod_serving_a_stream_goes_and_the_stream_does_not_notice(admin, &ns, &name, edge, id);
     new_sessions_reach_a_third_replica(admin, &ns, &name, edge, id);
@@ -311,9 +323,10 @@ fn new_sessions_reach_a_third_replica(
     }));
     let ready_at = Instant::now();
     let before = check(answered(&new_ip));
-    // Every token from the cloud (a threshold above 1 never exits), a few per session.
+    // Every token from the cloud (a threshold above 1 never exits), a few per session. Edges
+    // see the replica once the cluster DNS lists it: its cache (30 s) and their 2 s lookups.
     let mut sessions = 0;
-    check(eventually("a new session on the new replica", Duration::from_secs(120), || {
+    check(eventually("a new session on the new replica", Duration::from_secs(60), || {
         sessions += 1;
         let prompt = format!("Count to {sessions}.");
         let answer = chat(edge, &chat_request(id, &prompt, 3, json!({"threshold": 1.5})))?;
