@@ -18,7 +18,12 @@ pub fn model_ids(address: SocketAddr) -> Result<Vec<String>> {
         .arg(format!("http://{address}/v1/models"))
         .output()
         .context("running curl")?;
-    ensure!(out.status.success(), "GET /v1/models: {}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        out.status.success(),
+        "GET http://{address}/v1/models: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Value = serde_json::from_slice(&out.stdout)?;
     Ok(list["data"]
         .as_array()

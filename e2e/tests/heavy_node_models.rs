@@ -110,6 +110,15 @@ fn answered(pod_ip: &str) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// The models the edge agent behind `address` serves, once its Service routes: kube-proxy
+/// programs a Service's new endpoints a moment after the pod turns ready, which is when the
+/// model's conditions may already say so.
+fn served_models(address: SocketAddr) -> Result<Vec<String>> {
+    eventually(&format!("GET http://{address}/v1/models"), Duration::from_secs(60), || {
+        model_ids(address)
+    })
+}
+
 fn chat_request(model: &str, prompt: &str, max_tokens: u32, extra: Value) -> Value {
     let mut request = json!({
         "model": model,
@@ -202,7 +211,7 @@ fn heavy_the_readme_example_answers_survives_a_lost_replica_scales_and_goes_away
 
     // Chat through the edge agent's Service: tokens from the edge and from the cloud.
     let edge = check(service_address(admin, &ns, &format!("{name}-edge"), 8080));
-    let ids = check(model_ids(edge));
+    let ids = check(served_models(edge));
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = &ids[0];
     let answer = check(chat(edge, &chat_request(id, "Name three primary colors.", 48, json!({}))));
@@ -502,7 +511,7 @@ fn heavy_a_wrong_sha256_says_why_and_the_right_one_recovers() {
     ]));
     check(wait_conditions(admin, &ns, "tiny", ALL_READY, POD_START));
     let edge = check(service_address(admin, &ns, "tiny-edge", 8080));
-    let id = check(model_ids(edge)).remove(0);
+    let id = check(served_models(edge)).remove(0);
     let answer = check(chat(edge, &chat_request(&id, "hello", 4, json!({"threshold": 1.5}))));
     assert_eq!(count(&answer["usage"], "cloud_tokens"), 4, "{answer}");
     check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
@@ -582,7 +591,7 @@ fn heavy_the_edge_only_example_serves_alone_on_its_host_port_and_says_its_cloud_
     // A client on the node's network: the node's address, the example's hostPort.
     let ip = node.host_address_for_pods().expect("a local node");
     let edge = SocketAddr::new(ip, 8080);
-    let id = check(model_ids(edge)).remove(0);
+    let id = check(served_models(edge)).remove(0);
     let answer = check(chat(edge, &chat_request(&id, "Name three primary colors.", 12, json!({}))));
     let usage = &answer["usage"];
     assert!(count(usage, "completion_tokens") > 0, "{answer}");
@@ -683,7 +692,7 @@ fn heavy_pvc_and_config_map_bundles_serve_from_pods() {
     for name in ["from-pvc", "from-config-map"] {
         check(wait_conditions(admin, &ns, name, ALL_READY, POD_START));
         let edge = check(service_address(admin, &ns, &format!("{name}-edge"), 8080));
-        let id = check(model_ids(edge)).remove(0);
+        let id = check(served_models(edge)).remove(0);
         let answer = check(chat(edge, &chat_request(&id, "hello", 4, json!({"threshold": 1.5}))));
         assert_eq!(count(&answer["usage"], "cloud_tokens"), 4, "{name}: {answer}");
     }
