@@ -57,6 +57,9 @@ pub struct Stream {
     lines: Lines<BufReader<ChildStdout>>,
     /// The text pieces so far, one per chunk that carried content.
     pub pieces: Vec<String>,
+    /// The token ids so far and where each came from (the `collm` extension of each chunk).
+    pub tokens: Vec<u64>,
+    pub sources: Vec<String>,
     pub finish_reason: Option<String>,
     /// The usage chunk (`stream_options.include_usage`), once it came.
     pub usage: Option<Value>,
@@ -77,7 +80,16 @@ impl Stream {
             .spawn()
             .context("running curl")?;
         let lines = BufReader::new(child.stdout.take().context("curl's stdout")?).lines();
-        Ok(Self { child, lines, pieces: Vec::new(), finish_reason: None, usage: None, done: false })
+        Ok(Self {
+            child,
+            lines,
+            pieces: Vec::new(),
+            tokens: Vec::new(),
+            sources: Vec::new(),
+            finish_reason: None,
+            usage: None,
+            done: false,
+        })
     }
 
     /// Reads events until one more piece of text came (true), or the stream ended (false).
@@ -98,6 +110,10 @@ impl Stream {
             let chunk: Value =
                 serde_json::from_str(data).with_context(|| format!("event {data}"))?;
             ensure!(chunk.get("error").is_none(), "the stream failed: {chunk}");
+            let ids = chunk["collm"]["tokens"].as_array().into_iter().flatten();
+            self.tokens.extend(ids.filter_map(Value::as_u64));
+            let sources = chunk["collm"]["sources"].as_array().into_iter().flatten();
+            self.sources.extend(sources.map(|s| s.as_str().unwrap_or_default().to_string()));
             if !chunk["usage"].is_null() {
                 self.usage = Some(chunk["usage"].clone());
             }
@@ -123,6 +139,8 @@ impl Stream {
         Ok(Streamed {
             text: self.pieces.concat(),
             pieces: std::mem::take(&mut self.pieces),
+            tokens: std::mem::take(&mut self.tokens),
+            sources: std::mem::take(&mut self.sources),
             finish_reason: self.finish_reason.take().context("no finish_reason")?,
             usage: self.usage.take().context("no usage chunk")?,
         })
@@ -140,6 +158,8 @@ impl Drop for Stream {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Streamed {
     pub pieces: Vec<String>,
+    pub tokens: Vec<u64>,
+    pub sources: Vec<String>,
     pub text: String,
     pub finish_reason: String,
     pub usage: Value,
