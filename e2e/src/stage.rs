@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::chart::{RELEASE, RELEASE_NAMESPACE, chart_dir, helm};
 use crate::cluster::Kubectl;
 use crate::node::{RealNode, real_node, workspace_binary};
-use crate::process::{Daemon, eventually};
+use crate::process::{Daemon, eventually, on_exit};
 
 /// Starting a pod includes unpacking its image on a busy 2-core machine.
 pub const POD_START: Duration = Duration::from_secs(300);
@@ -95,6 +95,8 @@ pub struct BundleServer {
 impl BundleServer {
     fn start(ip: IpAddr, log_dir: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("collm-e2e-bundles-").tempdir()?.keep();
+        // The archives are large (SmolLM2: 267 MB); they go with the test process.
+        on_exit(&format!("rm -rf '{}'", dir.display()))?;
         let port = TcpListener::bind((ip, 0))?.local_addr()?.port();
         let daemon = Daemon::spawn(
             "bundle server",
