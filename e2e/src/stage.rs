@@ -186,3 +186,33 @@ pub fn example(name: &str) -> Result<Value> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
+
+/// `collm calibrate` of a bundle's exit heads on a few ShareGPT prompts (a model that asks for
+/// a target agreement needs calibrated heads).
+pub fn calibrate(bundle: &Path) -> Result<()> {
+    let data = std::env::var_os("COLLM_SHAREGPT").map(PathBuf::from).unwrap_or_else(|| {
+        smollm2_gguf()
+            .ok()
+            .and_then(|g| Some(g.parent()?.parent()?.to_path_buf()))
+            .unwrap_or_default()
+            .join("data/ShareGPT_V3_unfiltered_cleaned_split.json")
+    });
+    if !data.is_file() {
+        bail!("{} is missing: run tools/fetch-artifacts", data.display());
+    }
+    let out = Command::new(workspace_binary("collm")?)
+        .arg("calibrate")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--data")
+        .arg(&data)
+        .args(["--prompts", "8", "--heldout", "4", "--new-tokens", "16", "--epochs", "2"])
+        .output()
+        .context("running collm calibrate")?;
+    ensure!(
+        out.status.success(),
+        "collm calibrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -18,7 +18,7 @@ use collm_e2e::cluster::{Kubectl, repo_root};
 use collm_e2e::node::{real_node, workspace_binary};
 use collm_e2e::pods::{http_get, pod_ready};
 use collm_e2e::process::eventually;
-use collm_e2e::stage::{POD_START, example, export_smollm2, operator_log, stage};
+use collm_e2e::stage::{POD_START, calibrate, example, export_smollm2, operator_log, stage};
 use collm_e2e::{condition, merge};
 use serde_json::{Value, json};
 
@@ -713,4 +713,51 @@ fn heavy_pvc_and_config_map_bundles_serve_from_pods() {
     }
     check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
     check(admin.run(&["delete", "persistentvolume", &volume, "--wait=false"]));
+}
+
+/// The observability example: a calibrated SmolLM2 (it asks for a target agreement), its
+/// bundle served as the README says, JSON logs, spans exported to a collector that is not
+/// there (exporting is best effort), and an autoscaler on a custom metric no adapter serves
+/// here (it keeps the minimum). It reaches Ready, answers, and its pods log JSON.
+#[test]
+fn heavy_the_observability_example_reaches_ready_and_logs_json() {
+    let node = real_node();
+    let admin = &node.admin;
+    let stage = stage();
+    let work = check(tempfile::tempdir().map_err(Into::into));
+    let bundle = check(export_smollm2(work.path()));
+    check(calibrate(&bundle));
+    let (url, sha256) = check(stage.bundles.pack(&bundle, "smollm2-calibrated"));
+
+    let ns = check(admin.fresh_namespace("observed"));
+    check(admin.run(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]));
+    let mut model = check(example("observability.yaml"));
+    let name = model["metadata"]["name"].as_str().expect("the example's name").to_string();
+    merge(
+        &mut model["spec"],
+        json!({
+            "bundle": {"url": url, "sha256": sha256},
+            "edge": {"resources": {"requests": {"cpu": "100m"}}},
+            "cloud": {"resources": {"requests": {"cpu": "100m"}}},
+        }),
+    );
+    check(admin.run_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&model.to_string())));
+    check(wait_conditions(admin, &ns, &name, ALL_READY, POD_START * 2));
+
+    let edge = check(service_address(admin, &ns, &format!("{name}-edge"), 8080));
+    let id = check(served_models(edge)).remove(0);
+    let answer = check(chat(edge, &chat_request(&id, "Name three primary colors.", 24, json!({}))));
+    assert!(count(&answer["usage"], "completion_tokens") > 0, "{answer}");
+    assert_eq!(answer["usage"]["degraded"], false, "{answer}");
+    for component in ["edge", "cloud"] {
+        let (pod, _) = check(ready_pods(admin, &ns, &name, component)).pop().expect("a ready pod");
+        let log = check(admin.logs(&ns, &pod, None));
+        let records: Vec<Value> =
+            log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+        assert!(
+            records.iter().any(|r| r["level"].is_string()),
+            "{pod} should log JSON objects:\n{log}"
+        );
+    }
+    check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
 }
