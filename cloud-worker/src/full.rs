@@ -2,12 +2,14 @@
 //! with the same loop as the split model in one process (`collm generate --mode full`), so the
 //! same seed gives the same tokens. ONNX Runtime sessions run `&mut`: generations take turns.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::sync::Mutex;
 
 use collm_protocol::{ModelLimits, ValidGenerate};
+use collm_runtime::adjust::LogitAdjustment;
 use collm_runtime::generate::{GenerateOptions, Generation, Mode, generate};
+use collm_runtime::sampling::Pick;
 use collm_runtime::transport::{
     CloudAnswer, CloudTransport, InProcessCloud, NextTokenRequest, SessionId, Upload, UploadAck,
     Verdict, VerifyRequest,
@@ -61,12 +63,13 @@ impl FullModel {
         self.limits
     }
 
-    /// Decodes `req` on the calling (blocking) thread, handing each token to `on_token` as soon
-    /// as it is chosen; `on_token` returns false when nobody listens any more.
+    /// Decodes `req` on the calling (blocking) thread, handing each token (with its
+    /// probability and the alternatives the request asked for) to `on_token` as soon as it is
+    /// chosen; `on_token` returns false when nobody listens any more.
     pub fn generate(
         &self,
         req: &ValidGenerate,
-        on_token: &mut dyn FnMut(u32, f32) -> bool,
+        on_token: &mut dyn FnMut(u32, f32, Vec<Pick>) -> bool,
     ) -> Result<Finished> {
         let mut guard = self.loaded.lock().map_err(|_| Error::Internal("model poisoned".into()))?;
         let Loaded { model, cloud, exits, policy } = &mut *guard;
@@ -86,12 +89,23 @@ impl FullModel {
             } else {
                 req.stop_ids.clone()
             },
+            adjustment: LogitAdjustment {
+                bias: req.adjustment.bias.iter().copied().collect(),
+                presence_penalty: req.adjustment.presence_penalty,
+                frequency_penalty: req.adjustment.frequency_penalty,
+            },
+            top_k: req.top_k as usize,
         };
         let abandoned = Cell::new(false);
-        let mut cloud = Abandonable { inner: cloud, abandoned: &abandoned };
+        // Every token of the full model is the in-process cloud's answer: its alternatives are
+        // the last answer's.
+        let alternatives = RefCell::new(Vec::new());
+        let mut cloud =
+            Abandonable { inner: cloud, abandoned: &abandoned, alternatives: &alternatives };
         let generation =
             generate(&mut model.edge, exits, Some(&mut cloud), &req.prompt_ids, &opts, &mut |ev| {
-                if !abandoned.get() && !on_token(ev.token, ev.confidence) {
+                let top = alternatives.take();
+                if !abandoned.get() && !on_token(ev.token, ev.confidence, top) {
                     abandoned.set(true);
                 }
             });
@@ -108,6 +122,8 @@ impl FullModel {
 struct Abandonable<'a> {
     inner: &'a mut InProcessCloud,
     abandoned: &'a Cell<bool>,
+    /// The alternatives of the last answer, until the token is handed on.
+    alternatives: &'a RefCell<Vec<Pick>>,
 }
 
 impl CloudTransport for Abandonable<'_> {
@@ -123,7 +139,9 @@ impl CloudTransport for Abandonable<'_> {
         if self.abandoned.get() {
             return Err(collm_runtime::Error::Invalid("the caller stopped listening".into()));
         }
-        self.inner.next_token(session, req)
+        let answer = self.inner.next_token(session, req)?;
+        self.alternatives.replace(answer.top_k.clone());
+        Ok(answer)
     }
 
     fn verify(&mut self, session: SessionId, req: VerifyRequest) -> collm_runtime::Result<Verdict> {

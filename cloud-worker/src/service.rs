@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use collm_protocol::pb;
 use collm_protocol::replies::{ack_missing, ack_persisted};
 use collm_protocol::{
-    Capabilities, CloudService, Limits, ProtocolError, SessionId, ValidGenerate, ValidNextToken,
-    ValidUpload, ValidVerify,
+    Adjustment, Capabilities, CloudService, Limits, ProtocolError, SessionId, ValidGenerate,
+    ValidNextToken, ValidUpload, ValidVerify,
 };
 use collm_runtime::EdgeAnswered;
+use collm_runtime::adjust::{Generated, LogitAdjustment};
 use collm_runtime::sampling::{self, SamplingParams};
 use collm_telemetry::http::Readiness;
 use collm_telemetry::metrics::Registry;
@@ -50,6 +51,17 @@ pub struct CloudWorker<S> {
 /// The sampling parameters of the runtime for validated wire ones.
 fn params(s: collm_protocol::Sampling) -> SamplingParams {
     SamplingParams { temperature: s.temperature, top_k: s.top_k as usize, top_p: s.top_p }
+}
+
+/// A request's checked adjustment as the runtime applies it, with the generated tokens it
+/// counts.
+fn adjustment(a: &Adjustment) -> (LogitAdjustment, Generated) {
+    let adjustment = LogitAdjustment {
+        bias: a.bias.iter().copied().collect(),
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
+    };
+    (adjustment, Generated::from_counts(a.generated.iter().copied()))
 }
 
 impl<S: ContextStore> CloudWorker<S> {
@@ -136,6 +148,7 @@ impl<S: ContextStore> CloudWorker<S> {
     }
 
     async fn next(&self, client: ClientId, req: ValidNextToken) -> Result<pb::NextTokenReply> {
+        req.adjustment.check_vocab(u32::try_from(self.vocab_size).unwrap_or(u32::MAX))?;
         let info = infer::wait_for_rows(
             &*self.store,
             &self.arrived,
@@ -162,11 +175,12 @@ impl<S: ContextStore> CloudWorker<S> {
         self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
         tracing::debug!(cache = ?extended.cache, computed = extended.computed, "answered");
         let (params, u, top_k) = (params(req.sampling), req.u, req.top_k as usize);
+        let (adjustment, seen) = adjustment(&req.adjustment);
         // Picking reads the whole vocabulary: off the async executor, outside the engine lock.
         let (pick, top) = tokio::task::spawn_blocking(move || {
-            let logits = &extended.logits;
-            let top = if top_k > 0 { sampling::top_k(logits, top_k) } else { vec![] };
-            (sampling::sample(logits, &params, u), top)
+            let logits = adjustment.apply(&extended.logits, &seen);
+            let top = if top_k > 0 { sampling::top_k(&logits, top_k) } else { vec![] };
+            (sampling::sample(&logits, &params, u), top)
         })
         .await
         .map_err(|e| Error::Internal(format!("picking task failed: {e}")))?;
@@ -292,9 +306,12 @@ impl<S: ContextStore> CloudWorker<S> {
         let span = Span::current();
         tokio::task::spawn_blocking(move || {
             let _span = span.enter();
-            let finished = full.generate(&valid, &mut |token, prob| {
+            let finished = full.generate(&valid, &mut |token, prob, alternatives| {
                 metrics.generated();
-                tx.blocking_send(Ok(pb::GeneratedToken { token, prob })).is_ok()
+                let top_k =
+                    alternatives.iter().map(|p| pb::TokenProb { token: p.token, prob: p.prob });
+                let token = pb::GeneratedToken { token, prob, top_k: top_k.collect() };
+                tx.blocking_send(Ok(token)).is_ok()
             });
             match finished {
                 Ok(Finished::Done(g)) => {

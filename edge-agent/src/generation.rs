@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use collm_cloud_client::{CloudLink, CloudSession};
 use collm_protocol::{SessionId, TraceParent, pb};
+use collm_runtime::adjust::{Generated, LogitAdjustment};
 use collm_runtime::codec::{self, Encoding};
-use collm_runtime::sampling::{self, Pick, SamplingParams};
-use collm_runtime::transport::NextTokenRequest;
+use collm_runtime::sampling::{Pick, SamplingParams};
+use collm_runtime::transport::{CloudAnswer, NextTokenRequest};
 use collm_runtime::{EdgeAnswered, ExitPolicy};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -44,11 +45,22 @@ impl Source {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Token {
     pub id: u32,
     pub source: Source,
+    /// Under the answering partition's untempered softmax, after the request's adjustment.
     pub prob: f32,
+    /// The most likely tokens at this position (most likely first), as many as the request
+    /// asked for log probabilities of; empty otherwise.
+    pub alternatives: Vec<Pick>,
+}
+
+impl Token {
+    /// A token the cloud picked.
+    pub fn from_cloud(answer: CloudAnswer, source: Source) -> Self {
+        Token { id: answer.pick.token, source, prob: answer.pick.prob, alternatives: answer.top_k }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +82,10 @@ pub struct GenerationRequest {
     pub mode: Mode,
     pub policy: ExitPolicy,
     pub trace: Option<TraceParent>,
+    /// `logit_bias` and the penalties, applied by whichever partition answers a token.
+    pub adjustment: LogitAdjustment,
+    /// Alternatives to report with each token (`None`: no log probabilities asked for).
+    pub alternatives: Option<usize>,
 }
 
 /// What a finished generation did, for `usage` and the metrics.
@@ -227,6 +243,7 @@ impl Generator {
         // their deeper K/V from the uploaded state. Positions the cloud was asked about stay
         // out even when it failed to answer, so every replica runs them exactly.
         let mut edge_answered = EdgeAnswered::default();
+        let mut seen = Generated::default();
         while produced < max_new {
             let (next, step) = engine.step(decoder).await?;
             decoder = next;
@@ -238,8 +255,7 @@ impl Generator {
                 }
             }
             let Some(ready) = step.ready else { continue };
-            let confidences: Vec<(usize, f32)> =
-                ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits).prob)).collect();
+            let confidences = req.confidences(&ready, &seen);
             let view = match session.as_deref().and_then(CloudSession::estimate) {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
@@ -251,16 +267,16 @@ impl Generator {
                 view,
                 self.budget,
             );
-            let edge_pick = |layer| sampling::sample(ready.head(layer), &req.sampling, ready.u);
-            let (pick, source) = match choice {
+            let edge_pick = |layer, source| req.pick(ready.head(layer), ready.u, &seen, source);
+            let token = match choice {
                 Choice::Exit(layer) => {
                     edge_answered.push(ready.after as u64);
-                    (edge_pick(layer), Source::Edge)
+                    edge_pick(layer, Source::Edge)
                 }
                 Choice::Fallback(why) => {
                     edge_answered.push(ready.after as u64);
                     summary.degraded |= why == Fallback::Unreachable;
-                    (edge_pick(deepest), Source::EdgeFallback)
+                    edge_pick(deepest, Source::EdgeFallback)
                 }
                 Choice::AskCloud { timeout } => {
                     let Some(s) = session.as_deref_mut() else {
@@ -270,31 +286,35 @@ impl Generator {
                         after: ready.after,
                         params: req.sampling,
                         u: ready.u,
-                        top_k: 0,
+                        top_k: req.cloud_alternatives(),
                         edge_answered: edge_answered.clone(),
+                        adjustment: req.adjustment.clone(),
+                        seen: seen.clone(),
                     };
                     match self.ask(s, req.mode, ask, timeout).await {
-                        Ok(pick) => (pick, Source::Cloud),
+                        Ok(answer) => Token::from_cloud(answer, Source::Cloud),
                         Err(e) => {
                             tracing::warn!(error = %e, "the cloud did not answer; the edge does");
                             summary.degraded |= !matches!(e, collm_cloud_client::Error::Timeout(_));
-                            (edge_pick(deepest), Source::EdgeFallback)
+                            edge_pick(deepest, Source::EdgeFallback)
                         }
                     }
                 }
             };
-            summary.count(source);
+            summary.count(token.source);
             produced += 1;
-            if tokens.send(Token { id: pick.token, source, prob: pick.prob }).await.is_err() {
+            let id = token.id;
+            seen.push(id);
+            if tokens.send(token).await.is_err() {
                 finish = Finish::Cancelled;
                 break;
             }
-            if stop_ids.contains(&pick.token) {
+            if stop_ids.contains(&id) {
                 finish = Finish::Stop;
                 break;
             }
             if produced < max_new {
-                decoder.accept(pick.token)?;
+                decoder.accept(id)?;
             }
         }
         Ok((finish, summary))
@@ -306,7 +326,7 @@ impl Generator {
         mode: Mode,
         req: NextTokenRequest,
         timeout: Duration,
-    ) -> collm_cloud_client::Result<Pick> {
+    ) -> collm_cloud_client::Result<CloudAnswer> {
         let t = Instant::now();
         let answer = match mode {
             Mode::Naive => session.ask_naive(req, timeout).await,
@@ -323,7 +343,7 @@ impl Generator {
                 }
             }
         }
-        Ok(answer?.pick)
+        answer
     }
 
     /// The cloud-only baseline: forward the whole request to a worker running the full model.
@@ -344,6 +364,11 @@ impl Generator {
             }),
             seed: req.seed,
             stop_ids: stop_ids.clone(),
+            adjustment: collm_cloud_client::convert::adjustment(
+                &req.adjustment,
+                &Generated::default(),
+            ),
+            top_k: req.cloud_alternatives() as u32,
         };
         let mut stream =
             link.generate_full(wire, req.trace.as_ref()).await.map_err(Error::Cloud)?;
@@ -351,7 +376,9 @@ impl Generator {
         let mut finish = Finish::Length;
         while let Some(t) = stream.message().await.map_err(|s| Error::Cloud(s.into()))? {
             summary.cloud_tokens += 1;
-            let token = Token { id: t.token, source: Source::Cloud, prob: t.prob };
+            let alternatives =
+                t.top_k.iter().map(|p| Pick { token: p.token, prob: p.prob }).collect();
+            let token = Token { id: t.token, source: Source::Cloud, prob: t.prob, alternatives };
             if tokens.send(token).await.is_err() {
                 finish = Finish::Cancelled;
                 break;

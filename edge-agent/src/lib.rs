@@ -18,6 +18,7 @@ pub mod generation;
 pub mod link_report;
 pub mod metrics;
 pub mod mode;
+mod picking;
 mod pipelined;
 mod speculative;
 pub mod text_stream;

@@ -93,6 +93,11 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require this key (`Authorization: Bearer <key>`) on every /v1 request; /healthz,
+    /// /readyz and /metrics stay open. Prefer the environment variable: arguments are visible
+    /// to every user of the machine.
+    #[arg(long, env = "COLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// OTLP/gRPC collector for traces (also OTEL_EXPORTER_OTLP_ENDPOINT); off by default.
     #[arg(long)]
     otlp_endpoint: Option<String>,
@@ -138,6 +143,11 @@ fn run(a: Args) -> Result<()> {
         tls_key: a.tls_key,
     };
     let s = Settings::resolve(flags, file, read_token_file)?;
+    let api_key = match a.api_key.as_deref().map(str::trim) {
+        Some("") => anyhow::bail!("the API key is empty: give a key or none"),
+        Some(key) => Some(api::auth::ApiKey::new(key)),
+        None => None,
+    };
     let engine = EdgeEngine::load(&s.bundle, s.threshold, s.target_agreement)
         .with_context(|| format!("loading the bundle {}", s.bundle.display()))?;
     if !engine.manifest.encodings.iter().any(|e| e == s.encoding.as_str()) {
@@ -148,10 +158,10 @@ fn run(a: Args) -> Result<()> {
         );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(s, engine))
+    rt.block_on(serve(s, engine, api_key))
 }
 
-async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
+async fn serve(s: Settings, engine: EdgeEngine, api_key: Option<api::auth::ApiKey>) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, engine.waiting.clone());
     let link = match (&s.cloud[..], &s.token) {
@@ -200,6 +210,7 @@ async fn serve(s: Settings, engine: EdgeEngine) -> Result<()> {
         mode: s.mode,
         metrics,
         created,
+        api_key,
     });
     let readiness = Readiness::new();
     let app = api::router(state)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use collm_cloud_client::CloudSession;
 use collm_runtime::EdgeAnswered;
-use collm_runtime::sampling::{self, Pick};
+use collm_runtime::adjust::Generated;
 use collm_runtime::transport::{CloudAnswer, NextTokenRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -67,6 +67,8 @@ impl Generator {
         let mut queue: VecDeque<Decided> = VecDeque::new();
         let mut flights: VecDeque<InFlight> = VecDeque::new();
         let mut edge_answered = EdgeAnswered::default();
+        // Every decided token (committed or queued), for the request's penalties.
+        let mut seen = Generated::default();
         // Whether the decoder has a token queued to run (the last decided one).
         let mut to_run = true;
         loop {
@@ -75,10 +77,11 @@ impl Generator {
                 let Some(d) = queue.pop_front() else { break };
                 summary.count(d.token.source);
                 committed += 1;
+                let id = d.token.id;
                 if tokens.send(d.token).await.is_err() {
                     return Ok((Finish::Cancelled, summary));
                 }
-                if stop_ids.contains(&d.token.id) {
+                if stop_ids.contains(&id) {
                     return Ok((Finish::Stop, summary));
                 }
                 if committed >= max_new {
@@ -99,7 +102,7 @@ impl Generator {
                 let Some(mut flight) = flights.pop_front() else { continue };
                 let guessed = queue.iter().position(|d| d.position == flight.position);
                 let answer = match (&mut flight.answer).await {
-                    Ok(Ok(answer)) => Ok(answer.pick),
+                    Ok(Ok(answer)) => Ok(answer),
                     // The quick ask failed (lost rows, a failed replica...): ask again the
                     // thorough way, which re-uploads and fails over.
                     Ok(Err(_)) | Err(_) => {
@@ -109,20 +112,22 @@ impl Generator {
                 };
                 let Some(i) = guessed else { continue };
                 match answer {
-                    Ok(pick) if pick.token == queue[i].token.id => {
-                        queue[i].token =
-                            Token { id: pick.token, source: Source::Cloud, prob: pick.prob };
+                    Ok(answer) if answer.pick.token == queue[i].token.id => {
+                        queue[i].token = Token::from_cloud(answer, Source::Cloud);
                         queue[i].guess = false;
                     }
-                    Ok(pick) => {
+                    Ok(answer) => {
                         // Every position after the cloud's token was decoded on a wrong guess.
                         let position = flight.position;
+                        let pick = answer.pick;
                         queue.truncate(i + 1);
                         queue[i] = Decided {
-                            token: Token { id: pick.token, source: Source::Cloud, prob: pick.prob },
+                            token: Token::from_cloud(answer, Source::Cloud),
                             position,
                             guess: false,
                         };
+                        seen.truncate(committed + i);
+                        seen.push(pick.token);
                         flights.clear();
                         edge_answered.truncate(position as u64);
                         let d = decoder.as_mut().ok_or_else(lost_decoder)?;
@@ -162,8 +167,7 @@ impl Generator {
             let Some(ready) = step.ready else { continue };
             let position = ready.after + 1;
             debug_assert_eq!(position, prompt_len + committed + queue.len());
-            let confidences: Vec<(usize, f32)> =
-                ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits).prob)).collect();
+            let confidences = req.confidences(&ready, &seen);
             let view = match session.estimate() {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
@@ -175,54 +179,54 @@ impl Generator {
                 view,
                 self.budget,
             );
-            let edge_pick = |layer| sampling::sample(ready.head(layer), &req.sampling, ready.u);
-            let (pick, source, guess): (Pick, Source, bool) = match choice {
+            let edge_pick = |layer, source| req.pick(ready.head(layer), ready.u, &seen, source);
+            let (token, guess): (Token, bool) = match choice {
                 Choice::Exit(layer) => {
                     edge_answered.push(ready.after as u64);
-                    (edge_pick(layer), Source::Edge, false)
+                    (edge_pick(layer, Source::Edge), false)
                 }
                 Choice::Fallback(why) => {
                     edge_answered.push(ready.after as u64);
                     summary.degraded |= why == Fallback::Unreachable;
-                    (edge_pick(deepest), Source::EdgeFallback, false)
+                    (edge_pick(deepest, Source::EdgeFallback), false)
                 }
                 Choice::AskCloud { timeout } => {
                     let request = NextTokenRequest {
                         after: ready.after,
                         params: req.sampling,
                         u: ready.u,
-                        top_k: 0,
+                        top_k: req.cloud_alternatives(),
                         edge_answered: edge_answered.clone(),
+                        adjustment: req.adjustment.clone(),
+                        seen: seen.clone(),
                     };
-                    let guess = edge_pick(deepest);
+                    let guess = edge_pick(deepest, Source::Cloud);
                     match session.ask_ahead(&request, timeout)? {
                         Some(asked) => {
                             let answer = tokio::spawn(asked);
                             flights.push_back(InFlight { position, request, timeout, answer });
-                            (guess, Source::Cloud, true)
+                            (guess, true)
                         }
                         // No cloud to ask ahead of: ask and wait, as without pipelining.
                         None => match self.ask(session, req.mode, request, timeout).await {
-                            Ok(pick) => (pick, Source::Cloud, false),
+                            Ok(answer) => (Token::from_cloud(answer, Source::Cloud), false),
                             Err(e) => {
                                 tracing::warn!(error = %e, "the cloud did not answer; the edge does");
                                 summary.degraded |=
                                     !matches!(e, collm_cloud_client::Error::Timeout(_));
-                                (guess, Source::EdgeFallback, false)
+                                (Token { source: Source::EdgeFallback, ..guess }, false)
                             }
                         },
                     }
                 }
             };
-            queue.push_back(Decided {
-                token: Token { id: pick.token, source, prob: pick.prob },
-                position,
-                guess,
-            });
+            let id = token.id;
+            seen.push(id);
+            queue.push_back(Decided { token, position, guess });
             let decided = committed + queue.len();
-            to_run = decided < max_new && !stop_ids.contains(&pick.token);
+            to_run = decided < max_new && !stop_ids.contains(&id);
             if to_run {
-                decoder.as_mut().ok_or_else(lost_decoder)?.accept(pick.token)?;
+                decoder.as_mut().ok_or_else(lost_decoder)?.accept(id)?;
             }
         }
     }

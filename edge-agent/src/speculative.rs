@@ -39,7 +39,10 @@ impl Output<'_> {
         }
         self.summary.count(source);
         self.committed += 1;
-        if self.tokens.send(Token { id: pick.token, source, prob: pick.prob }).await.is_err() {
+        // Speculative answers carry no alternatives: the cloud's verdict holds no distribution
+        // (the API refuses log probabilities in this mode).
+        let token = Token { id: pick.token, source, prob: pick.prob, alternatives: vec![] };
+        if self.tokens.send(token).await.is_err() {
             self.finish = Some(Finish::Cancelled);
         } else if self.stop_ids.contains(&pick.token) {
             self.finish = Some(Finish::Stop);

@@ -131,6 +131,8 @@ pub fn ask(after: usize) -> collm_runtime::transport::NextTokenRequest {
         u: 0.5,
         top_k: 3,
         edge_answered: Default::default(),
+        adjustment: Default::default(),
+        seen: Default::default(),
     }
 }
 

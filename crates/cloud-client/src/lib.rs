@@ -9,7 +9,7 @@
 //!
 //! [`GrpcCloud`] wraps both into the runtime's synchronous [`CloudTransport`] for the CLI.
 
-mod convert;
+pub mod convert;
 pub mod discovery;
 pub mod estimate;
 pub mod link;

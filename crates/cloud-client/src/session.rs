@@ -235,6 +235,7 @@ impl CloudSession {
             req.top_k as u32,
         );
         wire.edge_answered = req.edge_answered.to_flat();
+        wire.adjustment = convert::adjustment(&req.adjustment, &req.seen);
         wire.epoch = self.epoch();
         wire.rollbacks = self.rollbacks.clone();
         wire
@@ -448,6 +449,7 @@ impl CloudSession {
             req.top_k as u32,
         );
         wire.edge_answered = req.edge_answered.to_flat();
+        wire.adjustment = convert::adjustment(&req.adjustment, &req.seen);
         if id == &self.id {
             wire.epoch = self.epoch();
             wire.rollbacks = self.rollbacks.clone();

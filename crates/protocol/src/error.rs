@@ -110,6 +110,9 @@ pub enum ProtocolError {
     #[error("the prompt is empty: send at least one token id")]
     EmptyPrompt,
 
+    #[error("invalid logit adjustment: {0}")]
+    InvalidAdjustment(String),
+
     #[error(
         "the prompt of {len} tokens leaves no room to generate in the context of {max_context} positions"
     )]
@@ -154,6 +157,7 @@ impl ProtocolError {
             | DrawCount { .. }
             | TopKTooLarge { .. }
             | EmptyPrompt
+            | InvalidAdjustment(_)
             | PromptTooLong { .. }
             | UnknownTokenId { .. }
             | NoTokensAsked

@@ -2,6 +2,7 @@
 //! a non-empty prompt that leaves room in the context, known token ids, at least one token to
 //! generate, sound sampling parameters.
 
+use crate::adjustment::Adjustment;
 use crate::pb;
 use crate::valid::Sampling;
 use crate::{ProtocolError, Result};
@@ -25,7 +26,13 @@ pub struct ValidGenerate {
     pub seed: u64,
     /// Empty means the model's own end-of-turn tokens.
     pub stop_ids: Vec<u32>,
+    pub adjustment: Adjustment,
+    /// Alternatives to return with each token.
+    pub top_k: u32,
 }
+
+/// Most alternatives a generate request may ask for with each token.
+pub const MAX_GENERATE_TOP_K: u32 = crate::Limits::DEFAULT_MAX_TOP_K;
 
 impl ValidGenerate {
     pub fn parse(req: pb::GenerateRequest, limits: &ModelLimits) -> Result<Self> {
@@ -56,12 +63,22 @@ impl ValidGenerate {
             return Err(ProtocolError::NoTokensAsked);
         }
         let sampling = Sampling::parse(req.sampling.as_ref())?;
+        if req.top_k > MAX_GENERATE_TOP_K {
+            return Err(ProtocolError::TopKTooLarge {
+                requested: req.top_k,
+                max: MAX_GENERATE_TOP_K,
+            });
+        }
+        let adjustment = Adjustment::parse(req.adjustment, limits.max_context)?;
+        adjustment.check_vocab(limits.vocab_size)?;
         Ok(Self {
             prompt_ids: req.prompt_ids,
             max_tokens: req.max_tokens,
             sampling,
             seed: req.seed,
             stop_ids: req.stop_ids,
+            adjustment,
+            top_k: req.top_k,
         })
     }
 }
@@ -80,6 +97,8 @@ pub fn generate_request(
         sampling: Some(sampling.to_wire()),
         seed,
         stop_ids,
+        adjustment: None,
+        top_k: 0,
     }
 }
 

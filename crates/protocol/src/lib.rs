@@ -3,6 +3,7 @@
 //! protocol errors to `tonic::Status`, and the metadata both sides exchange (bearer token, W3C
 //! trace context). Pure apart from the generated transport stubs: no model, no store.
 
+pub mod adjustment;
 pub mod auth;
 pub mod codec;
 mod error;
@@ -19,6 +20,7 @@ pub mod pb {
     tonic::include_proto!("collm.v1");
 }
 
+pub use adjustment::Adjustment;
 pub use auth::{BearerToken, bearer_token};
 pub use codec::Encoding;
 pub use error::{ChecksumKind, ProtocolError, Result};

@@ -61,5 +61,6 @@ pub fn next_token_request(
         edge_answered: vec![],
         epoch: 0,
         rollbacks: vec![],
+        adjustment: None,
     }
 }

@@ -8,6 +8,7 @@
 use prost::bytes::Bytes;
 use sha2::Digest;
 
+use crate::adjustment::Adjustment;
 use crate::codec::{self, Encoding};
 use crate::error::ChecksumKind;
 use crate::pb;
@@ -339,6 +340,8 @@ pub struct ValidNextToken {
     /// Positions the edge answered, `[start, end)` pairs flattened (bounded in size here; the
     /// runtime's `EdgeAnswered::from_flat` checks their order).
     pub edge_answered: Vec<u64>,
+    /// Token ids are checked by the cloud, which knows the vocabulary.
+    pub adjustment: Adjustment,
 }
 
 impl ValidNextToken {
@@ -374,6 +377,7 @@ impl ValidNextToken {
             u: req.u,
             top_k: req.top_k,
             edge_answered: req.edge_answered,
+            adjustment: Adjustment::parse(req.adjustment, limits.max_context)?,
         })
     }
 }

@@ -225,6 +225,7 @@ fn next(sampling: Option<pb::SamplingParams>, u: f64, top_k: u32) -> pb::NextTok
         edge_answered: vec![],
         epoch: 0,
         rollbacks: vec![],
+        adjustment: None,
     }
 }
 

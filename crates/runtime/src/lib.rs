@@ -1,6 +1,7 @@
 //! The split runtime: edge and cloud partitions on ONNX Runtime, KV caches, text in and out,
 //! sampling, the early-exit decision and the edge→cloud transport seam.
 
+pub mod adjust;
 pub mod catch_up;
 pub mod cloud_layers;
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod score;
 pub mod speculate;
 pub mod split;
 pub mod text;
+pub mod token_bytes;
 pub mod transport;
 
 pub use catch_up::{CatchUp, EdgeAnswered};

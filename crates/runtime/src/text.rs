@@ -176,6 +176,12 @@ impl TextCodec {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
+    /// The bytes one token stands for (part of a character, for some), for log probabilities.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let piece = self.tokenizer.id_to_token(id);
+        crate::token_bytes::token_bytes(piece.as_deref(), &self.token_text(id))
+    }
+
     /// Ids that end a generation (end-of-sequence and end-of-turn markers).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids

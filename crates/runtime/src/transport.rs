@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use crate::adjust::{Generated, LogitAdjustment};
 use crate::catch_up::EdgeAnswered;
 use crate::cloud_layers::CloudLayers;
 use crate::codec::{self, Encoding};
@@ -39,6 +40,10 @@ pub struct NextTokenRequest {
     pub u: f64,
     pub top_k: usize,
     pub edge_answered: EdgeAnswered,
+    /// Applied to the logits before the pick, its probability and the alternatives.
+    pub adjustment: LogitAdjustment,
+    /// The tokens generated before position `after + 1` (what the penalties count).
+    pub seen: Generated,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +176,7 @@ impl CloudTransport for InProcessCloud {
         s.cache.truncate(first)?;
         let rows = &s.rows[first * width..(req.after + 1) * width];
         let logits = self.layers.step(&mut s.cache, rows, &req.edge_answered, 1)?.logits;
+        let logits = req.adjustment.apply(&logits, &req.seen);
         Ok(CloudAnswer {
             pick: sampling::sample(&logits, &req.params, req.u),
             top_k: if req.top_k > 0 { sampling::top_k(&logits, req.top_k) } else { vec![] },

@@ -2,7 +2,7 @@
 //! (`{"error": {"message", "type", "param", "code"}}`), which OpenAI client libraries turn into
 //! their own exception types.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -19,8 +19,15 @@ pub enum ApiError {
     ContextLength { context: usize, prompt: usize, max_tokens: usize },
     #[error("the request body exceeds {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("{0} is not supported by this server")]
-    Unsupported(String),
+    /// A field (or a value of it) this server cannot honour: refused rather than ignored.
+    #[error("{what} is not supported by this server{why}")]
+    Unsupported { what: String, param: Option<String>, why: String },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed { method: String, path: String, allow: &'static str },
+    #[error("there is no endpoint {method} {path}")]
+    NoEndpoint { method: String, path: String },
     #[error("no cloud is configured or reachable for mode `{0}`")]
     NoCloud(String),
     #[error("{0}")]
@@ -32,11 +39,24 @@ impl ApiError {
         ApiError::Invalid { message: message.into(), param: param.into().map(str::to_owned) }
     }
 
+    /// `what` is refused (naming `param`); `why` says what the server would need.
+    pub fn unsupported(what: impl Into<String>, param: &str, why: impl AsRef<str>) -> Self {
+        let why = why.as_ref();
+        ApiError::Unsupported {
+            what: what.into(),
+            param: Some(param.to_owned()),
+            why: if why.is_empty() { String::new() } else { format!(": {why}") },
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid { .. }
             | ApiError::ContextLength { .. }
-            | ApiError::Unsupported(_) => StatusCode::BAD_REQUEST,
+            | ApiError::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCloud(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,7 +77,14 @@ impl ApiError {
                 Some("max_tokens".into()),
             ),
             ApiError::TooLarge { .. } => ("invalid_request_error", Some("request_too_large"), None),
-            ApiError::Unsupported(_) => ("invalid_request_error", Some("unsupported"), None),
+            ApiError::Unsupported { param, .. } => {
+                ("invalid_request_error", Some("unsupported_parameter"), param.clone())
+            }
+            ApiError::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key"), None),
+            ApiError::MethodNotAllowed { .. } => {
+                ("invalid_request_error", Some("method_not_allowed"), None)
+            }
+            ApiError::NoEndpoint { .. } => ("invalid_request_error", Some("unknown_url"), None),
             ApiError::NoCloud(_) => ("server_error", Some("cloud_unavailable"), None),
             ApiError::Internal(_) => ("server_error", None, None),
         };
@@ -67,7 +94,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(self.body())).into_response()
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -1,8 +1,13 @@
 //! The OpenAI-compatible HTTP API: `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions` (optionally streamed as server-sent events ending in `[DONE]`),
-//! next to `/healthz`, `/readyz` and `/metrics`.
+//! next to `/healthz`, `/readyz` and `/metrics`. Every refusal — an unknown path (404), a wrong
+//! method (405 with `Allow`), a missing API key (401), an oversized body (413) — has OpenAI's
+//! error body.
 
+pub mod auth;
+pub mod capabilities;
 pub mod error;
+mod logprobs;
 pub mod openai;
 mod respond;
 
@@ -10,11 +15,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::generation::Generator;
@@ -35,21 +41,36 @@ pub struct AppState {
     pub mode: Mode,
     pub metrics: Metrics,
     pub created: u64,
+    /// Every `/v1` request must present it, when set.
+    pub api_key: Option<auth::ApiKey>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .layer(DefaultBodyLimit::disable())
-        .fallback(not_found)
-        .with_state(state)
+    let api = Router::new()
+        .route("/v1/models", only(get(models), "GET"))
+        .route("/v1/completions", only(post(completions), "POST"))
+        .route("/v1/chat/completions", only(post(chat_completions), "POST"));
+    let api = match &state.api_key {
+        Some(key) => api.route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(key.clone()),
+            auth::require_key,
+        )),
+        None => api,
+    };
+    // The handlers read the body themselves, at most the limit of it.
+    api.layer(DefaultBodyLimit::disable()).fallback(not_found).with_state(state)
 }
 
-async fn not_found() -> Response {
-    let body = json!({"error": {"message": "no such endpoint", "type": "invalid_request_error", "param": null, "code": "not_found"}});
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+/// `route` answering every other method with 405, `Allow` and OpenAI's error body.
+fn only(route: MethodRouter<Arc<AppState>>, allow: &'static str) -> MethodRouter<Arc<AppState>> {
+    route.fallback(move |method: Method, uri: Uri| async move {
+        ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().into(), allow }
+            .into_response()
+    })
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::NoEndpoint { method: method.to_string(), path: uri.path().into() }.into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
@@ -65,27 +86,42 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-/// The body, bounded: a larger one is refused with 413 before it is parsed.
-fn bounded(body: &Bytes) -> Result<&[u8], ApiError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::TooLarge { limit: MAX_BODY_BYTES });
+/// The body, read up to the limit and no further: a declared or actual length beyond it is
+/// refused with 413 before more of it is buffered.
+async fn bounded(body: Body, declared: Option<usize>) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::TooLarge { limit: MAX_BODY_BYTES };
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large);
     }
-    Ok(body)
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large),
+        Err(e) => Err(ApiError::invalid(format!("the request body could not be read: {e}"), None)),
+    }
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+) -> Response {
     let started = Instant::now();
-    let valid = bounded(&body)
-        .and_then(openai::parse::<ChatRequest>)
-        .and_then(|r| r.validate(&state.model));
+    let declared = declared_length(req.headers());
+    let valid = bounded(req.into_body(), declared).await.and_then(|body| {
+        openai::parse::<ChatRequest>(&body).and_then(|r| r.validate(&state.model))
+    });
     finish(&state, respond::Kind::Chat, valid, started).await
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn completions(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
-    let valid = bounded(&body)
-        .and_then(openai::parse::<CompletionRequest>)
-        .and_then(|r| r.validate(&state.model));
+    let declared = declared_length(req.headers());
+    let valid = bounded(req.into_body(), declared).await.and_then(|body| {
+        openai::parse::<CompletionRequest>(&body).and_then(|r| r.validate(&state.model))
+    });
     finish(&state, respond::Kind::Completion, valid, started).await
 }
 

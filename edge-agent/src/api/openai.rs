@@ -1,10 +1,16 @@
 //! The OpenAI request bodies this server accepts, parsed into a [`ValidRequest`] before anything
-//! runs. Unknown fields are ignored (clients send many); fields this server cannot honour with
-//! a non-default value are refused rather than silently ignored. Extensions: `mode`,
+//! runs. Every field of OpenAI's request schemas is either honoured, refused when it asks for
+//! what this server cannot do (see [`super::capabilities`]), or ignored because it changes no
+//! answer (README's API section lists them). Fields OpenAI does not define are ignored too, so
+//! that clients configured for other servers' extensions still work. Extensions: `mode`,
 //! `threshold`, `top_k`.
 
+use std::collections::BTreeMap;
+
+use collm_runtime::adjust::LogitAdjustment;
 use serde::Deserialize;
 
+use super::capabilities::{self, ChatExtras};
 use super::error::ApiError;
 use crate::mode::Mode;
 
@@ -33,7 +39,10 @@ pub struct Common {
     pub n: Option<u32>,
     pub mode: Option<String>,
     pub threshold: Option<f32>,
-    pub logprobs: Option<serde_json::Value>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string, OpenAI's form) to a bias in [-100, 100].
+    pub logit_bias: Option<BTreeMap<String, f32>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,11 +55,16 @@ pub struct StreamOptions {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatFields {
     pub messages: Vec<Message>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    pub extras: ChatExtras,
     pub common: Common,
 }
 
@@ -59,6 +73,9 @@ pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn that called tools (a tool-calling conversation).
+    pub tool_calls: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
 }
 
 /// Message content: a string or a list of parts (only text parts are understood).
@@ -84,6 +101,8 @@ pub struct CompletionFields {
     pub echo: bool,
     pub suffix: Option<String>,
     pub best_of: Option<u32>,
+    /// How many alternatives per token to return with their log probabilities (0 to 5).
+    pub logprobs: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +119,13 @@ pub trait Body: Sized {
 impl Body for ChatRequest {
     fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
         let fields: ChatFields = typed(value)?;
-        Ok(Self { messages: fields.messages, common: typed(value)? })
+        Ok(Self {
+            messages: fields.messages,
+            logprobs: fields.logprobs,
+            top_logprobs: fields.top_logprobs,
+            extras: typed(value)?,
+            common: typed(value)?,
+        })
     }
 }
 
@@ -143,6 +168,11 @@ pub struct ValidRequest {
     pub stops: Vec<String>,
     pub mode: Option<Mode>,
     pub threshold: Option<f32>,
+    /// `logit_bias` and the penalties, applied by whichever partition answers.
+    pub adjustment: LogitAdjustment,
+    /// Log probabilities asked for: `Some(k)` reports each token's and its `k` most likely
+    /// alternatives'.
+    pub logprobs: Option<usize>,
 }
 
 /// Parses a JSON body: invalid UTF-8, bad syntax and wrong types each get a message naming
@@ -179,14 +209,35 @@ fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T,
 }
 
 const MAX_STOPS: usize = 4;
+/// Most alternatives per token: OpenAI's limits for each endpoint.
+const MAX_TOP_LOGPROBS: u32 = 20;
+const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
 impl ChatRequest {
     pub fn validate(self, served: &str) -> Result<ValidRequest, ApiError> {
+        capabilities::check_chat(&self.extras)?;
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (_, Some(k)) if k > MAX_TOP_LOGPROBS => {
+                return Err(ApiError::invalid(
+                    format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+                    "top_logprobs",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "`top_logprobs` needs `logprobs` set to true",
+                    "top_logprobs",
+                ));
+            }
+            (true, k) => Some(k.unwrap_or(0) as usize),
+            (false, None) => None,
+        };
         if self.messages.is_empty() {
             return Err(ApiError::invalid("`messages` must hold at least one message", "messages"));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
+            capabilities::check_message(i, &m)?;
             if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
                 return Err(ApiError::Invalid {
                     message: format!(
@@ -204,9 +255,11 @@ impl ChatRequest {
                         match (p.kind.as_str(), p.text) {
                             ("text", Some(t)) => text.push_str(&t),
                             (kind, _) => {
-                                return Err(ApiError::Unsupported(format!(
-                                    "content part type {kind:?} in messages[{i}]"
-                                )));
+                                return Err(ApiError::unsupported(
+                                    format!("content part type {kind:?}"),
+                                    &format!("messages[{i}].content"),
+                                    "this model reads text only",
+                                ));
                             }
                         }
                     }
@@ -218,7 +271,7 @@ impl ChatRequest {
             messages.push(collm_runtime::text::ChatMessage { role, content });
         }
         let max = self.common.max_completion_tokens.or(self.common.max_tokens);
-        self.common.validate(served, Input::Chat(messages), max)
+        self.common.validate(served, Input::Chat(messages), max, logprobs)
     }
 }
 
@@ -226,19 +279,38 @@ impl CompletionRequest {
     pub fn validate(self, served: &str) -> Result<ValidRequest, ApiError> {
         let CompletionRequest { fields, common } = self;
         if fields.echo {
-            return Err(ApiError::Unsupported("`echo`".into()));
+            return Err(ApiError::unsupported(
+                "`echo`",
+                "echo",
+                "the prompt is not scored, only continued",
+            ));
         }
         if fields.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::Unsupported("`suffix`".into()));
+            return Err(ApiError::unsupported("`suffix`", "suffix", "the model does not fill in"));
         }
         if fields.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::Unsupported("`best_of` other than 1".into()));
+            return Err(ApiError::unsupported(
+                "`best_of` other than 1",
+                "best_of",
+                "one completion is generated per request",
+            ));
         }
+        if let Some(k) = fields.logprobs.filter(|&k| k > MAX_COMPLETION_LOGPROBS) {
+            return Err(ApiError::invalid(
+                format!("`logprobs` must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {k}"),
+                "logprobs",
+            ));
+        }
+        let logprobs = fields.logprobs.map(|k| k as usize);
         let one = |n: usize| {
             if n == 1 {
                 Ok(())
             } else {
-                Err(ApiError::Unsupported(format!("a batch of {n} prompts (send one)")))
+                Err(ApiError::unsupported(
+                    format!("a batch of {n} prompts"),
+                    "prompt",
+                    "send one prompt per request",
+                ))
             }
         };
         let input = match fields.prompt {
@@ -264,7 +336,7 @@ impl CompletionRequest {
         }
         // The legacy endpoint's documented default.
         let max = common.max_tokens.or(Some(16));
-        common.validate(served, input, max)
+        common.validate(served, input, max, logprobs)
     }
 }
 
@@ -274,6 +346,7 @@ impl Common {
         served: &str,
         input: Input,
         max_tokens: Option<u32>,
+        logprobs: Option<usize>,
     ) -> Result<ValidRequest, ApiError> {
         if self.model != served {
             return Err(ApiError::UnknownModel(self.model));
@@ -296,11 +369,14 @@ impl Common {
             ));
         }
         if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::Unsupported("`n` other than 1".into()));
+            return Err(ApiError::unsupported(
+                "`n` other than 1",
+                "n",
+                "one choice is generated per request; send n requests",
+            ));
         }
-        if self.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &serde_json::json!(false)) {
-            return Err(ApiError::Unsupported("`logprobs`".into()));
-        }
+        let adjustment =
+            adjustment(self.logit_bias, self.presence_penalty, self.frequency_penalty)?;
         let stops = match self.stop {
             None => vec![],
             Some(Stop::One(s)) => vec![s],
@@ -336,8 +412,45 @@ impl Common {
             stops,
             mode,
             threshold: self.threshold,
+            adjustment,
+            logprobs,
         })
     }
+}
+
+/// `logit_bias` (keys are token ids written as strings) and the penalties, range-checked; the
+/// vocabulary is checked once the tokenizer is at hand.
+fn adjustment(
+    bias: Option<BTreeMap<String, f32>>,
+    presence: Option<f32>,
+    frequency: Option<f32>,
+) -> Result<LogitAdjustment, ApiError> {
+    let mut adjustment = LogitAdjustment {
+        presence_penalty: presence.unwrap_or(0.0),
+        frequency_penalty: frequency.unwrap_or(0.0),
+        ..LogitAdjustment::default()
+    };
+    for (key, value) in bias.unwrap_or_default() {
+        let token = key.trim().parse::<u32>().map_err(|_| {
+            ApiError::invalid(
+                format!("`logit_bias` keys are token ids; {key:?} is not one"),
+                "logit_bias",
+            )
+        })?;
+        adjustment.bias.insert(token, value);
+    }
+    // The vocabulary is checked later; every other range now.
+    adjustment.check(usize::MAX).map_err(|message| {
+        let param = if message.starts_with("presence") {
+            "presence_penalty"
+        } else if message.starts_with("frequency") {
+            "frequency_penalty"
+        } else {
+            "logit_bias"
+        };
+        ApiError::invalid(message, param)
+    })?;
+    Ok(adjustment)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
+use super::logprobs;
 use super::openai::{Input, ValidRequest};
 use crate::generation::{Finish, GenerationRequest, Summary, Token};
 use crate::mode::Mode;
@@ -45,6 +46,8 @@ struct Envelope {
     model: String,
     mode: Mode,
     prompt_tokens: usize,
+    /// The client asked for log probabilities.
+    logprobs: bool,
 }
 
 impl Envelope {
@@ -56,31 +59,45 @@ impl Envelope {
         }
     }
 
-    fn usage(&self, completion_tokens: usize, summary: &Summary) -> Value {
+    /// OpenAI's usage: numbers only, so that tools adding up usage see nothing else.
+    fn usage(&self, completion_tokens: usize) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
-            "edge_tokens": summary.edge_tokens,
-            "cloud_tokens": summary.cloud_tokens,
-            "latency_fallback_tokens": summary.latency_fallback_tokens,
-            "uploaded_bytes": summary.uploaded_bytes,
-            "rollbacks": summary.rollbacks,
-            "drafted_tokens": summary.drafted,
-            "accepted_draft_tokens": summary.accepted,
-            "mode": self.mode.as_str(),
-            "degraded": summary.degraded,
         })
     }
 
+    /// Our extension: how the answer was made (the `collm` object of the last body).
+    fn summary(&self, summary: &Summary) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("mode".into(), json!(self.mode.as_str()));
+        m.insert("degraded".into(), json!(summary.degraded));
+        m.insert("edge_tokens".into(), json!(summary.edge_tokens));
+        m.insert("cloud_tokens".into(), json!(summary.cloud_tokens));
+        m.insert("latency_fallback_tokens".into(), json!(summary.latency_fallback_tokens));
+        m.insert("uploaded_bytes".into(), json!(summary.uploaded_bytes));
+        m.insert("rollbacks".into(), json!(summary.rollbacks));
+        m.insert("drafted_tokens".into(), json!(summary.drafted));
+        m.insert("accepted_draft_tokens".into(), json!(summary.accepted));
+        m
+    }
+
     /// One choice: a chat message/delta or a completion's text.
-    fn choice(&self, text: &str, streaming: bool, first: bool, finish: Option<&str>) -> Value {
+    fn choice(
+        &self,
+        text: &str,
+        streaming: bool,
+        first: bool,
+        finish: Option<&str>,
+        logprobs: Value,
+    ) -> Value {
         match (self.kind, streaming) {
             (Kind::Chat, false) => json!({
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": text, "refusal": null},
                 "finish_reason": finish,
-                "logprobs": null,
+                "logprobs": logprobs,
             }),
             (Kind::Chat, true) => {
                 let delta = match (first, finish) {
@@ -88,10 +105,10 @@ impl Envelope {
                     (false, Some(_)) if text.is_empty() => json!({}),
                     _ => json!({"content": text}),
                 };
-                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
             }
             (Kind::Completion, _) => {
-                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs})
             }
         }
     }
@@ -167,6 +184,24 @@ pub async fn respond(
     if mode != Mode::Standalone && generator.link().is_none() {
         return Err(ApiError::NoCloud(mode.as_str().into()));
     }
+    v.adjustment.check(engine.vocab_size).map_err(|m| ApiError::invalid(m, "logit_bias"))?;
+    if mode == Mode::Speculative {
+        // A verdict on a draft carries neither an adjustment nor a distribution.
+        let why = "the cloud's verification of a draft neither applies it nor returns \
+                   probabilities; use mode collaborative, standalone or cloud";
+        if v.logprobs.is_some() {
+            return Err(ApiError::unsupported("`logprobs` in mode speculative", "logprobs", why));
+        }
+        if !v.adjustment.is_identity() {
+            let param =
+                if v.adjustment.bias.is_empty() { "presence_penalty" } else { "logit_bias" };
+            return Err(ApiError::unsupported(
+                "`logit_bias` and penalties in mode speculative",
+                param,
+                why,
+            ));
+        }
+    }
     let (created, nanos) = now();
     let span = tracing::info_span!("generate", mode = mode.as_str(), prompt_tokens = prompt.len());
     let request = GenerationRequest {
@@ -176,6 +211,8 @@ pub async fn respond(
         mode,
         policy: engine.policy_for(v.threshold)?,
         trace: collm_telemetry::propagation::traceparent(&span),
+        adjustment: v.adjustment.clone(),
+        alternatives: v.logprobs,
         prompt,
     };
     let envelope = Envelope {
@@ -185,6 +222,7 @@ pub async fn respond(
         model: state.model.clone(),
         mode,
         prompt_tokens: request.prompt.len(),
+        logprobs: v.logprobs.is_some(),
     };
     let (tokens_tx, tokens_rx) = mpsc::channel::<Token>(32);
     let run_state = state.clone();
@@ -215,6 +253,8 @@ struct TokenText {
     sources: Vec<&'static str>,
     /// Every token id received, in order.
     ids: Vec<u32>,
+    /// Every token received, with its probability and alternatives.
+    scored: Vec<Token>,
     /// How many of `ids` were reported with a piece of text.
     reported: usize,
 }
@@ -224,6 +264,8 @@ struct Piece {
     sources: Vec<&'static str>,
     /// Ids of the tokens whose text this piece releases.
     tokens: Vec<u32>,
+    /// The same tokens with their probabilities.
+    scored: Vec<Token>,
     stopped: bool,
 }
 
@@ -243,6 +285,7 @@ impl TokenText {
             count: 0,
             sources: vec![],
             ids: vec![],
+            scored: vec![],
             reported: 0,
         }
     }
@@ -260,28 +303,43 @@ impl TokenText {
         self.count += 1;
         self.ids.push(token.id);
         self.sources.push(token.source.as_str());
+        self.scored.push(token.clone());
         let text = &self.state.generator.engine().text;
         let delta = self.text.push(token.id, |ids| text.decode(ids).unwrap_or_default());
         if delta.stopped {
             // Ends the generation: its next send fails.
             self.tokens.close();
         }
-        let (sources, tokens) = if delta.text.is_empty() && !delta.stopped {
-            (vec![], vec![])
+        let (sources, tokens, scored) = if delta.text.is_empty() && !delta.stopped {
+            (vec![], vec![], vec![])
         } else {
-            (std::mem::take(&mut self.sources), self.ids[self.reported..].to_vec())
+            let scored = self.scored[self.reported..].to_vec();
+            (std::mem::take(&mut self.sources), self.ids[self.reported..].to_vec(), scored)
         };
         self.reported += tokens.len();
-        Some(Piece { text: delta.text, sources, tokens, stopped: delta.stopped })
+        Some(Piece { text: delta.text, sources, tokens, scored, stopped: delta.stopped })
     }
 
     /// Text held back at the end, with the sources and ids of the tokens not yet reported.
-    fn rest(&mut self) -> (String, Vec<&'static str>, Vec<u32>) {
+    fn rest(&mut self) -> (String, Vec<&'static str>, Vec<u32>, Vec<Token>) {
         let text = &self.state.generator.engine().text;
         let rest = self.text.finish(|ids| text.decode(ids).unwrap_or_default());
         let tokens = self.ids[self.reported..].to_vec();
+        let scored = self.scored[self.reported..].to_vec();
         self.reported = self.ids.len();
-        (rest, std::mem::take(&mut self.sources), tokens)
+        (rest, std::mem::take(&mut self.sources), tokens, scored)
+    }
+
+    /// The `logprobs` of a choice holding `tokens`, whose text starts `offset` characters in.
+    fn logprobs(&self, env: &Envelope, tokens: &[Token], offset: usize) -> Value {
+        if !env.logprobs {
+            return Value::Null;
+        }
+        let text = &self.state.generator.engine().text;
+        match env.kind {
+            Kind::Chat => logprobs::chat(tokens, text),
+            Kind::Completion => logprobs::completion(tokens, text, offset),
+        }
     }
 }
 
@@ -309,17 +367,18 @@ async fn whole(
     }
     let (finish, summary) = outcome(task).await?;
     if !stopped {
-        let (_, rest, _) = stream.rest();
+        let (_, rest, _, _) = stream.rest();
         sources.extend(rest);
     }
     let text = stream.text.text().to_string();
     let reason = if stopped { "stop" } else { finish_reason(finish) };
-    let mut body = env.body(vec![env.choice(&text, false, false, Some(reason))], false);
-    body.insert("usage".into(), env.usage(stream.count, &summary));
-    body.insert(
-        "collm".into(),
-        json!({ "sources": sources, "tokens": stream.ids, "rollbacks": summary.rollbacks }),
-    );
+    let logprobs = stream.logprobs(&env, &stream.scored, 0);
+    let mut body = env.body(vec![env.choice(&text, false, false, Some(reason), logprobs)], false);
+    body.insert("usage".into(), env.usage(stream.count));
+    let mut collm = env.summary(&summary);
+    collm.insert("sources".into(), json!(sources));
+    collm.insert("tokens".into(), json!(stream.ids));
+    body.insert("collm".into(), Value::Object(collm));
     Ok(axum::Json(Value::Object(body)).into_response())
 }
 
@@ -336,10 +395,15 @@ async fn stream_events(
     };
     let mut first = true;
     let mut stopped = false;
+    // Characters of text sent so far (where the next chunk's tokens start).
+    let mut sent = 0;
     while let Some(piece) = stream.next().await {
         stopped = piece.stopped;
         if !piece.text.is_empty() || !piece.tokens.is_empty() || first {
-            let mut body = env.body(vec![env.choice(&piece.text, true, first, None)], true);
+            let logprobs = stream.logprobs(&env, &piece.scored, sent);
+            sent += piece.text.chars().count();
+            let choice = env.choice(&piece.text, true, first, None, logprobs);
+            let mut body = env.body(vec![choice], true);
             body.insert(
                 "collm".into(),
                 json!({ "sources": piece.sources, "tokens": piece.tokens }),
@@ -361,16 +425,20 @@ async fn stream_events(
             return;
         }
     };
-    let (rest, sources, tokens) =
-        if stopped { (String::new(), vec![], vec![]) } else { stream.rest() };
+    let (rest, sources, tokens, scored) =
+        if stopped { (String::new(), vec![], vec![], vec![]) } else { stream.rest() };
     let reason = if stopped { "stop" } else { finish_reason(finish) };
-    let usage = env.usage(stream.count, &summary);
-    let mut last = env.body(vec![env.choice(&rest, true, first, Some(reason))], true);
-    last.insert("collm".into(), json!({ "sources": sources, "tokens": tokens, "usage": usage }));
+    let logprobs =
+        if scored.is_empty() { Value::Null } else { stream.logprobs(&env, &scored, sent) };
+    let mut last = env.body(vec![env.choice(&rest, true, first, Some(reason), logprobs)], true);
+    let mut collm = env.summary(&summary);
+    collm.insert("sources".into(), json!(sources));
+    collm.insert("tokens".into(), json!(tokens));
+    last.insert("collm".into(), Value::Object(collm));
     send(Value::Object(last)).await;
     if include_usage {
         let mut body = env.body(vec![], true);
-        body.insert("usage".into(), usage);
+        body.insert("usage".into(), env.usage(stream.count));
         send(Value::Object(body)).await;
     }
     let _ = events.send(Ok(Event::default().data("[DONE]"))).await;

@@ -86,6 +86,8 @@ fn measure_one(d: &DecodeArgs, mode: Mode) -> Result<()> {
         seed: 0,
         encoding: Encoding::F16,
         stop_ids: vec![],
+        adjustment: Default::default(),
+        top_k: 0,
     };
     let exits = model.exit_layers();
     let mut cloud = model.take_in_process_cloud(collm_runtime::CatchUp::Exact)?;

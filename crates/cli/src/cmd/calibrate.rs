@@ -193,6 +193,8 @@ fn collect(
         seed: 0,
         encoding: Encoding::F32,
         stop_ids: model.text.stop_ids().to_vec(),
+        adjustment: Default::default(),
+        top_k: 0,
     };
     let new = || Collected { inputs: vec![vec![]; exits.len()], targets: vec![] };
     let (mut train, mut heldout) = (new(), new());

@@ -148,6 +148,8 @@ pub fn run(a: CatchUpArgs) -> Result<()> {
         seed: 0,
         encoding: Encoding::F32,
         stop_ids: model.text.stop_ids().to_vec(),
+        adjustment: Default::default(),
+        top_k: 0,
     };
     let mut tally = Tally::default();
     for (i, prompt) in prompts.iter().enumerate() {

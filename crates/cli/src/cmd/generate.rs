@@ -93,6 +93,8 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         encoding: a.encoding,
         stop_ids: model.text.stop_ids().to_vec(),
+        adjustment: Default::default(),
+        top_k: 0,
     };
     let exits = model.exit_layers();
     let mut cloud: Option<Box<dyn CloudTransport>> = match (&a.cloud, &a.token) {

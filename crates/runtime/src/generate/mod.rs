@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adjust::{Generated, LogitAdjustment};
 use crate::catch_up::EdgeAnswered;
 use crate::codec::{self, Encoding};
 use crate::decoder::EdgeDecoder;
@@ -64,6 +65,11 @@ pub struct GenerateOptions {
     pub seed: u64,
     pub encoding: Encoding,
     pub stop_ids: Vec<u32>,
+    /// `logit_bias` and penalties, applied by whichever partition picks a token.
+    pub adjustment: LogitAdjustment,
+    /// Alternatives the cloud is asked to return with each answer (a transport wrapping the
+    /// cloud may pass them on; the loop itself does not use them).
+    pub top_k: usize,
 }
 
 /// One generated token as it is produced.
@@ -150,6 +156,7 @@ pub fn generate(
     let mut first_token_at = None;
     let max_new = opts.max_tokens.min(decoder.room());
     let mut edge_answered = EdgeAnswered::default();
+    let mut seen = Generated::default();
     let result = (|| {
         let mut index = 0;
         while index < max_new {
@@ -166,10 +173,11 @@ pub fn generate(
             }
             let Some(ready) = step.ready else { continue };
             let u = ready.u;
+            let head = |layer| opts.adjustment.apply(ready.head(layer), &seen);
             let (pick, origin) = match opts.mode {
                 Mode::Speculative => unreachable!("speculative generations run on their own loop"),
                 Mode::Standalone => {
-                    (sampling::sample(ready.head(deepest), &opts.sampling, u), Origin::Edge)
+                    (sampling::sample(&head(deepest), &opts.sampling, u), Origin::Edge)
                 }
                 Mode::Full | Mode::Collaborative => {
                     let confident = if opts.mode == Mode::Full {
@@ -178,14 +186,14 @@ pub fn generate(
                         let conf: Vec<(usize, f32)> = ready
                             .heads
                             .iter()
-                            .map(|(l, logits)| (*l, sampling::top1(logits).prob))
+                            .map(|(l, _)| (*l, sampling::top1(&head(*l)).prob))
                             .collect();
                         opts.policy.decide(&conf)
                     };
                     match (confident, cloud.as_deref_mut()) {
                         (Some(layer), _) => {
                             edge_answered.push(ready.after as u64);
-                            (sampling::sample(ready.head(layer), &opts.sampling, u), Origin::Edge)
+                            (sampling::sample(&head(layer), &opts.sampling, u), Origin::Edge)
                         }
                         (None, Some(cloud)) => {
                             let t_cloud = Instant::now();
@@ -195,8 +203,10 @@ pub fn generate(
                                     after: ready.after,
                                     params: opts.sampling,
                                     u,
-                                    top_k: 0,
+                                    top_k: opts.top_k,
                                     edge_answered: edge_answered.clone(),
+                                    adjustment: opts.adjustment.clone(),
+                                    seen: seen.clone(),
                                 },
                             )?;
                             generation.timings.cloud_ms += ms(t_cloud);
@@ -208,6 +218,7 @@ pub fn generate(
                     }
                 }
             };
+            seen.push(pick.token);
             generation.tokens.push(pick.token);
             generation.origins.push(origin);
             generation.confidences.push(pick.prob);

@@ -30,6 +30,12 @@ pub(super) fn generate(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(&TokenEvent),
 ) -> Result<Generation> {
+    // Verification has no adjustment on the wire: refuse rather than answer unadjusted.
+    if !opts.adjustment.is_identity() {
+        return Err(Error::Invalid(
+            "logit bias and penalties are not supported with speculative decoding".into(),
+        ));
+    }
     let mut run = Run {
         decoder: EdgeDecoder::new(edge, &[deepest], prompt, opts.seed, true)?,
         session: next_session(),
