@@ -129,7 +129,7 @@ fn complete(edge: &str) -> Result<(u64, bool)> {
         .output()?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let answer: Value = serde_json::from_slice(&out.stdout)?;
-    Ok((answer["usage"]["cloud_tokens"].as_u64().unwrap_or(0), answer["usage"]["degraded"] == true))
+    Ok((answer["collm"]["cloud_tokens"].as_u64().unwrap_or(0), answer["collm"]["degraded"] == true))
 }
 
 /// The worker, from the cloud.json the operator rendered, with this machine's bundle and ports

@@ -20,7 +20,7 @@ fn collaboration_over_http_and_grpc_equals_the_in_process_answer() {
         post(&format!("http://{}", a.addr), "/v1/completions", &completion(24, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
-    let usage = &answer["usage"];
+    let usage = &answer["collm"];
     assert_eq!(usage["cloud_tokens"], json!(ids(&full, "tokens").len()));
     assert_eq!(usage["edge_tokens"], 0);
     assert_eq!(usage["mode"], "collaborative");
@@ -52,7 +52,7 @@ fn collaboration_over_http_and_grpc_equals_the_in_process_answer() {
     assert_eq!(status, 200, "{naive}");
     assert_eq!(tokens(&naive), tokens(&answer));
     assert!(
-        naive["usage"]["uploaded_bytes"].as_u64() > answer["usage"]["uploaded_bytes"].as_u64(),
+        naive["collm"]["uploaded_bytes"].as_u64() > answer["collm"]["uploaded_bytes"].as_u64(),
         "naive {} vs collaborative {}",
         naive["usage"],
         answer["usage"]
@@ -91,7 +91,7 @@ fn standalone_needs_no_cloud_and_the_cloud_baseline_runs_the_full_model_remotely
     let (status, answer) = post(&base, "/v1/completions", &completion(20, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(tokens(&answer), ids(&reference, "tokens"));
-    assert_eq!(answer["usage"]["cloud_tokens"], 0);
+    assert_eq!(answer["collm"]["cloud_tokens"], 0);
     // A standalone agent cannot serve the cloud modes: it says so.
     let (status, err) =
         post(&base, "/v1/completions", &completion(4, json!({"mode": "collaborative"})));
@@ -106,8 +106,8 @@ fn standalone_needs_no_cloud_and_the_cloud_baseline_runs_the_full_model_remotely
         post(&format!("http://{}", a.addr), "/v1/completions", &completion(20, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
-    assert_eq!(answer["usage"]["mode"], "cloud");
-    assert_eq!(answer["usage"]["uploaded_bytes"], 0);
+    assert_eq!(answer["collm"]["mode"], "cloud");
+    assert_eq!(answer["collm"]["uploaded_bytes"], 0);
 }
 
 #[test]

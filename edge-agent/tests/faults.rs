@@ -25,8 +25,12 @@ fn until(base: &str, body: &Value, limit: Duration, done: impl Fn(&Value) -> boo
     }
 }
 
+/// A count: OpenAI's from `usage`, ours from `collm`.
 fn usage(answer: &Value, field: &str) -> u64 {
-    answer["usage"][field].as_u64().unwrap_or_else(|| panic!("no usage.{field} in {answer}"))
+    answer["usage"][field]
+        .as_u64()
+        .or_else(|| answer["collm"][field].as_u64())
+        .unwrap_or_else(|| panic!("no usage.{field} or collm.{field} in {answer}"))
 }
 
 #[test]
@@ -41,7 +45,7 @@ fn an_absent_cloud_degrades_the_answer_and_a_cloud_that_appears_is_used() {
 
     let (status, answer) = post(&base, "/v1/completions", &body);
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["usage"]["degraded"], true, "{answer}");
+    assert_eq!(answer["collm"]["degraded"], true, "{answer}");
     assert_eq!(usage(&answer, "latency_fallback_tokens"), usage(&answer, "completion_tokens"));
     let standalone = in_process(&bundle, &["--mode", "standalone", "--max-tokens", "12"]);
     assert_eq!(
@@ -51,7 +55,7 @@ fn an_absent_cloud_degrades_the_answer_and_a_cloud_that_appears_is_used() {
     );
 
     let _w = worker_on(&bundle, dir.path(), &format!("127.0.0.1:{port}"), &[]);
-    let answer = until(&base, &body, Duration::from_secs(20), |a| a["usage"]["degraded"] == false);
+    let answer = until(&base, &body, Duration::from_secs(20), |a| a["collm"]["degraded"] == false);
     let full = in_process(&bundle, &["--mode", "full", "--max-tokens", "12"]);
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
     assert_eq!(usage(&answer, "cloud_tokens"), usage(&answer, "completion_tokens"));
@@ -75,7 +79,7 @@ fn a_slow_link_is_answered_by_the_edge_within_the_budget_and_a_cut_one_degrades(
     let full = ids(&in_process(&bundle, &["--mode", "full", "--max-tokens", "10"]), "tokens");
 
     let answer = until(&base, &body, Duration::from_secs(10), |a| {
-        a["usage"]["cloud_tokens"] == a["usage"]["completion_tokens"]
+        a["collm"]["cloud_tokens"] == a["usage"]["completion_tokens"]
     });
     assert_eq!(tokens(&answer), full);
 
@@ -85,7 +89,7 @@ fn a_slow_link_is_answered_by_the_edge_within_the_budget_and_a_cut_one_degrades(
     let slow = until(&base, &body, Duration::from_secs(20), |a| {
         usage(a, "latency_fallback_tokens") == usage(a, "completion_tokens")
     });
-    assert_eq!(slow["usage"]["degraded"], false, "{slow}");
+    assert_eq!(slow["collm"]["degraded"], false, "{slow}");
     let t = Instant::now();
     post(&base, "/v1/completions", &body);
     assert!(
@@ -96,17 +100,17 @@ fn a_slow_link_is_answered_by_the_edge_within_the_budget_and_a_cut_one_degrades(
 
     link.remove_toxics("slow");
     let answer = until(&base, &body, Duration::from_secs(20), |a| {
-        a["usage"]["cloud_tokens"] == a["usage"]["completion_tokens"]
+        a["collm"]["cloud_tokens"] == a["usage"]["completion_tokens"]
     });
     assert_eq!(tokens(&answer), full, "collaboration resumes with the full model's tokens");
 
     link.disable();
-    let cut = until(&base, &body, Duration::from_secs(20), |a| a["usage"]["degraded"] == true);
+    let cut = until(&base, &body, Duration::from_secs(20), |a| a["collm"]["degraded"] == true);
     assert_eq!(usage(&cut, "cloud_tokens"), 0, "{cut}");
     link.enable();
     let answer = until(&base, &body, Duration::from_secs(30), |a| {
-        a["usage"]["degraded"] == false
-            && a["usage"]["cloud_tokens"] == a["usage"]["completion_tokens"]
+        a["collm"]["degraded"] == false
+            && a["collm"]["cloud_tokens"] == a["usage"]["completion_tokens"]
     });
     assert_eq!(tokens(&answer), full);
 }
@@ -125,8 +129,9 @@ fn disrupted(base: &str, max_tokens: usize, mut disrupt: impl FnMut()) -> (Vec<u
         ids.extend(
             ev["collm"]["tokens"].as_array().into_iter().flatten().map(|t| t.as_u64().expect("id")),
         );
-        if !ev["usage"].is_null() {
-            usage = ev["usage"].clone();
+        // The last chunk's `collm` says how the answer was made.
+        if !ev["collm"]["mode"].is_null() {
+            usage = ev["collm"].clone();
         }
     });
     (ids, usage)

@@ -62,7 +62,7 @@ fn a_killed_worker_is_restarted_on_its_address_while_the_stack_keeps_serving() {
         assert_eq!(status, 200, "{answer}");
         answer
     };
-    assert_eq!(ask()["usage"]["cloud_tokens"], 8);
+    assert_eq!(ask()["collm"]["cloud_tokens"], 8);
 
     let workers = children_running(up.id(), "cloud-worker");
     assert_eq!(workers.len(), 2, "two workers run");
@@ -70,8 +70,8 @@ fn a_killed_worker_is_restarted_on_its_address_while_the_stack_keeps_serving() {
 
     // The stack answers meanwhile, through the other worker.
     let answer = ask();
-    assert_eq!(answer["usage"]["cloud_tokens"], 8, "{answer}");
-    assert_eq!(answer["usage"]["degraded"], false, "{answer}");
+    assert_eq!(answer["collm"]["cloud_tokens"], 8, "{answer}");
+    assert_eq!(answer["collm"]["degraded"], false, "{answer}");
 
     assert!(
         collm_testkit::wait_until(Duration::from_secs(60), || text().contains("restarted on")),
@@ -95,7 +95,7 @@ fn a_killed_worker_is_restarted_on_its_address_while_the_stack_keeps_serving() {
     );
     assert_eq!(children_running(up.id(), "cloud-worker").len(), 2, "two workers again");
     assert!(up.try_wait().expect("try_wait").is_none(), "collm up keeps running");
-    assert_eq!(ask()["usage"]["cloud_tokens"], 8);
+    assert_eq!(ask()["collm"]["cloud_tokens"], 8);
 
     let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
     let status = up.wait().expect("collm up exits");

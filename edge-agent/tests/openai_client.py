@@ -1,6 +1,6 @@
 """Drives a running edge agent with the official `openai` client library, unchanged.
 
-Usage: python openai_client.py BASE_URL MODEL
+Usage: python openai_client.py BASE_URL MODEL API_KEY
 Exits non-zero (with the assertion) when the agent does not behave as the library expects.
 """
 import json
@@ -8,31 +8,26 @@ import sys
 
 import openai
 
-base, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+base, model, key = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+hello = [{"role": "user", "content": "Hello!"}]
 
 models = client.models.list()
 assert [m.id for m in models.data] == [model], models
 
-chat = client.chat.completions.create(
-    model=model,
-    messages=[{"role": "user", "content": "Hello!"}],
-    max_tokens=12,
-    temperature=0,
-)
+chat = client.chat.completions.create(model=model, messages=hello, max_tokens=12, temperature=0)
 assert chat.object == "chat.completion", chat
 assert chat.choices[0].message.role == "assistant"
 assert chat.choices[0].finish_reason in ("stop", "length")
 assert chat.usage.completion_tokens >= 1
+# usage holds OpenAI's numbers only; our extension is the top-level `collm` object.
+assert not chat.usage.model_extra, chat.usage
+assert chat.model_extra["collm"]["mode"] == "collaborative", chat.model_extra
 whole = chat.choices[0].message.content
 
 pieces, finish, usage = [], None, None
 stream = client.chat.completions.create(
-    model=model,
-    messages=[{"role": "user", "content": "Hello!"}],
-    max_tokens=12,
-    temperature=0,
-    stream=True,
+    model=model, messages=hello, max_tokens=12, temperature=0, stream=True,
     stream_options={"include_usage": True},
 )
 for chunk in stream:
@@ -45,17 +40,56 @@ assert "".join(pieces) == whole, ("".join(pieces), whole)
 assert finish == chat.choices[0].finish_reason
 assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens
 
-completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0)
+# Log probabilities, whole and streamed, in the library's own types.
+scored = client.chat.completions.create(
+    model=model, messages=hello, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2,
+)
+content = scored.choices[0].logprobs.content
+assert len(content) == scored.usage.completion_tokens, scored
+for entry in content:
+    assert entry.logprob <= 0 and len(entry.top_logprobs) == 2, entry
+    assert entry.top_logprobs[0].token == entry.token, entry
+    assert isinstance(entry.bytes, list)
+streamed = []
+for chunk in client.chat.completions.create(
+    model=model, messages=hello, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2,
+    stream=True,
+):
+    if chunk.choices and chunk.choices[0].logprobs is not None:
+        streamed.extend(chunk.choices[0].logprobs.content)
+assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+# A bias of -100 on the first token's id bans it (the agent reports ids in `collm.tokens`).
+first = chat.model_extra["collm"]["tokens"][0]
+banned = client.chat.completions.create(
+    model=model, messages=hello, max_tokens=12, temperature=0, logit_bias={str(first): -100},
+    frequency_penalty=1.0,
+)
+assert first not in banned.model_extra["collm"]["tokens"], banned.model_extra
+
+completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=1)
 assert completion.object == "text_completion"
 assert completion.usage.completion_tokens >= 1
+assert len(completion.choices[0].logprobs.token_logprobs) == completion.usage.completion_tokens
 
 extra = client.chat.completions.create(
-    model=model,
-    messages=[{"role": "user", "content": "Hi"}],
-    max_tokens=4,
+    model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
     extra_body={"mode": "standalone"},
 )
-assert extra.usage.model_extra.get("mode") == "standalone", extra.usage
+assert extra.model_extra["collm"]["mode"] == "standalone", extra.model_extra
+
+# What the server cannot do is an exception, not a plain answer.
+tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
+try:
+    client.chat.completions.create(model=model, messages=hello, tools=tools)
+    raise AssertionError("tools were accepted")
+except openai.BadRequestError as e:
+    assert e.code == "unsupported_parameter" and e.param == "tools", e
+try:
+    client.chat.completions.create(model=model, messages=hello, response_format={"type": "json_object"})
+    raise AssertionError("JSON mode was accepted")
+except openai.BadRequestError as e:
+    assert e.param == "response_format", e
 
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
@@ -68,5 +102,11 @@ try:
     raise AssertionError("max_tokens beyond the context was accepted")
 except openai.BadRequestError as e:
     assert e.code == "context_length_exceeded", e
+
+try:
+    openai.OpenAI(base_url=f"{base}/v1", api_key=key + "x", max_retries=0).models.list()
+    raise AssertionError("a wrong API key was accepted")
+except openai.AuthenticationError as e:
+    assert e.code == "invalid_api_key", e
 
 print(json.dumps({"ok": True, "text": whole, "usage": usage.model_dump()}))

@@ -215,7 +215,7 @@ fn pods_started_from_the_rendered_config_fetch_their_bundle_and_answer_collabora
     let body = json!({"model": "chat", "prompt": PROMPT, "max_tokens": 16, "temperature": 0});
     let (status, answer) = post(&base, "/v1/completions", &body);
     assert_eq!(status, 200, "{answer}");
-    let usage = &answer["usage"];
+    let usage = &answer["collm"];
     assert_eq!(usage["mode"], "collaborative", "{usage}");
     assert_eq!(usage["cloud_tokens"], 16, "every token came from the cloud: {usage}");
     assert_eq!(usage["degraded"], false, "{usage}");

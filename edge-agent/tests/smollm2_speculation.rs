@@ -84,8 +84,8 @@ fn heavy_smollm2_speculation_gives_the_full_models_tokens_on_sharegpt() {
         let full = ask(&base, &chat(prompt, "cloud", 32, &json!({})));
         let speculated = ask(&base, &chat(prompt, "speculative", 32, &json!({})));
         assert_eq!(tokens(&speculated), tokens(&full), "prompt {i}: {prompt:?}");
-        drafted += speculated["usage"]["drafted_tokens"].as_u64().expect("drafted");
-        accepted += speculated["usage"]["accepted_draft_tokens"].as_u64().expect("accepted");
+        drafted += speculated["collm"]["drafted_tokens"].as_u64().expect("drafted");
+        accepted += speculated["collm"]["accepted_draft_tokens"].as_u64().expect("accepted");
     }
     eprintln!("20 prompts: {accepted} of {drafted} draft tokens accepted");
     assert!(accepted > 0, "the exit head never drafted a right token");
@@ -117,7 +117,7 @@ fn heavy_smollm2_pipelined_collaboration_commits_what_waiting_commits() {
         let body = chat(prompt, "collaborative", 40, &sampling);
         let (ahead, waited) = (ask(&p, &body), ask(&w, &body));
         assert_eq!(tokens(&ahead), tokens(&waited), "prompt {i}: {prompt:?}");
-        rollbacks += ahead["usage"]["rollbacks"].as_u64().expect("rollbacks");
+        rollbacks += ahead["collm"]["rollbacks"].as_u64().expect("rollbacks");
     }
     eprintln!("6 prompts: {rollbacks} rollbacks");
 }

@@ -49,7 +49,7 @@ fn mutual_tls_between_edge_and_cloud() {
     let (status, answer) =
         post(&format!("http://{}", a.addr), "/v1/completions", &completion(12, json!({})));
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["usage"]["degraded"], false, "{answer}");
+    assert_eq!(answer["collm"]["degraded"], false, "{answer}");
     assert_eq!(tokens(&answer), ids(&full, "tokens"));
     drop(a);
 
@@ -62,7 +62,7 @@ fn mutual_tls_between_edge_and_cloud() {
         post(&format!("http://{}", a.addr), "/v1/completions", &completion(4, json!({})));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
-        answer["usage"]["degraded"], true,
+        answer["collm"]["degraded"], true,
         "an untrusted client must not reach the cloud: {answer}"
     );
 }

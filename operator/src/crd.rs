@@ -321,6 +321,12 @@ pub struct EdgeSpec {
     /// address; this needs a namespace whose Pod Security level allows host ports.
     #[serde(default)]
     pub exposure: EdgeExposure,
+
+    /// A Secret key holding the API key clients must send (`Authorization: Bearer <key>`) on
+    /// every /v1 request of the edge API; /healthz, /readyz and /metrics stay open. Unset: no
+    /// key is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
 }
 
 impl Default for EdgeSpec {
@@ -331,6 +337,7 @@ impl Default for EdgeSpec {
             resources: None,
             api_port: default_api_port(),
             exposure: EdgeExposure::default(),
+            api_key_secret_ref: None,
         }
     }
 }

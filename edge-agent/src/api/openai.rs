@@ -541,4 +541,60 @@ mod tests {
         assert!(v.stream && v.include_usage);
         assert_eq!(v.max_tokens, Some(5));
     }
+
+    #[test]
+    fn bias_penalties_and_logprobs_are_parsed_with_openais_ranges() {
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"17":-100,"4":2.5},"presence_penalty":0.5,"frequency_penalty":-1,"logprobs":true,"top_logprobs":3}"#)
+            .expect("valid");
+        assert_eq!(v.adjustment.bias.into_iter().collect::<Vec<_>>(), vec![(4, 2.5), (17, -100.0)]);
+        assert_eq!((v.adjustment.presence_penalty, v.adjustment.frequency_penalty), (0.5, -1.0));
+        assert_eq!(v.logprobs, Some(3));
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true}"#)
+            .expect("valid");
+        assert_eq!(v.logprobs, Some(0));
+        let v =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":false}"#)
+                .expect("valid");
+        assert_eq!(v.logprobs, None);
+        assert_eq!(
+            completion(r#"{"model":"m","prompt":"a","logprobs":2}"#).expect("ok").logprobs,
+            Some(2)
+        );
+
+        let refused = |body: &str, param: &str| {
+            let e = chat(body).or_else(|_| completion(body)).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.body()["error"]["param"], param, "{body}: {e}");
+        };
+        let m = r#""model":"m","messages":[{"role":"user","content":"x"}]"#;
+        refused(&format!(r#"{{{m},"top_logprobs":2}}"#), "top_logprobs");
+        refused(&format!(r#"{{{m},"logprobs":true,"top_logprobs":21}}"#), "top_logprobs");
+        refused(&format!(r#"{{{m},"logit_bias":{{"hello":1}}}}"#), "logit_bias");
+        refused(&format!(r#"{{{m},"logit_bias":{{"3":150}}}}"#), "logit_bias");
+        refused(&format!(r#"{{{m},"presence_penalty":2.5}}"#), "presence_penalty");
+        refused(&format!(r#"{{{m},"frequency_penalty":-3}}"#), "frequency_penalty");
+        refused(r#"{"model":"m","prompt":"a","logprobs":6}"#, "logprobs");
+        refused(r#"{"model":"m","prompt":"a","echo":true}"#, "echo");
+        refused(&format!(r#"{{{m},"n":3}}"#), "n");
+        refused(
+            &format!(r#"{{{m},"tools":[{{"type":"function","function":{{"name":"f"}}}}]}}"#),
+            "tools",
+        );
+        refused(
+            &format!(r#"{{{m},"response_format":{{"type":"json_object"}}}}"#),
+            "response_format",
+        );
+        refused(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+            "messages[0].content",
+        );
+    }
+
+    #[test]
+    fn fields_that_change_no_answer_are_accepted() {
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"x","name":"ann"}],"user":"u","metadata":{"k":"v"},"store":false,"service_tier":"auto","prediction":{"type":"content","content":"x"},"parallel_tool_calls":false,"prompt_cache_key":"k","safety_identifier":"s","response_format":{"type":"text"},"tool_choice":"none","modalities":["text"]}"#)
+            .expect("valid");
+        assert_eq!(v.adjustment, LogitAdjustment::default());
+        assert_eq!(v.logprobs, None);
+    }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
-    ServicePort, ServiceSpec,
+    ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -18,7 +18,7 @@ use super::pod::{
     runtime_container, runtime_env, runtime_volumes, scrape_annotations,
 };
 use super::{Bundle, Component, ModelRef, Settings};
-use crate::crd::{CollabModelSpec, EdgeExposure};
+use crate::crd::{CollabModelSpec, EdgeExposure, SecretKeyRef};
 
 /// Readiness endpoint of the edge agent's HTTP API: the agent serves (standalone if it must)
 /// whether or not the cloud answers; its cloud link is reported as a pod condition instead.
@@ -66,6 +66,7 @@ pub fn daemon_set(
     let mut env = vec![field_env("COLLM_NODE_NAME", "spec.nodeName")];
     env.extend(runtime_env());
     env.extend(super::observability::env(spec, Side::Edge));
+    env.extend(edge.api_key_secret_ref.as_ref().map(api_key_env));
     container.env = Some(env);
     container.readiness_probe = Some(Probe {
         http_get: Some(HTTPGetAction {
@@ -118,6 +119,26 @@ pub fn daemon_set(
         status: None,
     }
 }
+
+/// The edge API's key, from the Secret the spec names, as the agent's `COLLM_API_KEY` (an
+/// environment variable, not an argument: arguments are visible to every process on the node).
+fn api_key_env(secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: API_KEY_ENV.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The edge agent reads its API key from this variable.
+pub const API_KEY_ENV: &str = "COLLM_API_KEY";
 
 /// A Service for the edge API (and its /metrics) that keeps traffic on the caller's node.
 pub fn service(spec: &CollabModelSpec, at: &ModelRef) -> Option<Service> {

@@ -436,4 +436,21 @@ fn observability_settings_reach_the_runtime_containers_and_roll_their_pods() {
     );
     // The pod template changes, so a changed setting rolls the pods.
     assert_ne!(edge_template(&before), edge_template(&after));
+fn an_api_key_secret_reaches_the_edge_agent_as_its_environment_variable() {
+    let mut model = CollabModel::fixture();
+    let env = |children: &Children| {
+        pod(edge_template(children)).containers[0].env.clone().unwrap_or_default()
+    };
+    assert!(
+        env(&rendered(&model)).iter().all(|e| e.name != super::edge::API_KEY_ENV),
+        "no key is asked for unless the spec names one"
+    );
+    model.spec.edge.api_key_secret_ref =
+        Some(SecretKeyRef { name: "edge-api".into(), key: "key".into() });
+    let env = env(&rendered(&model));
+    let var = env.iter().find(|e| e.name == "COLLM_API_KEY").expect("the key's variable");
+    assert_eq!(var.value, None, "the key itself never lands in the pod spec");
+    let from = var.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("a secret");
+    assert_eq!((from.name.as_str(), from.key.as_str()), ("edge-api", "key"));
+    assert_eq!(from.optional, Some(false), "a missing Secret keeps the pod from starting");
 }

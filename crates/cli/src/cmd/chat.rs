@@ -125,16 +125,17 @@ pub fn run(a: Args) -> Result<()> {
             write!(out, "{text}")?;
         }
         out.flush()?;
-        if !ev["collm"]["usage"].is_null() {
-            usage = ev["collm"]["usage"].clone();
+        // The last chunk's `collm` says how the answer was made.
+        if !ev["collm"]["mode"].is_null() {
+            usage = ev["collm"].clone();
         }
     }
     writeln!(out)?;
     let total = started.elapsed();
-    let n = usage["completion_tokens"].as_u64().unwrap_or(0);
     let edge = usage["edge_tokens"].as_u64().unwrap_or(0);
     let cloud = usage["cloud_tokens"].as_u64().unwrap_or(0);
     let fallback = usage["latency_fallback_tokens"].as_u64().unwrap_or(0);
+    let n = edge + cloud + fallback;
     let share = if n > 0 { 100.0 * (edge + fallback) as f64 / n as f64 } else { 0.0 };
     let legend = if color {
         format!("{GREEN}edge{RESET} / {BLUE}cloud{RESET} / {YELLOW}edge fallback{RESET}")

@@ -119,10 +119,11 @@ fn one(
             {
                 outcome.first_token = Some(started.elapsed());
             }
-            if let Some(u) = ev["collm"].get("usage") {
-                outcome.tokens = u["completion_tokens"].as_u64().unwrap_or(0);
-                outcome.edge_tokens = u["edge_tokens"].as_u64().unwrap_or(0)
-                    + u["latency_fallback_tokens"].as_u64().unwrap_or(0);
+            // The last chunk's `collm` says how the answer was made.
+            if let Some(u) = ev.get("collm").filter(|c| !c["mode"].is_null()) {
+                let fallback = u["latency_fallback_tokens"].as_u64().unwrap_or(0);
+                outcome.edge_tokens = u["edge_tokens"].as_u64().unwrap_or(0) + fallback;
+                outcome.tokens = outcome.edge_tokens + u["cloud_tokens"].as_u64().unwrap_or(0);
                 outcome.uploaded_bytes = u["uploaded_bytes"].as_u64().unwrap_or(0);
                 outcome.cloud_tokens = u["cloud_tokens"].as_u64().unwrap_or(0);
                 outcome.rollbacks = u["rollbacks"].as_u64().unwrap_or(0);
