@@ -436,6 +436,9 @@ fn observability_settings_reach_the_runtime_containers_and_roll_their_pods() {
     );
     // The pod template changes, so a changed setting rolls the pods.
     assert_ne!(edge_template(&before), edge_template(&after));
+}
+
+#[test]
 fn an_api_key_secret_reaches_the_edge_agent_as_its_environment_variable() {
     let mut model = CollabModel::fixture();
     let env = |children: &Children| {
