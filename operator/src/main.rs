@@ -48,10 +48,12 @@ struct Args {
     /// workers check edge tokens).
     #[arg(long, env = "COLLM_CLOUD_CLUSTER_ROLE")]
     cloud_cluster_role: String,
-    /// The operator's own namespace and pod labels ("k=v,k=v"): a managed Redis's
+    /// The operator's own namespace (with --operator-pod-labels): a managed Redis's
     /// NetworkPolicy admits these pods (the finalizer deletes the model's keys).
     #[arg(long, env = "POD_NAMESPACE")]
     operator_namespace: Option<String>,
+    /// The operator pods' own labels, `k=v,k=v` (with --operator-namespace: whom a managed
+    /// Redis's NetworkPolicy admits).
     #[arg(long, env = "COLLM_OPERATOR_POD_LABELS", value_delimiter = ',')]
     operator_pod_labels: Vec<String>,
 

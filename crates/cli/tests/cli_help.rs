@@ -40,7 +40,7 @@ fn entries(page: &str) -> Vec<Entry> {
             continue;
         }
         let trimmed = line.trim_start();
-        if trimmed.is_empty() || indent(line) > 6 {
+        if section.is_empty() || trimmed.is_empty() || indent(line) > 6 {
             continue;
         }
         let (spec, beside) = match trimmed.split_once("  ") {
