@@ -127,6 +127,10 @@ struct Args {
     /// model's) or `singly` (one position at a time, the dearest).
     #[arg(long, default_value = "checked", value_parser = parse_verify)]
     verify: VerifyPasses,
+    /// The rounding a checked verdict allows for, instead of the probed one (a large bound
+    /// re-runs every verdict one position at a time: for testing that path).
+    #[arg(long, hide = true)]
+    verify_rounding: Option<f32>,
     /// Act as a worker from before a capability (`epochs` or `verify`): it is not announced
     /// and not served. For rolling upgrades and for testing edges against older workers.
     #[arg(long, value_name = "CAPABILITY", hide = true)]
@@ -262,7 +266,10 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
         CatchUp::Propagate => collm_runtime::split::load_propagation(&bundle_dir, m)?,
     };
     let mut layers = CloudLayers::new(partition, propagation, catch_up)?;
-    let (verify, rounding) = layers.verify_passes(a.verify)?;
+    let (verify, rounding) = match a.verify_rounding {
+        Some(r) => (a.verify, r),
+        None => layers.verify_passes(a.verify)?,
+    };
     if verify != a.verify {
         eprintln!(
             "cloud-worker: batched passes of this bundle's cloud layers differ from one-position passes by more than rounding (quantized weights with int8 activations; export with --accuracy-level 0 for float ones): drafts are verified one position at a time"
