@@ -38,6 +38,8 @@ pub struct CloudEngine {
 /// What one extension of a session's cache computed, and what it cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Extended {
+    /// The first position run (the ones before it came from the cache).
+    pub from: u64,
     /// Next-token logits of the last `logits_count` positions run, row-major.
     pub logits: Vec<f32>,
     pub cache: CacheUse,
@@ -166,6 +168,7 @@ impl CloudEngine {
             self.layers.step_one_by_one(&mut entry.cache, rows, edge_answered, logits_count)?
         };
         Ok(Some(Extended {
+            from,
             logits: stepped.logits,
             cache: cache_use,
             computed: stepped.exact,

@@ -104,6 +104,9 @@ pub struct Run<'a> {
     /// Whether the positions whose logits are asked may run in one batched pass (else one at
     /// a time, as the full model decodes them).
     pub batched: bool,
+    /// Run from no later than this position, even where the cache holds more (a position
+    /// judged again runs as it first ran: with the catch-up before it).
+    pub from_at_most: Option<u64>,
 }
 
 /// Runs `f` on the engine on a blocking thread: the lock may be held by a partition run, which
@@ -139,7 +142,8 @@ pub async fn extend<S: ContextStore>(
             (run.client.clone(), run.session.clone(), run.branch.clone(), run.first);
         let from =
             with_engine(engine, move |e| Ok(e.usable_prefix(&client, &session, &branch, first)))
-                .await?;
+                .await?
+                .min(run.from_at_most.unwrap_or(u64::MAX));
         let segments = store.rows(run.client, run.session, run.branch.epoch, from..run.end).await?;
         let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();
         let (client, session, branch, edge, batched) = (

@@ -25,6 +25,7 @@ use collm_cloud_worker::token_review::{ReviewCache, ReviewPolicy, TokenReviewer}
 use collm_protocol::{Capabilities, Limits};
 use collm_runtime::CloudLayers;
 use collm_runtime::partition::{Partition, PartitionShape};
+use collm_runtime::speculate::VerifyPasses;
 use collm_telemetry::http::Readiness;
 use collm_telemetry::metrics::Registry;
 use sha2::Digest;
@@ -119,12 +120,17 @@ struct Args {
     /// fails naming the first missing position, and the edge re-uploads from there.
     #[arg(long, default_value_t = 2000)]
     row_wait_ms: u64,
-    /// Verify a draft in one batched pass of the cloud layers instead of one position at a
-    /// time: less cloud compute per draft, but the batched rounding can swap two tokens the
-    /// model holds equally likely, so speculative answers may then differ from the full
-    /// model's (one position at a time they are identical).
-    #[arg(long)]
-    batched_verify: bool,
+    /// How Verify runs a draft's positions: `checked` (one batched pass; where a deciding
+    /// pick is close enough to a tie for the batch's rounding to swap it, the positions from
+    /// there run again one at a time, so the verdict is decoding token by token's), `batched`
+    /// (one pass, near ties left to rounding: speculative answers may differ from the full
+    /// model's) or `singly` (one position at a time, the dearest).
+    #[arg(long, default_value = "checked", value_parser = parse_verify)]
+    verify: VerifyPasses,
+    /// The rounding a checked verdict allows for, instead of the probed one (a large bound
+    /// re-runs every verdict one position at a time: for testing that path).
+    #[arg(long, hide = true)]
+    verify_rounding: Option<f32>,
     /// Act as a worker from before a capability (`epochs` or `verify`): it is not announced
     /// and not served. For rolling upgrades and for testing edges against older workers.
     #[arg(long, value_name = "CAPABILITY", hide = true)]
@@ -200,6 +206,10 @@ fn apply_config(a: &mut Args, matches: &ArgMatches, c: &CloudConfig) -> Result<(
 }
 
 /// Every capability but those named in `without`.
+fn parse_verify(s: &str) -> std::result::Result<VerifyPasses, String> {
+    s.parse().map_err(|e: collm_runtime::Error| e.to_string())
+}
+
 fn capabilities(without: &[String]) -> Result<Capabilities> {
     let mut c = Capabilities::all();
     for name in without {
@@ -255,7 +265,16 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
         CatchUp::Exact => None,
         CatchUp::Propagate => collm_runtime::split::load_propagation(&bundle_dir, m)?,
     };
-    let layers = CloudLayers::new(partition, propagation, catch_up)?;
+    let mut layers = CloudLayers::new(partition, propagation, catch_up)?;
+    let (verify, rounding) = match a.verify_rounding {
+        Some(r) => (a.verify, r),
+        None => layers.verify_passes(a.verify)?,
+    };
+    if verify != a.verify {
+        eprintln!(
+            "cloud-worker: batched passes of this bundle's cloud layers differ from one-position passes by more than rounding (quantized weights with int8 activations; export with --accuracy-level 0 for float ones): drafts are verified one position at a time"
+        );
+    }
     let engine = CloudEngine::new(layers, a.cached_sessions);
     let limits = Limits::new(engine.hidden_size() as u32, engine.max_context() as u64);
     let store = a.redis.open_store(StoreLimits {
@@ -273,7 +292,7 @@ fn run(mut a: Args, matches: &ArgMatches) -> Result<()> {
         .with_metrics(std::sync::Arc::clone(&metrics))
         .with_readiness(readiness.clone())
         .with_row_wait(Duration::from_millis(a.row_wait_ms))
-        .with_batched_verify(a.batched_verify)
+        .with_verify(verify, rounding)
         .with_capabilities(capabilities(&a.without)?);
     if a.full {
         worker = worker.with_full_model(FullModel::load(&bundle_dir)?);

@@ -64,6 +64,7 @@ pub struct WorkerMetrics {
     generated_tokens: Counter,
     drafted_tokens: Counter,
     accepted_tokens: Counter,
+    rechecked_verifications: Counter,
 }
 
 /// Inference calls waiting for the worker's one engine (a process has one, so one gauge).
@@ -109,6 +110,7 @@ impl WorkerMetrics {
             generated_tokens: Counter::default(),
             drafted_tokens: Counter::default(),
             accepted_tokens: Counter::default(),
+            rechecked_verifications: Counter::default(),
         };
         let r = registry;
         r.register(
@@ -202,6 +204,11 @@ impl WorkerMetrics {
             "Draft tokens Verify found equal to the full model's picks",
             m.accepted_tokens.clone(),
         );
+        r.register(
+            "collm_cloud_rechecked_verifications",
+            "Verifications whose batched pass left a deciding pick within rounding of a tie, so the positions from it ran again one at a time",
+            m.rechecked_verifications.clone(),
+        );
         collm_telemetry::metrics::register_standard(
             r,
             "collm_cloud",
@@ -270,6 +277,11 @@ impl WorkerMetrics {
         self.drafted_tokens.inc_by(drafted as u64);
         self.accepted_tokens.inc_by(accepted as u64);
     }
+
+    /// A verification's batched verdict was too close to call and ran again.
+    pub fn verify_rechecked(&self) {
+        self.rechecked_verifications.inc();
+    }
 }
 
 /// One call being timed; `finish` records its status, dropping it unfinished records
@@ -325,6 +337,7 @@ mod tests {
         m.answered(CacheUse::Hit, 1, 0, 1);
         m.answered(CacheUse::Rebuilt, 7, 3, 1);
         m.verified(4, 3);
+        m.verify_rechecked();
         m.context_store(true, Some(4096));
         let text = collm_telemetry::metrics::render(&registry);
         for line in [
@@ -344,6 +357,7 @@ mod tests {
             "collm_cloud_context_store_up 1",
             "collm_cloud_drafted_tokens_total 4",
             "collm_cloud_accepted_tokens_total 3",
+            "collm_cloud_rechecked_verifications_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

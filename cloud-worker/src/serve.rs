@@ -259,3 +259,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[test]
+    fn accepted_connections_send_small_answers_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let mut incoming = Box::pin(without_delay(listener));
+            let _edge = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let accepted = incoming.next().await.expect("a connection").expect("accepted");
+            assert!(accepted.nodelay().expect("socket option"), "Nagle's algorithm is on");
+        });
+    }
+}

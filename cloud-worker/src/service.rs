@@ -15,6 +15,7 @@ use collm_protocol::{
 use collm_runtime::EdgeAnswered;
 use collm_runtime::adjust::{Generated, LogitAdjustment};
 use collm_runtime::sampling::{self, SamplingParams};
+use collm_runtime::speculate::{self, BATCH_ROUNDING, Checked, VerifyPasses};
 use collm_telemetry::http::Readiness;
 use collm_telemetry::metrics::Registry;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,8 +45,9 @@ pub struct CloudWorker<S> {
     row_wait: std::time::Duration,
     arrived: RowsArrived,
     vocab_size: usize,
-    /// Verify runs a draft's positions in one batched pass instead of one at a time.
-    verify_batched: bool,
+    /// How Verify runs a draft's positions, and the rounding a checked verdict allows for.
+    verify: VerifyPasses,
+    rounding: f32,
 }
 
 /// The sampling parameters of the runtime for validated wire ones.
@@ -86,15 +88,17 @@ impl<S: ContextStore> CloudWorker<S> {
             capabilities: Capabilities::all(),
             row_wait: DEFAULT_ROW_WAIT,
             arrived: RowsArrived::default(),
-            verify_batched: false,
+            verify: VerifyPasses::default(),
+            rounding: BATCH_ROUNDING,
         }
     }
 
-    /// Verify runs a draft's positions in one batched pass: cheaper for the cloud, but its
-    /// rounding differs from decoding one token at a time, so where the full model holds two
-    /// tokens equally likely to within that rounding the verdict can pick the other one.
-    pub fn with_batched_verify(mut self, batched: bool) -> Self {
-        self.verify_batched = batched;
+    /// How Verify runs a draft's positions ([`VerifyPasses::Checked`] by default: one batched
+    /// pass, positions from a near tie on again one at a time), and the rounding a checked
+    /// verdict allows for (`CloudLayers::verify_passes` says both for a bundle).
+    pub fn with_verify(mut self, verify: VerifyPasses, rounding: f32) -> Self {
+        self.verify = verify;
+        self.rounding = rounding;
         self
     }
 
@@ -170,6 +174,7 @@ impl<S: ContextStore> CloudWorker<S> {
             end: req.after + 1,
             edge_answered: &edge_answered,
             batched: true,
+            from_at_most: None,
         };
         let (extended, cached) = infer::extend(&self.engine, &*self.store, run).await?;
         self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
@@ -220,33 +225,7 @@ impl<S: ContextStore> CloudWorker<S> {
             "a verify request",
         )
         .await?;
-        let run = Run {
-            client: &client,
-            session: &req.session,
-            branch: &req.branch,
-            first: req.after,
-            end,
-            // Every drafted position runs exactly: the verdict is the full model's.
-            edge_answered: &EdgeAnswered::default(),
-            batched: self.verify_batched,
-        };
-        let (extended, cached) = infer::extend(&self.engine, &*self.store, run).await?;
-        self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
-        tracing::debug!(
-            cache = ?extended.cache,
-            computed = extended.computed,
-            after = req.after,
-            drafted = req.draft.len(),
-            epoch = req.branch.epoch,
-            "verifying"
-        );
-        let params = params(req.sampling);
-        let (draft, u) = (req.draft.clone(), req.u.clone());
-        let (accepted, pick) = tokio::task::spawn_blocking(move || {
-            collm_runtime::speculate::judge(&extended.logits, vocab, &draft, &u, &params)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
+        let (accepted, pick) = self.judge(&client, &req, end).await?;
         self.metrics.verified(req.draft.len(), accepted);
         tracing::debug!(after = req.after, draft = ?req.draft, accepted, token = pick.token, "verified");
         // The cache keeps the accepted tokens' positions only; the rejected ones are recomputed
@@ -261,6 +240,67 @@ impl<S: ContextStore> CloudWorker<S> {
             prob: pick.prob,
             persisted: info.persisted,
         })
+    }
+
+    /// Runs the draft's positions as `self.verify` says and judges them: in one batched pass
+    /// whose verdict stands when no deciding pick is near enough a tie for the batch's
+    /// rounding to swap it; else from the unsure position on again, one position at a time.
+    async fn judge(
+        &self,
+        client: &ClientId,
+        req: &ValidVerify,
+        end: u64,
+    ) -> Result<(usize, sampling::Pick)> {
+        let (vocab, params) = (self.vocab_size, params(req.sampling));
+        let no_edge = EdgeAnswered::default();
+        let run = |first: u64, batched: bool, from_at_most: Option<u64>| Run {
+            client,
+            session: &req.session,
+            branch: &req.branch,
+            first,
+            end,
+            // Every drafted position runs exactly: the verdict is the full model's.
+            edge_answered: &no_edge,
+            batched,
+            from_at_most,
+        };
+        let batched = self.verify != VerifyPasses::Singly;
+        let (extended, cached) =
+            infer::extend(&self.engine, &*self.store, run(req.after, batched, None)).await?;
+        self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
+        let (draft, u) = (req.draft.clone(), req.u.clone());
+        let (check, rounding) = (self.verify == VerifyPasses::Checked, self.rounding);
+        let (from, logits) = (extended.from, extended.logits);
+        let (checked, logits) = tokio::task::spawn_blocking(move || {
+            let checked = if check {
+                speculate::judge_checked(&logits, vocab, &draft, &u, &params, rounding)
+            } else {
+                let (accepted, pick) = speculate::judge(&logits, vocab, &draft, &u, &params);
+                Checked::Verdict(accepted, pick)
+            };
+            (checked, logits)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verification task failed: {e}")))?;
+        let unsure = match checked {
+            Checked::Verdict(accepted, pick) => return Ok((accepted, pick)),
+            Checked::Unsure(i) => i,
+        };
+        // The position before the draft ran with the catch-up before it: so again.
+        let first = req.after + unsure as u64;
+        let again = run(first, false, (unsure == 0).then_some(from));
+        let (extended, cached) = infer::extend(&self.engine, &*self.store, again).await?;
+        self.metrics.answered(extended.cache, extended.computed, extended.propagated, cached);
+        self.metrics.verify_rechecked();
+        tracing::debug!(after = req.after, unsure, "a near tie: judged again position by position");
+        let (draft, u) = (req.draft.clone(), req.u.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut rows = logits[..unsure * vocab].to_vec();
+            rows.extend_from_slice(&extended.logits);
+            speculate::judge(&rows, vocab, &draft, &u, &params)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verification task failed: {e}")))
     }
 
     async fn end(&self, client: ClientId, session: SessionId) -> Result<pb::EndSessionReply> {

@@ -129,8 +129,12 @@ fn asks_wait_for_their_rows_and_old_epochs_are_refused() {
 fn verify_judges_a_draft_as_next_token_answers_position_by_position() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());
-    // One position at a time (the default), and in one batched pass.
-    for flags in [&[][..], &["--batched-verify"]] {
+    // Checked (the default: one batched pass, near ties again one position at a time), with
+    // a bound so wide that every verdict runs again one position at a time, in one batched
+    // pass, and one position at a time.
+    for flags in
+        [&[][..], &["--verify-rounding", "100"], &["--verify", "batched"], &["--verify", "singly"]]
+    {
         let worker = Worker::start_with(&bundle, dir.path(), flags);
         verifies_as_next_token_answers(&worker.url);
     }

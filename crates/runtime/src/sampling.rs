@@ -104,6 +104,95 @@ pub fn sample(logits: &[f32], params: &SamplingParams, u: f64) -> Pick {
     Pick { token: chosen as u32, prob: probability(logits, chosen) }
 }
 
+/// Whether [`sample`] picks the same token from every logit vector within `eps` of `logits`
+/// in each component (the rounding by which a batched pass of the same model may differ from
+/// a one-position pass). Conservative: `false` may be said of a pick that would not change,
+/// never `true` of one that could. Greedy: the best logit leads the next by more than
+/// `2 eps`. Sampled: the picked token, the top-k and top-p cuts each lie more than `2 eps`
+/// from their neighbours in logit, and the draw lies inside the picked token's share of the
+/// cumulative mass by more than a shift of `eps` in every logit could move that share's ends.
+pub fn stable(logits: &[f32], params: &SamplingParams, u: f64, eps: f32) -> bool {
+    if logits.len() < 2 {
+        return true;
+    }
+    let gap = 2.0 * f64::from(eps);
+    let apart = |a: f32, b: f32| f64::from(a) - f64::from(b) > gap;
+    if params.temperature <= 0.0 {
+        let best = top1(logits).token as usize;
+        let second = logits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != best)
+            .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+        return apart(logits[best], second);
+    }
+    let probs = softmax(logits, params.temperature);
+    let mut order = Descending::new(logits);
+    // A normalised sum over a fixed set of tokens moves by at most this factor when every
+    // logit moves by `eps` (numerator and denominator by `e^(eps/T)` each).
+    let r = (2.0 * f64::from(eps) / f64::from(params.temperature)).exp();
+    let len = logits.len();
+    let limit = if params.top_k > 0 { params.top_k.min(len) } else { len };
+    if limit < len && !apart(logits[order.nth(limit - 1)], logits[order.nth(limit)]) {
+        return false;
+    }
+    let kept = if params.top_p < 1.0 {
+        let top_p = f64::from(params.top_p);
+        let (mut acc, mut before, mut n) = (0.0f64, 0.0f64, 0);
+        while n < limit {
+            before = acc;
+            acc += f64::from(probs[order.nth(n)]);
+            n += 1;
+            if acc >= top_p {
+                break;
+            }
+        }
+        // The cut falls after the same token whatever the rounding: the last kept token and
+        // its neighbours keep their order, the mass before it stays under `top_p` and (when
+        // it was `top_p` that cut, not top-k) the mass with it stays over.
+        if n >= 2 && !apart(logits[order.nth(n - 2)], logits[order.nth(n - 1)]) {
+            return false;
+        }
+        if n < limit && !apart(logits[order.nth(n - 1)], logits[order.nth(n)]) {
+            return false;
+        }
+        if before * r >= top_p || (n < limit && acc / r < top_p) {
+            return false;
+        }
+        n.max(1)
+    } else {
+        limit
+    };
+    let mass: f64 = (0..kept).map(|n| f64::from(probs[order.nth(n)])).sum();
+    let target = u * mass;
+    // Where the walk stops, and the mass before it (a draw past the whole mass, by rounding,
+    // takes the last kept token).
+    let (mut below, mut chosen) = (0.0f64, None);
+    for n in 0..kept {
+        let p = f64::from(probs[order.nth(n)]);
+        if target - below - p < 0.0 {
+            chosen = Some(n);
+            break;
+        }
+        below += p;
+    }
+    let chosen = chosen.unwrap_or(kept - 1);
+    let p = f64::from(probs[order.nth(chosen)]);
+    let below: f64 = (0..chosen).map(|n| f64::from(probs[order.nth(n)])).sum();
+    let here = logits[order.nth(chosen)];
+    if chosen > 0 && !apart(logits[order.nth(chosen - 1)], here) {
+        return false;
+    }
+    if chosen + 1 < len && !apart(here, logits[order.nth(chosen + 1)]) {
+        return false;
+    }
+    // The draw stays past the mass before the pick and, unless the pick is the last kept
+    // token (which takes whatever is left), short of the mass up to and with it.
+    let lower = below * r < target / r;
+    let upper = chosen + 1 == kept || (below + p) / r > target * r;
+    lower && upper
+}
+
 /// The untempered softmax probability of token `i`.
 fn probability(logits: &[f32], i: usize) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -229,6 +318,78 @@ mod tests {
                 assert!((lazy.prob - p).abs() < 1e-6);
             }
         }
+    }
+
+    /// Logits of a vocabulary of `n` from a counter-based draw: a few leaders over a long,
+    /// dense tail (as a language model's are).
+    fn random_logits(seed: u64, n: usize) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let x = crate::draw::uniform(seed, i) as f32;
+                if i < 5 { 4.0 * x + 2.0 } else { 3.0 * x - 6.0 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stable_pick_survives_every_rounding_within_its_bound() {
+        let eps = 1e-3f32;
+        let all = [
+            SamplingParams::default(),
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
+            SamplingParams { temperature: 0.7, top_k: 40, top_p: 1.0 },
+            SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95 },
+            SamplingParams { temperature: 1.3, top_k: 50, top_p: 0.9 },
+        ];
+        let mut stable_count = 0;
+        let mut total = 0;
+        for params in all {
+            for seed in 0..60u64 {
+                let logits = random_logits(seed, 300);
+                let u = crate::draw::uniform(seed + 1000, 0);
+                let pick = sample(&logits, &params, u).token;
+                total += 1;
+                if !stable(&logits, &params, u, eps) {
+                    continue;
+                }
+                stable_count += 1;
+                // Shifts of up to eps each, the extremes included.
+                for trial in 0..20u64 {
+                    let shifted: Vec<f32> = logits
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            let d = crate::draw::uniform(seed * 100 + trial, i as u64) as f32;
+                            let d = if trial < 4 { (d - 0.5).signum() } else { 2.0 * d - 1.0 };
+                            v + eps * d
+                        })
+                        .collect();
+                    assert_eq!(sample(&shifted, &params, u).token, pick, "{params:?} seed {seed}");
+                }
+            }
+        }
+        // Separated logits make most picks stable: the check must not send every pick back.
+        assert!(stable_count * 10 > total * 8, "only {stable_count} of {total} stable");
+    }
+
+    #[test]
+    fn near_ties_and_draws_on_a_boundary_are_not_stable() {
+        let greedy = SamplingParams::default();
+        assert!(stable(&[1.0, 3.0, 2.0], &greedy, 0.5, 1e-3));
+        assert!(!stable(&[1.0, 3.0, 2.9995], &greedy, 0.5, 1e-3));
+        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 };
+        let flat = [0.0f32, 5.0, 10.0, 15.0];
+        // Token 3 holds nearly all the mass, walked first: a draw deep inside its share is
+        // stable, one at the end of its share is not.
+        let share = f64::from(softmax(&flat, 1.0)[3]);
+        assert!(stable(&flat, &params, 0.5, 1e-3));
+        assert!(stable(&flat, &params, 1e-9, 1e-3));
+        assert!(!stable(&flat, &params, share - 1e-6, 1e-3));
+        assert!(!stable(&flat, &params, share + 1e-6, 1e-3));
+        // Two tokens within the bound of each other: which comes first is rounding's choice.
+        assert!(!stable(&[0.0, 2.0, 2.0005, -3.0], &params, 0.3, 1e-3));
+        let cut = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 };
+        assert!(!stable(&[5.0, 3.0, 2.9999, -4.0], &cut, 0.1, 1e-3), "top-k cut on a tie");
     }
 
     #[test]

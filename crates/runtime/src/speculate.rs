@@ -30,6 +30,82 @@ pub fn judge(
     (n, sampling::sample(row(n), params, u[n]))
 }
 
+/// How far (in each logit) a batched pass of the cloud layers may round away from the
+/// one-position passes of decoding token by token, when the layers compute in float. Measured
+/// on SmolLM2-135M drafts with float activations (the
+/// `smollm2_batched_verification_rounds_within_the_near_tie_bound` test, which fails when the
+/// measured difference comes within a quarter of this): below 1e-4. The bound keeps a wide
+/// margin because a wrong "sure" verdict would change the answer, while a needless re-run
+/// only costs a pass. Layers whose batched passes differ by more (int8-quantized activations)
+/// verify one position at a time ([`crate::CloudLayers::verify_passes`]).
+pub const BATCH_ROUNDING: f32 = 1e-3;
+
+/// The largest rounding bound checked verification takes on: beyond it batched passes do not
+/// round but compute differently, and near ties would be most picks.
+pub const MAX_CHECKED_ROUNDING: f32 = 0.02;
+
+/// How the cloud runs a draft's positions to judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyPasses {
+    /// One batched pass; where a deciding pick is within [`BATCH_ROUNDING`] of flipping, the
+    /// positions from there on run again one at a time. One pass in the common case, and the
+    /// verdict of decoding token by token.
+    #[default]
+    Checked,
+    /// One batched pass, whatever its rounding does to near-tied tokens.
+    Batched,
+    /// One position at a time, as decoding token by token runs them.
+    Singly,
+}
+
+impl std::str::FromStr for VerifyPasses {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "checked" => Ok(Self::Checked),
+            "batched" => Ok(Self::Batched),
+            "singly" => Ok(Self::Singly),
+            other => Err(crate::Error::Invalid(format!(
+                "unknown verification {other:?} (expected checked, batched or singly)"
+            ))),
+        }
+    }
+}
+
+/// The verdict on a draft judged from batched logits, or the first position whose pick is
+/// too close to call at that rounding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Checked {
+    Verdict(usize, Pick),
+    /// Position `i` of the `draft.len() + 1` judged (0: the one before the draft) could pick
+    /// another token had its logits been computed one position at a time: run from there one
+    /// position at a time and [`judge`] again.
+    Unsure(usize),
+}
+
+/// As [`judge`], from logits that may differ from the one-position ones by up to `rounding`
+/// in each component: each pick that decides the verdict must be [`sampling::stable`].
+pub fn judge_checked(
+    logits: &[f32],
+    vocab: usize,
+    draft: &[u32],
+    u: &[f64],
+    params: &SamplingParams,
+    rounding: f32,
+) -> Checked {
+    let row = |i: usize| &logits[i * vocab..(i + 1) * vocab];
+    for i in 0..=draft.len() {
+        if !sampling::stable(row(i), params, u[i], rounding) {
+            return Checked::Unsure(i);
+        }
+        let pick = sampling::sample(row(i), params, u[i]);
+        if draft.get(i) != Some(&pick.token) {
+            return Checked::Verdict(i, pick);
+        }
+    }
+    unreachable!("the loop returns at the position after the draft at the latest")
+}
+
 /// Chooses the next draft's length from what the last ones cost and earned: each drafted
 /// token costs an edge step, each verification a round trip plus the cloud's pass, and a
 /// draft of `k` earns `1 + a + a² + … + aᵏ` tokens on average when each is accepted with
@@ -124,6 +200,30 @@ mod tests {
         let (accepted, pick) = judge(&logits, 4, &[3, 2, 2], &u, &greedy);
         assert_eq!((accepted, pick.token), (1, 1), "rejected at 1, corrected to the model's 1");
         assert_eq!(judge(&logits, 4, &[0], &u, &greedy).0, 0);
+    }
+
+    #[test]
+    fn a_near_tie_deciding_the_verdict_asks_for_a_one_position_run() {
+        let greedy = SamplingParams::default();
+        let u = [0.5; 4];
+        let mut logits = logits_picking(&[3, 1, 2, 0], 4);
+        assert_eq!(
+            judge_checked(&logits, 4, &[3, 2, 2], &u, &greedy, 1e-3),
+            Checked::Verdict(
+                1,
+                Pick { token: 1, prob: judge(&logits, 4, &[3, 2], &u, &greedy).1.prob }
+            )
+        );
+        // Position 1's two best tokens within the rounding of each other: unsure there.
+        logits[4 + 2] = 5.0 - 1e-4;
+        assert_eq!(judge_checked(&logits, 4, &[3, 2, 2], &u, &greedy, 1e-3), Checked::Unsure(1));
+        // A near tie after the verdict's position does not matter.
+        let mut late = logits_picking(&[3, 1, 2, 0], 4);
+        late[12 + 1] = 5.0 - 1e-4;
+        assert!(matches!(
+            judge_checked(&late, 4, &[0, 1, 2], &u, &greedy, 1e-3),
+            Checked::Verdict(0, _)
+        ));
     }
 
     #[test]

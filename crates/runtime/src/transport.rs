@@ -12,7 +12,7 @@ use crate::cloud_layers::CloudLayers;
 use crate::codec::{self, Encoding};
 use crate::partition::{KvCache, Partition};
 use crate::sampling::{self, Pick, SamplingParams};
-use crate::speculate;
+use crate::speculate::{self, Checked, VerifyPasses};
 use crate::{Error, Result};
 
 /// Hidden states of positions `[start, start + rows)` in a transport encoding.
@@ -104,11 +104,40 @@ impl CloudSession {
 pub struct InProcessCloud {
     layers: CloudLayers,
     sessions: HashMap<SessionId, CloudSession>,
+    /// As asked; `checked` comes to `singly` on layers whose batched passes compute more than
+    /// rounding away from one-position ones (see [`CloudLayers::verify_passes`]), decided at
+    /// the first verification.
+    verify: VerifyPasses,
+    verify_settled: bool,
+    /// The rounding a checked verdict allows for (see [`CloudLayers::verify_passes`]).
+    rounding: f32,
+    /// Verifications whose batched verdict was too close to call and ran again.
+    rechecked: usize,
 }
 
 impl InProcessCloud {
     pub fn new(layers: CloudLayers) -> Self {
-        Self { layers, sessions: HashMap::new() }
+        Self {
+            layers,
+            sessions: HashMap::new(),
+            verify: VerifyPasses::default(),
+            verify_settled: false,
+            rounding: speculate::BATCH_ROUNDING,
+            rechecked: 0,
+        }
+    }
+
+    /// How verifications run the draft's positions ([`VerifyPasses::Checked`] by default).
+    pub fn with_verify(mut self, verify: VerifyPasses) -> Self {
+        self.verify = verify;
+        self.verify_settled = false;
+        self
+    }
+
+    /// Verifications whose batched verdict was too close to call, so their positions from
+    /// the unsure one on ran again one at a time.
+    pub fn rechecked(&self) -> usize {
+        self.rechecked
     }
 
     /// The cloud partition itself, for whole-sequence passes (scoring, calibration).
@@ -122,9 +151,17 @@ impl InProcessCloud {
 }
 
 impl InProcessCloud {
-    /// Runs the session's rows up to position `last` on top of its cache (cut back to `first`
-    /// when it is past it) and returns the logits of positions `first..=last`.
-    fn logits(&mut self, session: SessionId, first: usize, last: usize) -> Result<Vec<f32>> {
+    /// Runs the session's rows up to position `last` on top of its cache (cut back to `from`
+    /// when it is past it) and returns where the run started and the logits of positions
+    /// `first..=last`: in one pass, or the ones after `first` one position at a time.
+    fn logits(
+        &mut self,
+        session: SessionId,
+        from: usize,
+        first: usize,
+        last: usize,
+        batched: bool,
+    ) -> Result<(usize, Vec<f32>)> {
         let width = self.layers.partition().shape.hidden_size;
         let s = self.sessions.get_mut(&session).ok_or(Error::UnknownSession(session))?;
         if last >= s.uploaded(width) {
@@ -133,11 +170,17 @@ impl InProcessCloud {
                 s.uploaded(width)
             )));
         }
-        s.cache.truncate(first)?;
+        s.cache.truncate(from)?;
         let from = s.cache.len();
         let rows = &s.rows[from * width..(last + 1) * width];
         let no_edge = EdgeAnswered::default();
-        Ok(self.layers.step_one_by_one(&mut s.cache, rows, &no_edge, last + 1 - first)?.logits)
+        let count = last + 1 - first;
+        let stepped = if batched {
+            self.layers.step(&mut s.cache, rows, &no_edge, count)?
+        } else {
+            self.layers.step_one_by_one(&mut s.cache, rows, &no_edge, count)?
+        };
+        Ok((from, stepped.logits))
     }
 }
 
@@ -193,8 +236,41 @@ impl CloudTransport for InProcessCloud {
             )));
         }
         let vocab = self.layers.partition().shape.vocab_size;
-        let logits = self.logits(session, req.after, req.after + n)?;
-        let (accepted, pick) = speculate::judge(&logits, vocab, &req.draft, &req.u, &req.params);
+        let (first, last) = (req.after, req.after + n);
+        let judge =
+            |logits: &[f32]| speculate::judge(logits, vocab, &req.draft, &req.u, &req.params);
+        if !self.verify_settled {
+            (self.verify, self.rounding) = self.layers.verify_passes(self.verify)?;
+            self.verify_settled = true;
+        }
+        let (accepted, pick) = match self.verify {
+            VerifyPasses::Singly => judge(&self.logits(session, first, first, last, false)?.1),
+            VerifyPasses::Batched => judge(&self.logits(session, first, first, last, true)?.1),
+            VerifyPasses::Checked => {
+                let (from, logits) = self.logits(session, first, first, last, true)?;
+                let rounding = self.rounding;
+                match speculate::judge_checked(
+                    &logits,
+                    vocab,
+                    &req.draft,
+                    &req.u,
+                    &req.params,
+                    rounding,
+                ) {
+                    Checked::Verdict(accepted, pick) => (accepted, pick),
+                    Checked::Unsure(i) => {
+                        // From the unsure position on, one position at a time (the one before
+                        // the draft with the catch-up before it, as the single pass ran it).
+                        let again = if i == 0 { from } else { first + i };
+                        let (_, singles) = self.logits(session, again, first + i, last, false)?;
+                        let mut rows = logits[..i * vocab].to_vec();
+                        rows.extend_from_slice(&singles);
+                        self.rechecked += 1;
+                        judge(&rows)
+                    }
+                }
+            }
+        };
         let s = self.sessions.get_mut(&session).ok_or(Error::UnknownSession(session))?;
         s.cache.truncate(req.after + 1 + accepted)?;
         Ok(Verdict { accepted, pick })

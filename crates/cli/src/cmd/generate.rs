@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::ValueEnum;
+use collm_runtime::speculate::VerifyPasses;
 use collm_runtime::text::ChatMessage;
 use collm_runtime::transport::CloudTransport;
 use collm_runtime::{
@@ -56,6 +57,10 @@ pub struct Args {
     /// (with --cloud, the worker's own setting applies).
     #[arg(long, default_value = "exact", conflicts_with = "cloud")]
     catch_up: CatchUp,
+    /// How the in-process cloud runs a speculative draft's positions: checked (one batched
+    /// pass, near ties again one position at a time) | batched | singly.
+    #[arg(long, default_value = "checked", conflicts_with = "cloud")]
+    verify: VerifyPasses,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -102,7 +107,8 @@ pub fn run(a: Args) -> Result<()> {
             collm_cloud_client::GrpcCloud::connect(url, token, model.edge.shape.hidden_size)?,
         )),
         _ => {
-            model.take_in_process_cloud(a.catch_up)?.map(|c| Box::new(c) as Box<dyn CloudTransport>)
+            let cloud = model.take_in_process_cloud(a.catch_up)?;
+            cloud.map(|c| Box::new(c.with_verify(a.verify)) as Box<dyn CloudTransport>)
         }
     };
     let color = std::io::stdout().is_terminal();
