@@ -63,6 +63,8 @@ pub struct Stream {
     pub finish_reason: Option<String>,
     /// The usage chunk (`stream_options.include_usage`), once it came.
     pub usage: Option<Value>,
+    /// The last chunk's `collm` summary (mode, token counts by source, degraded).
+    pub summary: Option<Value>,
     done: bool,
 }
 
@@ -88,6 +90,7 @@ impl Stream {
             sources: Vec::new(),
             finish_reason: None,
             usage: None,
+            summary: None,
             done: false,
         })
     }
@@ -114,6 +117,9 @@ impl Stream {
             self.tokens.extend(ids.filter_map(Value::as_u64));
             let sources = chunk["collm"]["sources"].as_array().into_iter().flatten();
             self.sources.extend(sources.map(|s| s.as_str().unwrap_or_default().to_string()));
+            if !chunk["collm"]["mode"].is_null() {
+                self.summary = Some(chunk["collm"].clone());
+            }
             if !chunk["usage"].is_null() {
                 self.usage = Some(chunk["usage"].clone());
             }
@@ -143,6 +149,7 @@ impl Stream {
             sources: std::mem::take(&mut self.sources),
             finish_reason: self.finish_reason.take().context("no finish_reason")?,
             usage: self.usage.take().context("no usage chunk")?,
+            summary: self.summary.take().context("no collm summary chunk")?,
         })
     }
 }
@@ -163,9 +170,11 @@ pub struct Streamed {
     pub text: String,
     pub finish_reason: String,
     pub usage: Value,
+    /// The stream's `collm` summary.
+    pub summary: Value,
 }
 
-/// A usage field as a count (0 when absent).
+/// A usage or `collm` summary field as a count (0 when absent).
 pub fn count(usage: &Value, field: &str) -> u64 {
     usage[field].as_u64().unwrap_or(0)
 }

@@ -215,7 +215,7 @@ fn heavy_the_readme_example_answers_survives_a_lost_replica_scales_and_goes_away
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = &ids[0];
     let answer = check(chat(edge, &chat_request(id, "Name three primary colors.", 48, json!({}))));
-    let usage = &answer["usage"];
+    let usage = &answer["collm"];
     let text = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
     eprintln!("answer: {text:?} {usage}");
     assert!(!text.trim().is_empty(), "{answer}");
@@ -263,8 +263,8 @@ fn the_cloud_pod_serving_a_stream_goes_and_the_stream_does_not_notice(
         json!({"threshold": 0.99, "stream": true, "stream_options": {"include_usage": true}}),
     );
     let reference = check(Stream::start(edge, &request).and_then(Stream::finish));
-    eprintln!("uninterrupted: {:?} {}", reference.text, reference.usage);
-    assert!(count(&reference.usage, "cloud_tokens") > 0, "{}", reference.usage);
+    eprintln!("uninterrupted: {:?} {}", reference.text, reference.summary);
+    assert!(count(&reference.summary, "cloud_tokens") > 0, "{}", reference.summary);
 
     let pods = check(ready_pods(admin, ns, name, "cloud"));
     assert_eq!(pods.len(), 2, "{pods:?}");
@@ -286,15 +286,19 @@ fn the_cloud_pod_serving_a_stream_goes_and_the_stream_does_not_notice(
     check(admin.run(&["delete", "pod", victim, "-n", ns, "--wait=false"]));
     eprintln!("deleted {victim}, which served the stream, after {at} pieces");
     let interrupted = check(stream.finish());
-    eprintln!("interrupted: {:?} {}", interrupted.text, interrupted.usage);
+    eprintln!("interrupted: {:?} {}", interrupted.text, interrupted.summary);
     assert!(interrupted.pieces.len() > at + 8, "the stream went on after the deletion");
     assert!(!reference.tokens.is_empty(), "the stream lists its token ids");
     assert_eq!(interrupted.tokens, reference.tokens, "the same tokens as the uninterrupted stream");
     assert_eq!(interrupted.sources, reference.sources, "each from the same half");
     assert_eq!(interrupted.pieces, reference.pieces);
     assert_eq!(interrupted.finish_reason, reference.finish_reason);
-    for field in ["completion_tokens", "edge_tokens", "cloud_tokens", "latency_fallback_tokens"] {
-        assert_eq!(count(&interrupted.usage, field), count(&reference.usage, field), "{field}");
+    assert_eq!(
+        count(&interrupted.usage, "completion_tokens"),
+        count(&reference.usage, "completion_tokens")
+    );
+    for field in ["edge_tokens", "cloud_tokens", "latency_fallback_tokens"] {
+        assert_eq!(count(&interrupted.summary, field), count(&reference.summary, field), "{field}");
     }
     assert!(
         check(answered(other_ip)) > other_before,
@@ -342,7 +346,7 @@ fn new_sessions_reach_a_third_replica(
         sessions += 1;
         let prompt = format!("Count to {sessions}.");
         let answer = chat(edge, &chat_request(id, &prompt, 3, json!({"threshold": 1.5})))?;
-        ensure!(count(&answer["usage"], "cloud_tokens") > 0, "{answer}");
+        ensure!(count(&answer["collm"], "cloud_tokens") > 0, "{answer}");
         ensure!(answered(&new_ip)? > before, "{sessions} sessions, none on {new} yet");
         Ok(())
     }));
@@ -516,7 +520,7 @@ fn heavy_a_wrong_sha256_says_why_and_the_right_one_recovers() {
     let edge = check(service_address(admin, &ns, "tiny-edge", 8080));
     let id = check(served_models(edge)).remove(0);
     let answer = check(chat(edge, &chat_request(&id, "hello", 4, json!({"threshold": 1.5}))));
-    assert_eq!(count(&answer["usage"], "cloud_tokens"), 4, "{answer}");
+    assert_eq!(count(&answer["collm"], "cloud_tokens"), 4, "{answer}");
     check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
 }
 
@@ -596,8 +600,8 @@ fn heavy_the_edge_only_example_serves_alone_on_its_host_port_and_says_its_cloud_
     let edge = SocketAddr::new(ip, 8080);
     let id = check(served_models(edge)).remove(0);
     let answer = check(chat(edge, &chat_request(&id, "Name three primary colors.", 12, json!({}))));
-    let usage = &answer["usage"];
-    assert!(count(usage, "completion_tokens") > 0, "{answer}");
+    assert!(count(&answer["usage"], "completion_tokens") > 0, "{answer}");
+    let usage = &answer["collm"];
     assert_eq!(count(usage, "cloud_tokens"), 0, "alone: {usage}");
     assert_eq!(usage["degraded"], true, "the answer says the cloud was missing: {usage}");
     check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
@@ -697,7 +701,7 @@ fn heavy_pvc_and_config_map_bundles_serve_from_pods() {
         let edge = check(service_address(admin, &ns, &format!("{name}-edge"), 8080));
         let id = check(served_models(edge)).remove(0);
         let answer = check(chat(edge, &chat_request(&id, "hello", 4, json!({"threshold": 1.5}))));
-        assert_eq!(count(&answer["usage"], "cloud_tokens"), 4, "{name}: {answer}");
+        assert_eq!(count(&answer["collm"], "cloud_tokens"), 4, "{name}: {answer}");
     }
 
     // The limited cloud's own account of its thread pool, and the unlimited one's.
@@ -748,7 +752,7 @@ fn heavy_the_observability_example_reaches_ready_and_logs_json() {
     let id = check(served_models(edge)).remove(0);
     let answer = check(chat(edge, &chat_request(&id, "Name three primary colors.", 24, json!({}))));
     assert!(count(&answer["usage"], "completion_tokens") > 0, "{answer}");
-    assert_eq!(answer["usage"]["degraded"], false, "{answer}");
+    assert_eq!(answer["collm"]["degraded"], false, "{answer}");
     for component in ["edge", "cloud"] {
         let (pod, _) = check(ready_pods(admin, &ns, &name, component)).pop().expect("a ready pod");
         let log = check(admin.logs(&ns, &pod, None));
