@@ -137,7 +137,7 @@ impl CloudService for Toy {
             .into_iter()
             .rev()
             .take(valid.max_tokens as usize)
-            .map(|token| Ok(pb::GeneratedToken { token, prob: 0.5 }))
+            .map(|token| Ok(pb::GeneratedToken { token, prob: 0.5, ..Default::default() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(tokens))))
     }

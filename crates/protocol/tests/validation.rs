@@ -246,6 +246,7 @@ fn a_next_token_request_round_trips_and_defaults_to_greedy() {
         u: 0.25,
         top_k: 5,
         edge_answered: vec![],
+        adjustment: Default::default(),
     };
     assert_eq!(valid, expected);
     let greedy = ValidNextToken::parse(next(None, 0.0, 0), &limits()).expect("valid");
