@@ -130,15 +130,16 @@ fn chat_request(model: &str, prompt: &str, max_tokens: u32, extra: Value) -> Val
     request
 }
 
-/// The pinned `openai` Python client (tools/openai-venv) driving the agent at `address`:
-/// edge-agent/tests/openai_client.py, unchanged.
+/// The pinned `openai` Python client (tools/api-clients-venv) driving the agent at `address`:
+/// edge-agent/tests/openai_client.py, with no API key ("none": the example sets none).
 fn openai_client(address: SocketAddr, model: &str) -> Result<Value> {
-    let venv = Command::new(repo_root().join("tools/openai-venv")).output()?;
-    ensure!(venv.status.success(), "tools/openai-venv: {}", String::from_utf8_lossy(&venv.stderr));
+    let venv = Command::new(repo_root().join("tools/api-clients-venv")).output()?;
+    let err = String::from_utf8_lossy(&venv.stderr);
+    ensure!(venv.status.success(), "tools/api-clients-venv: {err}");
     let python = String::from_utf8(venv.stdout)?.trim().to_string();
     let out = Command::new(python)
         .arg(repo_root().join("edge-agent/tests/openai_client.py"))
-        .args([&format!("http://{address}"), model])
+        .args([&format!("http://{address}"), model, "none"])
         .output()?;
     ensure!(
         out.status.success(),
