@@ -53,7 +53,12 @@ fn entries(page: &str) -> Vec<Entry> {
         loop {
             let next = lines[i..].iter().position(|l| !l.trim().is_empty()).map(|n| i + n);
             match next {
-                Some(n) if indent(lines[n]) > indent(line) + 2 => {
+                // A flag line of a short help page (`      --x <X>` under `  -h, --help`) is
+                // indented deeper than a short flag but is an entry of its own.
+                Some(n)
+                    if indent(lines[n]) > indent(line) + 2
+                        && !(indent(lines[n]) <= 6 && lines[n].trim_start().starts_with('-')) =>
+                {
                     help.push(' ');
                     help.push_str(lines[n].trim());
                     i = n + 1;
