@@ -22,7 +22,7 @@ fn fixtures() -> LlamaCppFixtures {
 fn bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let dir = fixture_dir("smollm2-bundle");
         let out = dir.join("smollm2");
         export(&smollm2_gguf(), &out, &["--split-layer", "24", "--exit-layers", "16,24"]);
         out
@@ -117,7 +117,7 @@ fn smollm2_never_exiting_collaboration_equals_the_full_model() {
 fn calibrated_bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let dir = fixture_dir("smollm2-calibrated-bundle");
         let out = dir.join("smollm2-calibrated");
         export(&smollm2_gguf(), &out, &["--split-layer", "24", "--exit-layers", "16,24"]);
         calibrate_small(&out, 24, 12);
@@ -163,7 +163,7 @@ fn smollm2_chat_answers_in_collaborative_mode_with_per_token_origins() {
 fn float_activation_bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let dir = fixture_dir("smollm2-acc0-bundle");
         let out = dir.join("smollm2-acc0");
         export(&smollm2_gguf(), &out, &["--split-layer", "24", "--accuracy-level", "0"]);
         out

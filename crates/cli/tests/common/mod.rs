@@ -129,6 +129,20 @@ pub fn calibrate_small(bundle: &Path, prompts: usize, new_tokens: usize) {
     assert!(out.status.success(), "calibrate failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// An empty directory for a fixture the tests of one binary share (a `OnceLock` is never
+/// dropped, so a temporary directory would stay in /tmp after every run): cargo's scratch
+/// directory of this target, emptied first, so each fixture has one copy whatever the runs.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("emptying {}: {e}", dir.display()),
+    }
+    std::fs::create_dir_all(&dir).expect("fixture directory");
+    dir
+}
+
 /// The cache directory (`$COLLM_CACHE`, default `~/.cache/ce-collm`).
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("COLLM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
