@@ -227,6 +227,8 @@ impl Generator {
         // their deeper K/V from the uploaded state. Positions the cloud was asked about stay
         // out even when it failed to answer, so every replica runs them exactly.
         let mut edge_answered = EdgeAnswered::default();
+        // The tokens answered so far: the exit policy keeps the edge from repeating them.
+        let mut answer = Vec::with_capacity(max_new);
         while produced < max_new {
             let (next, step) = engine.step(decoder).await?;
             decoder = next;
@@ -238,15 +240,15 @@ impl Generator {
                 }
             }
             let Some(ready) = step.ready else { continue };
-            let confidences: Vec<(usize, f32)> =
-                ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits).prob)).collect();
+            let heads: Vec<(usize, sampling::Pick)> =
+                ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits))).collect();
             let view = match session.as_deref().and_then(CloudSession::estimate) {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
             };
             let choice = decide::choose(
                 req.mode,
-                req.policy.decide(&confidences),
+                req.policy.decide(&heads, &answer),
                 deepest,
                 view,
                 self.budget,
@@ -285,6 +287,7 @@ impl Generator {
             };
             summary.count(source);
             produced += 1;
+            answer.push(pick.token);
             if tokens.send(Token { id: pick.token, source, prob: pick.prob }).await.is_err() {
                 finish = Finish::Cancelled;
                 break;

@@ -64,6 +64,9 @@ impl Generator {
         let max_new = req.max_tokens.min(decoder.as_ref().map_or(0, |d| d.room()));
         let prompt_len = req.prompt.len();
         let mut committed = 0;
+        // The committed tokens: with the decided ones in the queue, the answer so far, which
+        // the exit policy keeps the edge from repeating.
+        let mut committed_ids = Vec::with_capacity(max_new);
         let mut queue: VecDeque<Decided> = VecDeque::new();
         let mut flights: VecDeque<InFlight> = VecDeque::new();
         let mut edge_answered = EdgeAnswered::default();
@@ -75,6 +78,7 @@ impl Generator {
                 let Some(d) = queue.pop_front() else { break };
                 summary.count(d.token.source);
                 committed += 1;
+                committed_ids.push(d.token.id);
                 if tokens.send(d.token).await.is_err() {
                     return Ok((Finish::Cancelled, summary));
                 }
@@ -162,15 +166,17 @@ impl Generator {
             let Some(ready) = step.ready else { continue };
             let position = ready.after + 1;
             debug_assert_eq!(position, prompt_len + committed + queue.len());
-            let confidences: Vec<(usize, f32)> =
-                ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits).prob)).collect();
+            let heads: Vec<(usize, Pick)> =
+                ready.heads.iter().map(|(l, logits)| (*l, sampling::top1(logits))).collect();
+            let answer: Vec<u32> =
+                committed_ids.iter().copied().chain(queue.iter().map(|d| d.token.id)).collect();
             let view = match session.estimate() {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
             };
             let choice = decide::choose(
                 req.mode,
-                req.policy.decide(&confidences),
+                req.policy.decide(&heads, &answer),
                 deepest,
                 view,
                 self.budget,

@@ -23,7 +23,7 @@ pub mod transport;
 pub use catch_up::{CatchUp, EdgeAnswered};
 pub use cloud_layers::CloudLayers;
 pub use codec::Encoding;
-pub use exit::{ExitPolicy, OperatingPoint};
+pub use exit::{ExitPolicy, OperatingPoint, RepetitionGuard};
 pub use generate::{GenerateOptions, Generation, Mode, Origin, TokenEvent, generate};
 pub use sampling::SamplingParams;
 pub use split::SplitModel;

@@ -1,0 +1,105 @@
+//! Choosing the default operating point on free-running answers: teacher-forced agreement
+//! picks thresholds position by position, but an answer is a sequence — one confident wrong
+//! token changes everything after it, and repetitive states where the exit head is confidently
+//! wrong end in loops. So the calibrated bundle answers held-out prompts collaboratively at
+//! every target agreement, and the lowest target whose answers keep quality (no more loops
+//! than the full model's, mean NLL under the full model within a ratio of its own) becomes the
+//! default.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use collm_bundle::manifest::{CalibratedOperatingPoint, FreeRunningRow};
+use collm_calibrate::{AGREEMENT_TARGETS, LoopDetector, QualityTarget};
+use collm_runtime::{
+    CatchUp, Encoding, ExitPolicy, Mode, OperatingPoint, RepetitionGuard, SplitModel,
+};
+
+use super::free_running::{FreeRunning, ModeRun};
+use super::prompts::encode_chats;
+
+pub struct Chosen {
+    pub point: CalibratedOperatingPoint,
+    pub report: String,
+}
+
+/// Runs the candidates on `prompts` and picks the default (the highest target when none keeps
+/// quality: the most the calibration can do).
+pub fn choose(
+    bundle: &Path,
+    prompts: &[String],
+    new_tokens: usize,
+    max_nll_ratio: f64,
+) -> Result<Chosen> {
+    let mut model = SplitModel::open(bundle, true)?;
+    let (encoded, _) = encode_chats(&model, prompts, new_tokens)?;
+    let guard = RepetitionGuard::default();
+    let runs = AGREEMENT_TARGETS
+        .iter()
+        .map(|&a| {
+            let policy = ExitPolicy::new(&model.manifest, OperatingPoint::TargetAgreement(a))?
+                .with_guard(guard);
+            Ok(ModeRun { label: format!("collaborative:a={a}"), mode: Mode::Collaborative, policy })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut cloud = model.take_in_process_cloud(CatchUp::Exact)?.context("cloud partition")?;
+    eprintln!("choosing the default operating point on {} free-running answers", encoded.len());
+    let detector = LoopDetector::default();
+    let result = FreeRunning {
+        model: &mut model,
+        cloud: &mut cloud,
+        new_tokens,
+        encoding: Encoding::F16,
+        detector,
+        keep_answers: false,
+    }
+    .run(&encoded, &runs)?;
+    let target = QualityTarget { max_nll_ratio };
+    let candidates: Vec<FreeRunningRow> = result
+        .modes
+        .iter()
+        .zip(AGREEMENT_TARGETS)
+        .map(|((_, t), a)| FreeRunningRow {
+            target_agreement: a,
+            edge_share: t.edge_share() as f32,
+            identical_share: t.identical_share() as f32,
+            loop_share: t.loop_share() as f32,
+            nll_ratio: t.nll_ratio(&result.full) as f32,
+        })
+        .collect();
+    // Lower targets exit more: the first that keeps quality is the cheapest one that does.
+    let chosen = result
+        .modes
+        .iter()
+        .zip(AGREEMENT_TARGETS)
+        .find(|((_, t), _)| target.met_by(t, &result.full))
+        .map(|(_, a)| a);
+    let target_agreement = chosen.unwrap_or(AGREEMENT_TARGETS[AGREEMENT_TARGETS.len() - 1]);
+    let point = CalibratedOperatingPoint {
+        target_agreement,
+        guard_ngram: guard.ngram,
+        prompts: encoded.len(),
+        new_tokens,
+        max_nll_ratio: max_nll_ratio as f32,
+        full_loop_share: result.full.loop_share() as f32,
+        candidates,
+    };
+    let mut report = format!(
+        "## Default operating point (free-running)\n\n{} ShareGPT prompts after the held-out ones, {new_tokens} \
+         greedy tokens, collaborative with a {}-gram repetition guard, against the full model (loops: {:.0}% of \
+         its answers). Kept: the lowest target agreement whose answers loop no more often and whose mean NLL \
+         under the full model is at most {max_nll_ratio:.2}× the full model's own.\n\n\
+         {}\n",
+        point.prompts,
+        guard.ngram,
+        100.0 * point.full_loop_share,
+        super::quality::table(&result, &detector),
+    );
+    match chosen {
+        Some(a) => report.push_str(&format!("Default: target agreement {a}.\n\n")),
+        None => report.push_str(&format!(
+            "No target keeps quality on these prompts; default: the highest, {target_agreement}.\n\n"
+        )),
+    }
+    Ok(Chosen { point, report })
+}
