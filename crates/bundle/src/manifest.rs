@@ -157,8 +157,8 @@ pub struct TargetThreshold {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibratedOperatingPoint {
     pub target_agreement: f32,
-    /// The repetition guard's n-gram size the point was measured with (0 = no guard).
-    pub guard_ngram: usize,
+    /// Whether the point was measured with the repetition guard on (the runtime then uses it).
+    pub repetition_guard: bool,
     pub prompts: usize,
     pub new_tokens: usize,
     pub max_nll_ratio: f32,

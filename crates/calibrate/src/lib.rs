@@ -27,7 +27,7 @@ pub use features::Features;
 pub use head::{HeadWeights, head_predictions, shortlist_predictions};
 pub use kl::{KlEpoch, KlOptions, KlProgress, KlReport, fit_kl};
 pub use least_squares::fit_least_squares;
-pub use quality::{Answer, Likelihood, Loop, LoopDetector, QualityTally, QualityTarget};
+pub use quality::{Answer, Likelihood, QualityTally, QualityTarget};
 pub use sharegpt::{Conversation, ShareGptReader, StreamEnd, first_prompts};
 pub use shortlist::{TokenCounts, coverage, select_shortlist};
 pub use tradeoff::{

@@ -1,54 +1,10 @@
 //! Free-running answer quality against a reference answer (the full model's): whether an
-//! answer is identical, where it first differs, whether it ends in a loop, and how likely the
-//! full model finds it. Teacher-forced agreement misses what these see: one early wrong token
-//! changes everything after it, and a head that is confidently wrong in repetitive states
-//! drags a whole answer into a loop.
+//! answer is identical, where it first differs, whether it ends in a loop (as the caller's
+//! detector says), and how likely the full model finds it. Teacher-forced agreement misses
+//! what these see: one early wrong token changes everything after it, and a head that is
+//! confidently wrong in repetitive states drags a whole answer into a loop.
 
 use serde::Serialize;
-
-/// When an answer "falls into a loop": its tail is periodic with a period of at most
-/// `max_period` tokens (every token equals the one `period` tokens before it), and that
-/// periodic tail spans at least `max(min_repeats · period, min_span)` tokens. A loop that the
-/// answer escaped before its end does not count; an answer that ends in a repetition and then
-/// a stop token does (the caller strips stop tokens first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LoopDetector {
-    pub max_period: usize,
-    pub min_repeats: usize,
-    pub min_span: usize,
-}
-
-impl Default for LoopDetector {
-    /// Phrases of up to 32 tokens; at least three copies and 16 tokens of repetition, so a
-    /// doubled word or a repeated list marker is not a loop while "health conditions like"
-    /// five times over is.
-    fn default() -> Self {
-        Self { max_period: 32, min_repeats: 3, min_span: 16 }
-    }
-}
-
-/// A loop found at the end of an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Loop {
-    /// Tokens per repetition (the smallest period that qualifies).
-    pub period: usize,
-    /// Tokens at the end of the answer covered by the repetition (including its first copy).
-    pub span: usize,
-}
-
-impl LoopDetector {
-    /// The loop `tokens` ends in, if any.
-    pub fn find(&self, tokens: &[u32]) -> Option<Loop> {
-        let n = tokens.len();
-        (1..=self.max_period.min(n / 2)).find_map(|period| {
-            let repeated =
-                (period..n).rev().take_while(|&i| tokens[i] == tokens[i - period]).count();
-            let span = repeated + period;
-            (span >= (self.min_repeats * period).max(self.min_span))
-                .then_some(Loop { period, span })
-        })
-    }
-}
 
 /// Tokens two answers share before their first difference (the shorter length when one is a
 /// prefix of the other).
@@ -86,9 +42,8 @@ impl Likelihood {
 pub struct Answer<'a> {
     /// Generated tokens, as compared with the reference's.
     pub tokens: &'a [u32],
-    /// The part of `tokens` that is text, where a loop is looked for (without a final stop
-    /// token).
-    pub text: &'a [u32],
+    /// Whether the answer's text ends in a loop (the caller's detector decides).
+    pub looped: bool,
     /// Tokens the edge answered.
     pub edge_tokens: usize,
     /// The reference model's log-probability of each of `tokens`, in context.
@@ -113,7 +68,7 @@ pub struct QualityTally {
 }
 
 impl QualityTally {
-    pub fn add(&mut self, answer: &Answer<'_>, reference: &[u32], detector: &LoopDetector) {
+    pub fn add(&mut self, answer: &Answer<'_>, reference: &[u32]) {
         let prefix = common_prefix(answer.tokens, reference);
         let identical = answer.tokens == reference;
         self.prompts += 1;
@@ -122,7 +77,7 @@ impl QualityTally {
         if !identical {
             self.first_difference_sum += prefix;
         }
-        self.loops += usize::from(detector.find(answer.text).is_some());
+        self.loops += usize::from(answer.looped);
         self.tokens += answer.tokens.len();
         self.edge_tokens += answer.edge_tokens;
         for &lp in answer.logprobs {
@@ -177,53 +132,6 @@ impl QualityTarget {
 mod tests {
     use super::*;
 
-    fn repeat(phrase: &[u32], times: usize) -> Vec<u32> {
-        phrase.iter().copied().cycle().take(phrase.len() * times).collect()
-    }
-
-    #[test]
-    fn a_tail_repeating_a_phrase_is_a_loop() {
-        let mut answer = vec![7, 8, 9, 10];
-        answer.extend(repeat(&[1, 2, 3], 6));
-        let found = LoopDetector::default().find(&answer).expect("a loop");
-        assert_eq!(found, Loop { period: 3, span: 18 });
-        // A cut-off final copy still belongs to the loop.
-        answer.push(1);
-        assert_eq!(LoopDetector::default().find(&answer), Some(Loop { period: 3, span: 19 }));
-    }
-
-    #[test]
-    fn a_repeated_token_needs_the_minimum_span() {
-        let d = LoopDetector::default();
-        let mut answer = vec![5, 6];
-        answer.extend(repeat(&[4], 15));
-        assert_eq!(d.find(&answer), None, "15 copies of one token are under the 16-token span");
-        answer.push(4);
-        assert_eq!(d.find(&answer), Some(Loop { period: 1, span: 16 }));
-    }
-
-    #[test]
-    fn long_periods_need_three_copies() {
-        let d = LoopDetector::default();
-        let phrase: Vec<u32> = (100..120).collect();
-        assert_eq!(d.find(&repeat(&phrase, 2)), None);
-        assert_eq!(d.find(&repeat(&phrase, 3)), Some(Loop { period: 20, span: 60 }));
-        let too_long: Vec<u32> = (100..140).collect();
-        assert_eq!(d.find(&repeat(&too_long, 4)), None, "period 40 is over the maximum of 32");
-    }
-
-    #[test]
-    fn ordinary_text_and_an_escaped_repetition_are_not_loops() {
-        let d = LoopDetector::default();
-        let text: Vec<u32> = (0..200).map(|i| (i * 7919 % 1000) as u32).collect();
-        assert_eq!(d.find(&text), None);
-        let mut escaped = repeat(&[1, 2], 20);
-        escaped.extend([3, 4, 5, 6]);
-        assert_eq!(d.find(&escaped), None);
-        assert_eq!(d.find(&[]), None);
-        assert_eq!(d.find(&[1]), None);
-    }
-
     #[test]
     fn common_prefix_stops_at_the_first_difference() {
         assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
@@ -244,53 +152,25 @@ mod tests {
         assert_eq!(Likelihood::default().mean(), 0.0);
     }
 
+    fn answer<'a>(tokens: &'a [u32], looped: bool, edge: usize, lp: &'a [f64]) -> Answer<'a> {
+        Answer { tokens, looped, edge_tokens: edge, logprobs: lp }
+    }
+
     #[test]
     fn a_tally_compares_answers_with_the_reference() {
-        let d = LoopDetector::default();
         let reference_a = [1u32, 2, 3, 4];
         let reference_b: Vec<u32> = (10..40).collect();
         let mut full = QualityTally::default();
-        full.add(
-            &Answer {
-                tokens: &reference_a,
-                text: &reference_a,
-                edge_tokens: 0,
-                logprobs: &[-0.5; 4],
-            },
-            &reference_a,
-            &d,
-        );
-        full.add(
-            &Answer {
-                tokens: &reference_b,
-                text: &reference_b,
-                edge_tokens: 0,
-                logprobs: &[-0.5; 30],
-            },
-            &reference_b,
-            &d,
-        );
+        full.add(&answer(&reference_a, false, 0, &[-0.5; 4]), &reference_a);
+        full.add(&answer(&reference_b, false, 0, &[-0.5; 30]), &reference_b);
         assert_eq!(full.identical_share(), 1.0);
         assert_eq!(full.mean_first_difference(), None);
         assert_eq!(full.likelihood.mean(), 0.5);
 
-        let looping = repeat(&[10, 11], 10);
+        let looping: Vec<u32> = [10, 11].iter().copied().cycle().take(20).collect();
         let mut mode = QualityTally::default();
-        mode.add(
-            &Answer {
-                tokens: &reference_a,
-                text: &reference_a,
-                edge_tokens: 2,
-                logprobs: &[-0.5; 4],
-            },
-            &reference_a,
-            &d,
-        );
-        mode.add(
-            &Answer { tokens: &looping, text: &looping, edge_tokens: 15, logprobs: &[-1.0; 20] },
-            &reference_b,
-            &d,
-        );
+        mode.add(&answer(&reference_a, false, 2, &[-0.5; 4]), &reference_a);
+        mode.add(&answer(&looping, true, 15, &[-1.0; 20]), &reference_b);
         assert_eq!(mode.identical_share(), 0.5);
         assert_eq!(mode.common_prefix_tokens, 4 + 2);
         assert_eq!(mode.mean_first_difference(), Some(2.0));

@@ -66,7 +66,7 @@ fn calibration_chooses_a_default_operating_point_on_free_running_answers() {
     assert_eq!(candidates.len(), 5, "{point}");
     let chosen = point["target_agreement"].as_f64().expect("target");
     assert!(candidates.iter().any(|c| c["target_agreement"].as_f64() == Some(chosen)), "{point}");
-    assert_eq!(point["guard_ngram"], 3);
+    assert_eq!(point["repetition_guard"], true);
     assert_eq!(point["prompts"], 4);
     let report = std::fs::read_to_string(bundle.join("calibration.md")).expect("report");
     assert!(report.contains("Default operating point (free-running)"), "{report}");

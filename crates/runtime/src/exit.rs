@@ -3,6 +3,7 @@
 
 use collm_bundle::Manifest;
 
+use crate::repetition::LoopDetector;
 use crate::sampling::Pick;
 use crate::{Error, Result};
 
@@ -14,39 +15,40 @@ pub struct ExitPolicy {
     guard: RepetitionGuard,
 }
 
-/// Exit heads are confidently wrong in exactly the states where a loop starts: a phrase the
-/// answer already said is easy to predict from the layers the edge has, and the head's
-/// confidence rises with every copy. So the edge never repeats an n-gram of its answer on its
-/// own: a token that would complete an `ngram`-token sequence already present in the answer
-/// goes to the cloud, which may repeat it if the full model would. `ngram == 0` turns the
-/// guard off.
+/// Exit heads are confidently wrong in the states where a loop starts: a phrase the answer
+/// already said is easy to predict from the layers the edge has, and the head's confidence
+/// rises with every copy. So the edge never carries a repetition on its own: a token that
+/// would make the answer end in one (by an eager detector: a second copy of a phrase of up to
+/// 32 tokens, at least 8 tokens repeated) goes to the cloud, which repeats it only if the
+/// full model would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RepetitionGuard {
-    pub ngram: usize,
+    detector: Option<LoopDetector>,
 }
 
 impl RepetitionGuard {
-    pub const OFF: Self = Self { ngram: 0 };
+    pub const OFF: Self = Self { detector: None };
+    pub const ON: Self =
+        Self { detector: Some(LoopDetector { max_period: 32, min_repeats: 2, min_span: 8 }) };
 
-    /// Whether appending `token` to `answer` repeats the answer's last `ngram - 1` tokens and
-    /// `token` as they already occurred earlier in it.
+    pub fn is_on(&self) -> bool {
+        self.detector.is_some()
+    }
+
+    /// Whether `answer` followed by `token` ends in a repetition.
     pub fn repeats(&self, answer: &[u32], token: u32) -> bool {
-        let n = self.ngram;
-        if n == 0 || answer.len() < n {
-            return false;
-        }
-        let tail = &answer[answer.len() + 1 - n..];
-        // Every earlier window of n tokens of `answer`: its first n-1 equal the tail and its
-        // last equals `token`.
-        answer.windows(n).any(|w| w[n - 1] == token && w[..n - 1] == *tail)
+        let Some(d) = self.detector else { return false };
+        // The longest tail any period needs to qualify: nothing before it changes the verdict.
+        let reach = (d.min_repeats * d.max_period).max(d.min_span);
+        let mut tail = answer[answer.len().saturating_sub(reach)..].to_vec();
+        tail.push(token);
+        d.find(&tail).is_some()
     }
 }
 
 impl Default for RepetitionGuard {
-    /// Trigrams: a repeated trigram is rare in a sound answer of a few hundred tokens and
-    /// marks the second copy of a looping phrase (bench/results/quality-smollm2.md).
     fn default() -> Self {
-        Self { ngram: 3 }
+        Self::ON
     }
 }
 
@@ -114,10 +116,9 @@ impl ExitPolicy {
             thresholds.push((head.layer, theta));
         }
         // The guard calibration measured the default operating point with.
-        let guard = manifest
-            .operating_point
-            .as_ref()
-            .map_or_else(RepetitionGuard::default, |p| RepetitionGuard { ngram: p.guard_ngram });
+        let guard = manifest.operating_point.as_ref().map_or_else(RepetitionGuard::default, |p| {
+            if p.repetition_guard { RepetitionGuard::ON } else { RepetitionGuard::OFF }
+        });
         Ok(Self { thresholds, guard })
     }
 
@@ -181,31 +182,33 @@ mod tests {
     }
 
     #[test]
-    fn a_token_repeating_a_trigram_of_the_answer_goes_to_the_cloud() {
+    fn a_token_that_would_carry_a_repetition_goes_to_the_cloud() {
         let p = policy(&[(8, 0.5)]);
-        // "health conditions like health conditions" + "like" repeats a trigram.
-        let answer = [10, 11, 12, 10, 11];
+        // "health conditions like" said twice and a half: its next copy is the cloud's.
+        let answer = [5, 6, 10, 11, 12, 10, 11, 12, 10, 11];
         assert_eq!(p.decide(&[head(8, 12, 0.99)], &answer), None);
-        // Any other token, or the same bigram continued differently, is the edge's.
+        // Any other token is the edge's, and so is a second copy still under 8 tokens.
         assert_eq!(p.decide(&[head(8, 13, 0.99)], &answer), Some(8));
-        assert_eq!(p.decide(&[head(8, 12, 0.99)], &[10, 11, 12, 9, 11]), Some(8));
+        assert_eq!(p.decide(&[head(8, 12, 0.99)], &answer[..7]), Some(8));
         // The guard off: the confident head answers even a loop.
         let off = p.clone().with_guard(RepetitionGuard::OFF);
         assert_eq!(off.decide(&[head(8, 12, 0.99)], &answer), Some(8));
     }
 
     #[test]
-    fn the_guard_looks_at_n_grams_of_its_size_only() {
-        let bigram = RepetitionGuard { ngram: 2 };
-        assert!(bigram.repeats(&[5, 6, 7, 5], 6));
-        assert!(!bigram.repeats(&[5, 6, 7, 5], 7));
-        let trigram = RepetitionGuard::default();
-        assert!(!trigram.repeats(&[5, 6, 7, 5], 6), "only a bigram repeats");
-        assert!(!trigram.repeats(&[], 1));
-        assert!(!trigram.repeats(&[1], 1));
-        assert!(!trigram.repeats(&[1, 1], 1), "the first trigram of a run is new");
-        assert!(trigram.repeats(&[1, 1, 1], 1), "a token four times repeats a trigram");
-        assert!(!RepetitionGuard { ngram: 1 }.repeats(&[], 4));
-        assert!(RepetitionGuard { ngram: 1 }.repeats(&[4], 4));
+    fn the_guard_sees_second_copies_of_long_phrases_and_runs_of_short_ones() {
+        let g = RepetitionGuard::ON;
+        let phrase: Vec<u32> = (100..110).collect();
+        let mut answer: Vec<u32> = phrase.iter().chain(&phrase[..9]).copied().collect();
+        assert!(g.repeats(&answer, 109), "the second copy of a 10-token phrase completes");
+        assert!(!g.repeats(&answer, 1));
+        answer.truncate(12);
+        assert!(!g.repeats(&answer, 102), "three tokens of a second copy are not a repetition yet");
+        assert!(!g.repeats(&[7; 6], 7), "seven copies of a token are under the 8-token span");
+        assert!(g.repeats(&[7; 7], 7));
+        // Only the tail matters, however long the answer.
+        let long: Vec<u32> = (0..5000).map(|i| i % 977).chain([1, 2, 3, 4, 1, 2, 3]).collect();
+        assert!(g.repeats(&long, 4));
+        assert!(!RepetitionGuard::OFF.repeats(&long, 4));
     }
 }

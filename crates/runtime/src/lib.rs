@@ -13,6 +13,7 @@ pub mod generate;
 mod mask;
 pub mod ort_env;
 pub mod partition;
+pub mod repetition;
 pub mod sampling;
 pub mod score;
 pub mod speculate;

@@ -228,7 +228,14 @@ pub fn run(a: Args) -> Result<()> {
             .into_iter()
             .map(|t| TargetThreshold { agreement: t.agreement, theta: t.theta })
             .collect();
-        report.push_str(&table(layer, &identity, &ls_pred, &per_set[0], &rows, &thresholds));
+        report.push_str(&table(
+            layer,
+            &identity,
+            &ls_pred,
+            &per_set[0],
+            &thresholds,
+            heldout.len() > 1,
+        ));
         for (set, pred) in heldout.iter().zip(&per_set).skip(1) {
             report.push_str(&other_distribution(layer, set, pred));
         }
@@ -326,24 +333,28 @@ fn shortlist_note(ids: &[u32], heldout: &[HeldOut]) -> String {
     )
 }
 
+/// The ShareGPT held-out table of one head, and the thresholds (read from every held-out set).
 fn table(
     layer: usize,
     identity: &[ExitPrediction],
     ls: &[ExitPrediction],
     fitted: &[ExitPrediction],
-    rows: &[TradeoffRow],
     thresholds: &[TargetThreshold],
+    several_sets: bool,
 ) -> String {
     let mut s = format!(
         "## Exit after layer {layer}\n\nHeld-out top-1 agreement with the full model at every position (ShareGPT): \
-         logit lens {:.1}%, least squares {:.1}%, fitted {:.1}%.\n\n\
-         Trade-off over every held-out position:\n\n",
+         logit lens {:.1}%, least squares {:.1}%, fitted {:.1}%.\n\n",
         agreement(identity) * 100.0,
         agreement(ls) * 100.0,
         agreement(fitted) * 100.0
     );
-    s.push_str(&rows_table(rows));
-    s.push_str("\n| target agreement | θ |\n|---:|---:|\n");
+    s.push_str(&rows_table(&manifest_rows(fitted)));
+    s.push_str(if several_sets {
+        "\nThresholds, read from every held-out set together:\n\n| target agreement | θ |\n|---:|---:|\n"
+    } else {
+        "\n| target agreement | θ |\n|---:|---:|\n"
+    });
     for t in thresholds {
         let theta = if t.theta > 1.0 { "never".to_string() } else { format!("{:.2}", t.theta) };
         s.push_str(&format!("| {:.0}% | {theta} |\n", t.agreement * 100.0));

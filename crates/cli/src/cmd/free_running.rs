@@ -3,7 +3,8 @@
 //! gives every token of the answer, in context).
 
 use anyhow::{Context, Result};
-use collm_calibrate::{Answer, LoopDetector, QualityTally};
+use collm_calibrate::{Answer, QualityTally};
+use collm_runtime::repetition::LoopDetector;
 use collm_runtime::transport::{CloudTransport, InProcessCloud};
 use collm_runtime::{
     Encoding, ExitPolicy, GenerateOptions, Generation, Mode, Origin, SamplingParams, SplitModel,
@@ -112,9 +113,9 @@ impl FreeRunning<'_> {
         // Loops are looked for in the text: a trailing stop token is not part of it.
         let text_len = g.tokens.iter().rposition(|t| !stops.contains(t)).map_or(0, |i| i + 1);
         let edge_tokens = g.origins.iter().filter(|o| **o == Origin::Edge).count();
-        let answer =
-            Answer { tokens: &g.tokens, text: &g.tokens[..text_len], edge_tokens, logprobs };
-        tally.add(&answer, reference, &self.detector);
+        let looped = self.detector.find(&g.tokens[..text_len]).is_some();
+        let answer = Answer { tokens: &g.tokens, looped, edge_tokens, logprobs };
+        tally.add(&answer, reference);
         g.tokens == reference
     }
 

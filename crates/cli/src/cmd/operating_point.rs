@@ -10,7 +10,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use collm_bundle::manifest::{CalibratedOperatingPoint, FreeRunningRow};
-use collm_calibrate::{AGREEMENT_TARGETS, LoopDetector, QualityTarget};
+use collm_calibrate::{AGREEMENT_TARGETS, QualityTarget};
+use collm_runtime::repetition::LoopDetector;
 use collm_runtime::{
     CatchUp, Encoding, ExitPolicy, Mode, OperatingPoint, RepetitionGuard, SplitModel,
 };
@@ -77,7 +78,7 @@ pub fn choose(
     let target_agreement = chosen.unwrap_or(AGREEMENT_TARGETS[AGREEMENT_TARGETS.len() - 1]);
     let point = CalibratedOperatingPoint {
         target_agreement,
-        guard_ngram: guard.ngram,
+        repetition_guard: guard.is_on(),
         prompts: encoded.len(),
         new_tokens,
         max_nll_ratio: max_nll_ratio as f32,
@@ -86,12 +87,12 @@ pub fn choose(
     };
     let mut report = format!(
         "## Default operating point (free-running)\n\n{} ShareGPT prompts after the held-out ones, {new_tokens} \
-         greedy tokens, collaborative with a {}-gram repetition guard, against the full model (loops: {:.0}% of \
+         greedy tokens, collaborative {} the repetition guard, against the full model (loops: {:.0}% of \
          its answers). Kept: the lowest target agreement whose answers loop no more often and whose mean NLL \
          under the full model is at most {max_nll_ratio:.2}× the full model's own.\n\n\
          {}\n",
         point.prompts,
-        guard.ngram,
+        if guard.is_on() { "with" } else { "without" },
         100.0 * point.full_loop_share,
         super::quality::table(&result, &detector),
     );

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use collm_calibrate::{LoopDetector, QualityTally};
+use collm_calibrate::QualityTally;
+use collm_runtime::repetition::LoopDetector;
 use collm_runtime::{
     CatchUp, Encoding, ExitPolicy, Mode, OperatingPoint, RepetitionGuard, SplitModel,
 };
@@ -36,7 +37,7 @@ pub struct QualityArgs {
     new_tokens: usize,
     /// Modes compared with the full model, comma-separated: `standalone`, `collaborative`
     /// (the bundle's default operating point), `collaborative:a=0.9` (target agreement),
-    /// `collaborative:t=0.7` (raw θ); `:g=N` sets the repetition guard's n-gram (0 = off).
+    /// `collaborative:t=0.7` (raw θ); `:g=0` turns the repetition guard off, `:g=1` on.
     #[arg(
         long,
         value_delimiter = ',',
@@ -52,6 +53,11 @@ pub struct QualityArgs {
     /// Write every answer (tokens, origins, the full model's log-probabilities) as JSON lines.
     #[arg(long)]
     answers: Option<PathBuf>,
+    /// Write the figures as JSON: `{"modes": [{"mode", "prompts", "edge_share",
+    /// "identical_share", "mean_first_difference", "loop_share", "nll_per_token",
+    /// "nll_ratio"}]}`, the full model first.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// A mode as named on the command line.
@@ -79,10 +85,11 @@ impl std::str::FromStr for ModeSpec {
                 "a" => spec.point = Some(OperatingPoint::TargetAgreement(number(value)?)),
                 "t" => spec.point = Some(OperatingPoint::Threshold(number(value)?)),
                 "g" => {
-                    let ngram = value
-                        .parse()
-                        .map_err(|_| format!("{s}: {value:?} is not an n-gram size"))?;
-                    spec.guard = Some(RepetitionGuard { ngram });
+                    spec.guard = Some(match value {
+                        "0" => RepetitionGuard::OFF,
+                        "1" => RepetitionGuard::ON,
+                        _ => return Err(format!("{s}: g takes 0 (guard off) or 1 (on)")),
+                    })
                 }
                 other => return Err(format!("{s}: unknown setting {other:?} (a, t or g)")),
             }
@@ -157,6 +164,10 @@ pub fn run(a: QualityArgs) -> Result<()> {
     if let Some(path) = &a.report {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures(&result))?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(path) = &a.answers {
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -166,6 +177,24 @@ pub fn run(a: QualityArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn figures(result: &QualityRun) -> serde_json::Value {
+    let one = |label: &str, t: &QualityTally| {
+        serde_json::json!({
+            "mode": label,
+            "prompts": t.prompts,
+            "edge_share": t.edge_share(),
+            "identical_share": t.identical_share(),
+            "mean_first_difference": t.mean_first_difference(),
+            "loop_share": t.loop_share(),
+            "nll_per_token": t.likelihood.mean(),
+            "nll_ratio": t.nll_ratio(&result.full),
+        })
+    };
+    let mut modes = vec![one("full", &result.full)];
+    modes.extend(result.modes.iter().map(|(run, t)| one(&run.label, t)));
+    serde_json::json!({ "modes": modes })
 }
 
 /// The report's table: one row per mode, the full model first.
@@ -204,10 +233,7 @@ pub fn thresholds(policy: &ExitPolicy) -> String {
         )
         .collect::<Vec<_>>()
         .join(", ");
-    s.push_str(&match guard.ngram {
-        0 => ", no guard".to_string(),
-        n => format!(", {n}-gram guard"),
-    });
+    s.push_str(if guard.is_on() { ", guard" } else { ", no guard" });
     s
 }
 
@@ -234,12 +260,13 @@ mod tests {
         let s: ModeSpec = "collaborative:a=0.9:g=0".parse().expect("parses");
         assert_eq!(s.mode, Mode::Collaborative);
         assert_eq!(s.point, Some(OperatingPoint::TargetAgreement(0.9)));
-        assert_eq!(s.guard, Some(RepetitionGuard { ngram: 0 }));
+        assert_eq!(s.guard, Some(RepetitionGuard::OFF));
         let t: ModeSpec = "collaborative:t=0.7".parse().expect("parses");
         assert_eq!(t.point, Some(OperatingPoint::Threshold(0.7)));
         assert_eq!(t.guard, None);
         assert_eq!("standalone".parse::<ModeSpec>().expect("parses").mode, Mode::Standalone);
         for bad in [
+            "collaborative:g=3",
             "standalone:a=0.9",
             "collaborative:x=1",
             "collaborative:a",
