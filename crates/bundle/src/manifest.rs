@@ -150,10 +150,10 @@ pub struct TargetThreshold {
 
 /// Teacher-forced agreement does not see free-running divergence (one early wrong token
 /// changes the rest of an answer; a head confidently wrong in a repetitive state drags it into
-/// a loop). So calibration generates answers on prompts held out from the head fit, at every
-/// target agreement, and keeps the lowest target (the most edge tokens) whose answers loop no
-/// more often than the full model's and stay within `max_nll_ratio` of its mean negative
-/// log-likelihood per token.
+/// a loop). So calibration generates answers on prompts held out from the head fit at target
+/// agreements from the highest down, and keeps the lowest (the most edge tokens) whose answers
+/// loop no more often than the full model's and stay within `max_nll_ratio` of its mean
+/// negative log-likelihood per token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibratedOperatingPoint {
     pub target_agreement: f32,
@@ -163,7 +163,8 @@ pub struct CalibratedOperatingPoint {
     pub new_tokens: usize,
     pub max_nll_ratio: f32,
     pub full_loop_share: f32,
-    /// What each candidate target agreement measured, ascending.
+    /// What each candidate target agreement measured, from the highest down to the first
+    /// that did not keep quality.
     pub candidates: Vec<FreeRunningRow>,
 }
 

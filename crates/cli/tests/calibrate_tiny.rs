@@ -63,7 +63,8 @@ fn calibration_chooses_a_default_operating_point_on_free_running_answers() {
     calibrate_small(&bundle, 12, 8);
     let point = &manifest(&bundle)["operating_point"];
     let candidates = point["candidates"].as_array().expect("candidates");
-    assert_eq!(candidates.len(), 5, "{point}");
+    assert!(!candidates.is_empty(), "{point}");
+    assert_eq!(candidates[0]["target_agreement"].as_f64(), Some(0.98), "{point}");
     let chosen = point["target_agreement"].as_f64().expect("target");
     assert!(candidates.iter().any(|c| c["target_agreement"].as_f64() == Some(chosen)), "{point}");
     assert_eq!(point["repetition_guard"], true);

@@ -47,59 +47,89 @@ pub struct FreeRunning<'a> {
     pub keep_answers: bool,
 }
 
+/// The full model's answers to a prompt set, scored by itself: what every mode is compared with.
+pub struct References {
+    prompts: Vec<Vec<u32>>,
+    answers: Vec<Generation>,
+    logprobs: Vec<Vec<f64>>,
+    pub tally: QualityTally,
+}
+
 impl FreeRunning<'_> {
     /// Greedy answers to every prompt: the full model's first, then each run's.
     pub fn run(&mut self, prompts: &[Vec<u32>], runs: &[ModeRun]) -> Result<QualityRun> {
-        let full_run = ModeRun {
+        let references = self.references(prompts)?;
+        let mut out = QualityRun { full: references.tally.clone(), modes: vec![], answers: vec![] };
+        for run in runs {
+            let (tally, answers) = self.run_mode(&references, run)?;
+            out.modes.push((run.clone(), tally));
+            out.answers.extend(answers);
+        }
+        if self.keep_answers {
+            for (i, (g, lp)) in references.answers.iter().zip(&references.logprobs).enumerate() {
+                out.answers.push(record(i, "full", g, lp.clone(), true));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The full model's greedy answers to `prompts`, and their likelihood.
+    pub fn references(&mut self, prompts: &[Vec<u32>]) -> Result<References> {
+        let full = ModeRun {
             label: "full".into(),
             mode: Mode::Full,
             policy: ExitPolicy::never(&self.model.manifest),
         };
-        let mut out = QualityRun {
-            full: QualityTally::default(),
-            modes: runs.iter().map(|r| (r.clone(), QualityTally::default())).collect(),
+        let mut r = References {
+            prompts: prompts.to_vec(),
             answers: vec![],
+            logprobs: vec![],
+            tally: QualityTally::default(),
         };
         for (i, prompt) in prompts.iter().enumerate() {
-            let reference = self.answer(prompt, &full_run)?;
-            let reference_logprobs = self.score(prompt, &reference.tokens)?;
-            self.tally(&reference, &reference_logprobs, &reference.tokens, &mut out.full);
-            let mut line = format!(
-                "prompt {}/{}: full {} tokens",
-                i + 1,
-                prompts.len(),
-                reference.tokens.len()
-            );
-            for (run, tally) in out.modes.iter_mut() {
-                let g = self.answer(prompt, run)?;
-                let logprobs = if g.tokens == reference.tokens {
-                    reference_logprobs.clone()
-                } else {
-                    self.score(prompt, &g.tokens)?
-                };
-                let same = self.tally(&g, &logprobs, &reference.tokens, tally);
-                line.push_str(&format!(
-                    "; {} {}",
-                    run.label,
-                    if same {
-                        "identical".to_string()
-                    } else {
-                        format!(
-                            "differs at {}",
-                            collm_calibrate::quality::common_prefix(&g.tokens, &reference.tokens)
-                        )
-                    }
-                ));
-                if self.keep_answers {
-                    out.answers.push(record(i, &run.label, &g, logprobs, same));
-                }
+            let g = self.answer(prompt, &full)?;
+            let lp = self.score(prompt, &g.tokens)?;
+            self.tally(&g, &lp, &g.tokens, &mut r.tally);
+            eprintln!("prompt {}/{}: full model, {} tokens", i + 1, prompts.len(), g.tokens.len());
+            r.answers.push(g);
+            r.logprobs.push(lp);
+        }
+        Ok(r)
+    }
+
+    /// One mode's answers to the reference prompts, compared with the full model's.
+    pub fn run_mode(
+        &mut self,
+        references: &References,
+        run: &ModeRun,
+    ) -> Result<(QualityTally, Vec<AnswerRecord>)> {
+        let mut tally = QualityTally::default();
+        let mut records = vec![];
+        let mut differing = vec![];
+        for (i, prompt) in references.prompts.iter().enumerate() {
+            let reference = &references.answers[i].tokens;
+            let g = self.answer(prompt, run)?;
+            let logprobs = if g.tokens == *reference {
+                references.logprobs[i].clone()
+            } else {
+                self.score(prompt, &g.tokens)?
+            };
+            let same = self.tally(&g, &logprobs, reference, &mut tally);
+            if !same {
+                differing.push(collm_calibrate::quality::common_prefix(&g.tokens, reference));
             }
             if self.keep_answers {
-                out.answers.push(record(i, "full", &reference, reference_logprobs, true));
+                records.push(record(i, &run.label, &g, logprobs, same));
             }
-            eprintln!("{line}");
         }
-        Ok(out)
+        eprintln!(
+            "{}: {}/{} identical, edge share {:.1}%, first differences at {differing:?}",
+            run.label,
+            tally.identical,
+            tally.prompts,
+            100.0 * tally.edge_share()
+        );
+        Ok((tally, records))
     }
 
     fn tally(
