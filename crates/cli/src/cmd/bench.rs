@@ -31,6 +31,9 @@ enum What {
     /// Answer quality free-running per mode against the full model: identical answers, first
     /// difference, loops, the full model's likelihood of each answer.
     Quality(super::quality::QualityArgs),
+    /// The paper's comparison: every mode over toxiproxy link profiles, edge and cloud pinned
+    /// to their own cores, time, CPU-seconds per request and answer quality.
+    Paper(super::paper::PaperArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +76,7 @@ pub fn run(a: Args) -> Result<()> {
         What::Load(l) => super::load::run(l),
         What::CatchUp(c) => super::catch_up::run(c),
         What::Quality(q) => super::quality::run(q),
+        What::Paper(p) => super::paper::run(p),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod free_running;
 pub mod generate;
 pub mod load;
 pub mod operating_point;
+pub mod paper;
 pub mod prompts;
 pub mod quality;
 pub mod score;
