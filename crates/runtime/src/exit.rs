@@ -62,9 +62,10 @@ pub enum OperatingPoint {
     TargetAgreement(f32),
 }
 
-/// The operating point when the user names none: the calibrated θ for 95% agreement with the
+/// The operating point when the user names none and calibration chose none on free-running
+/// answers: the calibrated θ for 98% agreement with the
 /// full model, or (uncalibrated heads) a raw θ of 0.9.
-pub const DEFAULT_TARGET_AGREEMENT: f32 = 0.95;
+pub const DEFAULT_TARGET_AGREEMENT: f32 = 0.98;
 pub const DEFAULT_THRESHOLD: f32 = 0.9;
 
 impl OperatingPoint {

@@ -79,6 +79,12 @@ pub struct Args {
     /// chosen from free-running answers; 0 keeps 95% target agreement as the default.
     #[arg(long, default_value_t = 24)]
     free_prompts: usize,
+    /// ChatterBot questions (from question 700 on) added to the free-running prompts, so the
+    /// default keeps quality on short questions too (at 95% agreement ShareGPT answers kept
+    /// it while ChatterBot answers looped more often than the full model's: see
+    /// bench/results/quality.md). 0: ShareGPT only.
+    #[arg(long, default_value_t = 16)]
+    free_chatterbot: usize,
     /// Tokens of each free-running answer.
     #[arg(long, default_value_t = 96)]
     free_tokens: usize,
@@ -284,10 +290,25 @@ pub fn run(a: Args) -> Result<()> {
     );
     let mut text = format!("{header}{report}");
     if a.free_prompts > 0 {
-        let prompts =
+        let mut prompts =
             sharegpt.load(a.data.as_deref(), a.prompts + a.heldout, a.free_prompts, a.max_chars)?;
-        let chosen =
-            super::operating_point::choose(&a.bundle, &prompts, a.free_tokens, a.max_nll_ratio)?;
+        let mut described = format!("{} ShareGPT prompts after the held-out ones", prompts.len());
+        if a.free_chatterbot > 0 {
+            prompts.extend(chatterbot.load(
+                a.chatterbot_data.as_deref(),
+                700,
+                a.free_chatterbot,
+                a.max_chars,
+            )?);
+            described.push_str(&format!(" and {} ChatterBot questions", a.free_chatterbot));
+        }
+        let chosen = super::operating_point::choose(
+            &a.bundle,
+            &prompts,
+            &described,
+            a.free_tokens,
+            a.max_nll_ratio,
+        )?;
         text.push_str(&chosen.report);
         manifest.operating_point = Some(chosen.point);
         collm_bundle::write_manifest(&a.bundle, &manifest)?;

@@ -31,6 +31,7 @@ pub struct Chosen {
 pub fn choose(
     bundle: &Path,
     prompts: &[String],
+    described: &str,
     new_tokens: usize,
     max_nll_ratio: f64,
 ) -> Result<Chosen> {
@@ -93,7 +94,7 @@ pub fn choose(
         answers: vec![],
     };
     let mut report = format!(
-        "## Default operating point (free-running)\n\n{} ShareGPT prompts after the held-out ones, {new_tokens} \
+        "## Default operating point (free-running)\n\n{described} ({} in all), {new_tokens} \
          greedy tokens, collaborative with the repetition guard and f16 uploads, against the full model \
          (loops: {:.0}% of its answers). Kept: the lowest target agreement whose answers loop no more often \
          and whose mean NLL under the full model is at most {max_nll_ratio:.2}× the full model's own, trying \

@@ -138,6 +138,8 @@ pub fn calibrate_small_with(bundle: &Path, prompts: usize, new_tokens: usize, ex
         "4",
         "--free-tokens",
         "16",
+        "--free-chatterbot",
+        "2",
     ];
     args.extend_from_slice(extra);
     let out = collm(&args);
