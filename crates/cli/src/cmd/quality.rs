@@ -18,21 +18,26 @@ use super::prompts::{PromptSource, encode_chats};
 
 #[derive(clap::Args)]
 pub struct QualityArgs {
+    /// The bundle directory (`collm export` wrote it, `collm calibrate` calibrated it).
     #[arg(long)]
     bundle: PathBuf,
+    /// Where the prompts come from.
     #[arg(long, value_enum, default_value = "sharegpt")]
     source: PromptSource,
     /// The corpus (default: where tools/fetch-artifacts puts it).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// How many prompts.
     #[arg(long, default_value_t = 32)]
     prompts: usize,
     /// Prompts passed over first. Default: 1000 for ShareGPT (calibration reads at most the
     /// first 700), 400 for ChatterBot (calibration mixes in at most the first 256).
     #[arg(long)]
     skip: Option<usize>,
+    /// Longest prompt kept, in characters of the user message.
     #[arg(long, default_value_t = 600)]
     max_chars: usize,
+    /// New tokens per answer at most (greedy).
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
     /// Modes compared with the full model, comma-separated: `standalone`, `collaborative`

@@ -50,17 +50,21 @@ pub struct PaperArgs {
     /// ... at this round-trip time.
     #[arg(long, default_value_t = 20)]
     bandwidth_rtt_ms: u32,
+    /// New tokens per answer at most.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
-    /// Modes to run, comma-separated (cloud is always run: everything is compared with it).
+    /// Modes to run, comma-separated, of cloud, naive, standalone, collaborative, speculative
+    /// (cloud is always run: everything is compared with it) [default: all].
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// Hidden-state encoding the edge uploads (f32: speculative answers are exactly the full
     /// model's; f16 halves the bytes and moves some near-tied tokens).
     #[arg(long, default_value = "f32")]
     encoding: String,
+    /// The core the edge agent is pinned to.
     #[arg(long, default_value_t = 0)]
     edge_core: usize,
+    /// The core the cloud worker is pinned to (it also serves cloud-only requests).
     #[arg(long, default_value_t = 1)]
     cloud_core: usize,
     /// Write the figures as JSON here.
