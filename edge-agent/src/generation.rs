@@ -243,6 +243,8 @@ impl Generator {
         // their deeper K/V from the uploaded state. Positions the cloud was asked about stay
         // out even when it failed to answer, so every replica runs them exactly.
         let mut edge_answered = EdgeAnswered::default();
+        // The tokens answered so far, in order: the request's penalties count them and the exit
+        // policy keeps the edge from repeating them.
         let mut seen = Generated::default();
         while produced < max_new {
             let (next, step) = engine.step(decoder).await?;
@@ -255,14 +257,14 @@ impl Generator {
                 }
             }
             let Some(ready) = step.ready else { continue };
-            let confidences = req.confidences(&ready, &seen);
+            let heads = req.heads(&ready, &seen);
             let view = match session.as_deref().and_then(CloudSession::estimate) {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
             };
             let choice = decide::choose(
                 req.mode,
-                req.policy.decide(&confidences),
+                req.policy.decide(&heads, seen.tokens()),
                 deepest,
                 view,
                 self.budget,

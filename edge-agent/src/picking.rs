@@ -11,13 +11,13 @@ use collm_runtime::sampling::{self, Pick};
 use crate::generation::{GenerationRequest, Source, Token};
 
 impl GenerationRequest {
-    /// Each exit head's confidence (the top token's probability) after the adjustment.
-    pub(crate) fn confidences(&self, ready: &ReadyToPick, seen: &Generated) -> Vec<(usize, f32)> {
+    /// Each exit head's top token and its probability (its confidence), after the adjustment.
+    pub(crate) fn heads(&self, ready: &ReadyToPick, seen: &Generated) -> Vec<(usize, Pick)> {
         ready
             .heads
             .iter()
             .map(|(layer, logits)| {
-                (*layer, sampling::top1(&self.adjustment.apply(logits, seen)).prob)
+                (*layer, sampling::top1(&self.adjustment.apply(logits, seen)))
             })
             .collect()
     }

@@ -67,7 +67,8 @@ impl Generator {
         let mut queue: VecDeque<Decided> = VecDeque::new();
         let mut flights: VecDeque<InFlight> = VecDeque::new();
         let mut edge_answered = EdgeAnswered::default();
-        // Every decided token (committed or queued), for the request's penalties.
+        // Every decided token (committed or queued), in order: the answer so far, which the
+        // request's penalties count and the exit policy keeps the edge from repeating.
         let mut seen = Generated::default();
         // Whether the decoder has a token queued to run (the last decided one).
         let mut to_run = true;
@@ -167,14 +168,14 @@ impl Generator {
             let Some(ready) = step.ready else { continue };
             let position = ready.after + 1;
             debug_assert_eq!(position, prompt_len + committed + queue.len());
-            let confidences = req.confidences(&ready, &seen);
+            let heads = req.heads(&ready, &seen);
             let view = match session.estimate() {
                 Some(estimate) => CloudView::Connected { estimate },
                 None => CloudView::Unreachable,
             };
             let choice = decide::choose(
                 req.mode,
-                req.policy.decide(&confidences),
+                req.policy.decide(&heads, seen.tokens()),
                 deepest,
                 view,
                 self.budget,

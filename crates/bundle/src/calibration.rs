@@ -84,10 +84,12 @@ pub struct FittedExit {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
     pub calibration: ExitCalibration,
+    /// Token ids (ascending) the head keeps its logits for; `None` keeps the whole vocabulary.
+    pub shortlist: Option<Vec<u32>>,
 }
 
-/// Writes the translators into `edge.onnx`, re-hashes it and records the calibration in the
-/// manifest. The edge file is replaced atomically.
+/// Writes the translators (and shortlist heads) into `edge.onnx`, re-hashes it and records the
+/// calibration in the manifest. The edge file is replaced atomically.
 pub fn store_exits(dir: &Path, manifest: &mut Manifest, fitted: Vec<FittedExit>) -> Result<()> {
     let path = dir.join(EDGE_FILE);
     let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
@@ -110,6 +112,9 @@ pub fn store_exits(dir: &Path, manifest: &mut Manifest, fitted: Vec<FittedExit>)
             &f.bias,
         )
         .map_err(onnx_err)?;
+        if let Some(ids) = &f.shortlist {
+            crate::graph::shortlist_exit(&mut edge, f.layer, ids, manifest.config.vocab_size)?;
+        }
         let head = manifest.exits.iter_mut().find(|e| e.layer == f.layer).ok_or_else(|| {
             Error::Manifest(format!("the bundle has no exit head at layer {}", f.layer))
         })?;

@@ -180,6 +180,7 @@ pub fn export(
             chat_template: ckpt.chat_template.clone(),
         },
         encodings: vec!["f32".into(), "f16".into(), "int8".into()],
+        operating_point: None,
         files: Default::default(),
         weight_mappings,
     };

@@ -38,6 +38,10 @@ pub struct Manifest {
     pub tokenizer: TokenizerInfo,
     /// Encodings the edge may use for hidden states sent to the cloud.
     pub encodings: Vec<String>,
+    /// The default operating point, chosen by calibration on free-running answers; absent
+    /// from bundles calibrated before it existed (they default to 95% target agreement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<CalibratedOperatingPoint>,
     /// SHA-256 (hex) of every other file in the bundle.
     pub files: BTreeMap<String, String>,
     /// How the source's tensor types were stored (absent from bundles exported before it was
@@ -117,6 +121,18 @@ pub struct ExitCalibration {
     pub tradeoff: Vec<TradeoffRow>,
     /// For each target agreement, the smallest θ reaching it on held-out data.
     pub thresholds: Vec<TargetThreshold>,
+    /// Set when the head computes logits over a vocabulary shortlist only (the trade-off and
+    /// thresholds above are the shortlist head's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortlist: Option<ShortlistInfo>,
+}
+
+/// A shortlist exit head: how many tokens it can answer, and how often the full model's own
+/// token was one of them on held-out data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShortlistInfo {
+    pub size: usize,
+    pub heldout_coverage: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +146,35 @@ pub struct TradeoffRow {
 pub struct TargetThreshold {
     pub agreement: f32,
     pub theta: f32,
+}
+
+/// Teacher-forced agreement does not see free-running divergence (one early wrong token
+/// changes the rest of an answer; a head confidently wrong in a repetitive state drags it into
+/// a loop). So calibration generates answers on prompts held out from the head fit at target
+/// agreements from the highest down, and keeps the lowest (the most edge tokens) whose answers
+/// loop no more often than the full model's and stay within `max_nll_ratio` of its mean
+/// negative log-likelihood per token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibratedOperatingPoint {
+    pub target_agreement: f32,
+    /// Whether the point was measured with the repetition guard on (the runtime then uses it).
+    pub repetition_guard: bool,
+    pub prompts: usize,
+    pub new_tokens: usize,
+    pub max_nll_ratio: f32,
+    pub full_loop_share: f32,
+    /// What each candidate target agreement measured, from the highest down to the first
+    /// that did not keep quality.
+    pub candidates: Vec<FreeRunningRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreeRunningRow {
+    pub target_agreement: f32,
+    pub edge_share: f32,
+    pub identical_share: f32,
+    pub loop_share: f32,
+    pub nll_ratio: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

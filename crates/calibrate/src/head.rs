@@ -75,7 +75,9 @@ pub(crate) struct Scratch {
 }
 
 /// Runs the exit head on `n` and the full model's output on `f` (both `[rows, H]`), and compares
-/// them row by row. Shapes must already be checked.
+/// them row by row. With `exit_vocab` (a flag per token), the exit head can only produce the
+/// flagged tokens (a shortlist head); the full model always has the whole vocabulary. Shapes
+/// must already be checked.
 pub(crate) fn forward(
     head: &HeadWeights,
     translator: &Translator,
@@ -83,6 +85,7 @@ pub(crate) fn forward(
     f: &[f32],
     scratch: &mut Scratch,
     write_probs: bool,
+    exit_vocab: Option<&[bool]>,
 ) -> Vec<RowComparison> {
     let (h, v) = (head.hidden, head.vocab);
     let rows = n.len() / h;
@@ -115,6 +118,12 @@ pub(crate) fn forward(
         &mut scratch.logits,
     );
     let (lq, lp) = scratch.logits.split_at_mut(rows * v);
+    if let Some(allowed) = exit_vocab {
+        // Tokens the exit head cannot produce: far below any real logit, still finite.
+        for row in lq.chunks_exact_mut(v) {
+            row.iter_mut().zip(allowed).filter(|(_, ok)| !**ok).for_each(|(l, _)| *l = -1e30);
+        }
+    }
     compare_all_rows(lq, lp, v, write_probs)
 }
 
@@ -158,6 +167,32 @@ pub fn head_predictions(
     translator: &Translator,
     features: &Features,
 ) -> Result<Vec<ExitPrediction>> {
+    predictions(head, translator, features, None)
+}
+
+/// [`head_predictions`] for an exit head whose logits cover only `shortlist` (token ids): its
+/// confidence is its softmax over those tokens, its answer one of them.
+pub fn shortlist_predictions(
+    head: &HeadWeights,
+    translator: &Translator,
+    features: &Features,
+    shortlist: &[u32],
+) -> Result<Vec<ExitPrediction>> {
+    let mut allowed = vec![false; head.vocab];
+    for &t in shortlist {
+        *allowed.get_mut(t as usize).ok_or_else(|| {
+            Error::Shape(format!("shortlist token {t} is outside the vocabulary of {}", head.vocab))
+        })? = true;
+    }
+    predictions(head, translator, features, Some(&allowed))
+}
+
+fn predictions(
+    head: &HeadWeights,
+    translator: &Translator,
+    features: &Features,
+    exit_vocab: Option<&[bool]>,
+) -> Result<Vec<ExitPrediction>> {
     head.check_compatible(translator, features)?;
     let h = head.hidden;
     let mut scratch = Scratch::default();
@@ -166,7 +201,7 @@ pub fn head_predictions(
         features.input().chunks(DEFAULT_BATCH * h).zip(features.target().chunks(DEFAULT_BATCH * h))
     {
         out.extend(
-            forward(head, translator, n, f, &mut scratch, false)
+            forward(head, translator, n, f, &mut scratch, false, exit_vocab)
                 .into_iter()
                 .map(|c| ExitPrediction { confidence: c.confidence, agrees: c.q_top1 == c.p_top1 }),
         );

@@ -176,7 +176,7 @@ fn evaluate(
     let h = head.hidden;
     let (mut kl, mut agree) = (0.0f64, 0usize);
     for (n, f) in features.input().chunks(batch * h).zip(features.target().chunks(batch * h)) {
-        for c in forward(head, translator, n, f, scratch, false) {
+        for c in forward(head, translator, n, f, scratch, false, None) {
             kl += c.kl;
             agree += usize::from(c.q_top1 == c.p_top1);
         }
@@ -196,7 +196,7 @@ pub(crate) fn batch_loss_and_grad(
 ) -> f64 {
     let (h, v) = (head.hidden, head.vocab);
     let rows = n.len() / h;
-    let comparisons = forward(head, translator, n, f, scratch, true);
+    let comparisons = forward(head, translator, n, f, scratch, true, None);
     let loss = comparisons.iter().map(|c| c.kl).sum::<f64>() / rows as f64;
 
     // dL/dlogits = (q − p) / rows, written over q.

@@ -8,22 +8,28 @@
 //! [`sharegpt`] supplies the prompts the features come from.
 
 mod adam;
+pub mod chatterbot;
 mod features;
 mod gemm;
 mod head;
 mod kl;
 mod least_squares;
+pub mod quality;
 mod rng;
 pub mod sharegpt;
+pub mod shortlist;
 mod softmax;
 pub mod tradeoff;
 mod translator;
 
+pub use chatterbot::chatterbot_prompts;
 pub use features::Features;
-pub use head::{HeadWeights, head_predictions};
+pub use head::{HeadWeights, head_predictions, shortlist_predictions};
 pub use kl::{KlEpoch, KlOptions, KlProgress, KlReport, fit_kl};
 pub use least_squares::fit_least_squares;
+pub use quality::{Answer, Likelihood, QualityTally, QualityTarget};
 pub use sharegpt::{Conversation, ShareGptReader, StreamEnd, first_prompts};
+pub use shortlist::{TokenCounts, coverage, select_shortlist};
 pub use tradeoff::{
     AGREEMENT_TARGETS, AgreementThreshold, ExitPrediction, NEVER_EXIT, THETAS, TradeoffRow,
     agreement_thresholds, threshold_for_agreement, tradeoff_rows,
@@ -38,6 +44,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("ShareGPT record {index} (byte {offset}) is not a valid record: {source}")]
     Record { index: usize, offset: u64, source: serde_json::Error },
+    #[error("{path}: not a ChatterBot corpus file: {source}")]
+    Yaml { path: PathBuf, source: serde_yaml::Error },
     #[error("ShareGPT file does not start with a JSON array ('[') at byte {offset}")]
     NotAnArray { offset: u64 },
     #[error("shape mismatch: {0}")]

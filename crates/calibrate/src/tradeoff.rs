@@ -32,8 +32,9 @@ pub struct AgreementThreshold {
 
 /// The thresholds reported for every head.
 pub const THETAS: [f32; 6] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
-/// The agreement targets a threshold is looked up for.
-pub const AGREEMENT_TARGETS: [f32; 5] = [0.8, 0.85, 0.9, 0.95, 0.98];
+/// The agreement targets a threshold is looked up for (fine near the top, where calibration
+/// chooses the default operating point).
+pub const AGREEMENT_TARGETS: [f32; 7] = [0.8, 0.85, 0.9, 0.95, 0.96, 0.97, 0.98];
 /// The θ meaning "never exit": above any probability, so nothing exits and agreement is 1.0.
 pub const NEVER_EXIT: f32 = 1.01;
 

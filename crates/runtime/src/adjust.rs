@@ -125,6 +125,11 @@ impl Generated {
         }
     }
 
+    /// The tokens pushed, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }

@@ -48,6 +48,14 @@ pub fn top1(logits: &[f32]) -> Pick {
     Pick { token: best as u32, prob: (1.0 / sum) as f32 }
 }
 
+/// Natural-log probability of `token` under the softmax of `logits` (f64 accumulation, so a
+/// token far in the tail keeps a finite log-probability).
+pub fn log_prob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    logits.get(token as usize).map_or(f64::NEG_INFINITY, |&v| v as f64 - max - sum.ln())
+}
+
 /// The `k` most likely tokens with their probabilities, most likely first.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<Pick> {
     let probs = softmax(logits, 1.0);
@@ -390,6 +398,18 @@ mod tests {
         assert!(!stable(&[0.0, 2.0, 2.0005, -3.0], &params, 0.3, 1e-3));
         let cut = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 };
         assert!(!stable(&[5.0, 3.0, 2.9999, -4.0], &cut, 0.1, 1e-3), "top-k cut on a tie");
+    }
+
+    #[test]
+    fn log_prob_is_the_log_of_the_softmax_and_stays_finite_in_the_tail() {
+        let logits = [0.0f32, 2.0, 1.0];
+        let probs = softmax(&logits, 1.0);
+        for t in 0..3 {
+            assert!((log_prob(&logits, t).exp() - probs[t as usize] as f64).abs() < 1e-6);
+        }
+        let lp = log_prob(&[0.0, 200.0], 0);
+        assert!((lp + 200.0).abs() < 1e-9, "{lp}");
+        assert_eq!(log_prob(&logits, 3), f64::NEG_INFINITY, "a token outside the logits");
     }
 
     #[test]

@@ -4,21 +4,26 @@
 use serde::Serialize;
 
 use crate::partition::{Partition, PartitionInput};
-use crate::sampling::{self, Pick};
+use crate::sampling;
 use crate::{Error, Result};
 use collm_bundle::graph::names;
 
+/// A model's top-1 token at a position, and how likely it finds the given token there.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub id: u32,
     pub prob: f32,
+    /// Probability of the position's target token.
+    pub target_prob: f32,
+    /// Its natural log, kept separately: it stays finite where `target_prob` rounds to 0.
+    pub target_logprob: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ExitPrediction {
     pub layer: usize,
-    pub id: u32,
-    pub prob: f32,
+    #[serde(flatten)]
+    pub prediction: Prediction,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +31,19 @@ pub struct ScoredPosition {
     pub target: u32,
     pub full: Prediction,
     pub exits: Vec<ExitPrediction>,
+}
+
+impl Prediction {
+    fn of(logits: &[f32], target: u32) -> Self {
+        let top = sampling::top1(logits);
+        let target_logprob = sampling::log_prob(logits, target);
+        Self {
+            id: top.token,
+            prob: top.prob,
+            target_prob: target_logprob.exp() as f32,
+            target_logprob,
+        }
+    }
 }
 
 /// Position `i` sees `prompt` and `continuation[..i]` and predicts `continuation[i]`.
@@ -53,19 +71,23 @@ pub fn score(
     let cloud_out =
         cloud.run(&mut cloud_cache, PartitionInput::Hidden(&hidden), n, &[names::LOGITS])?;
     let logits = cloud_out.get(names::LOGITS).unwrap_or_default();
-    let pred = |p: Pick| Prediction { id: p.token, prob: p.prob };
     Ok((0..n)
-        .map(|i| ScoredPosition {
-            target: continuation[i],
-            full: pred(sampling::top1(&logits[i * vocab..(i + 1) * vocab])),
-            exits: exits
-                .iter()
-                .map(|&layer| {
-                    let l = edge_out.get(&names::exit_logits(layer)).unwrap_or_default();
-                    let p = sampling::top1(&l[i * vocab..(i + 1) * vocab]);
-                    ExitPrediction { layer, id: p.token, prob: p.prob }
-                })
-                .collect(),
+        .map(|i| {
+            let target = continuation[i];
+            let row = |l: &[f32]| Prediction::of(&l[i * vocab..(i + 1) * vocab], target);
+            ScoredPosition {
+                target,
+                full: row(logits),
+                exits: exits
+                    .iter()
+                    .map(|&layer| ExitPrediction {
+                        layer,
+                        prediction: row(edge_out
+                            .get(&names::exit_logits(layer))
+                            .unwrap_or_default()),
+                    })
+                    .collect(),
+            }
         })
         .collect())
 }

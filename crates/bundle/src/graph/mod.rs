@@ -1,11 +1,14 @@
 //! Partition graphs built from a checkpoint: pure functions from weights to ONNX models (the
-//! edge and cloud partitions, and the cloud's K/V propagation graph for `propagate` catch-up).
+//! edge and cloud partitions, and the cloud's K/V propagation graph for `propagate` catch-up),
+//! and the one rewrite of a built graph: an exit head over a vocabulary shortlist.
 
 mod layers;
 pub mod names;
 mod partition;
 mod propagate;
+mod shortlist;
 
 pub use layers::{GraphOptions, ONNX_OPSET};
 pub use partition::{cloud_graph, edge_graph, io_specs};
 pub use propagate::cloud_kv_graph;
+pub use shortlist::shortlist_exit;

@@ -146,3 +146,25 @@ fn mismatched_hidden_sizes_are_refused() {
     );
     assert!(matches!(err, Err(Error::Shape(_))));
 }
+
+#[test]
+fn a_shortlist_head_answers_only_shortlisted_tokens() {
+    use crate::head::shortlist_predictions;
+    use crate::tradeoff::ExitPrediction;
+    let (head, truth, _, heldout) = setup();
+    let all: Vec<u32> = (0..V as u32).collect();
+    assert_eq!(
+        shortlist_predictions(&head, &truth, &heldout, &all).expect("predictions"),
+        head_predictions(&head, &truth, &heldout).expect("predictions"),
+        "the whole vocabulary as shortlist is the full head"
+    );
+    // With the true translator the head agrees almost everywhere; drop half the vocabulary and
+    // it can only agree where the full model's token survived.
+    let full = head_predictions(&head, &truth, &heldout).expect("predictions");
+    let even: Vec<u32> = (0..V as u32).filter(|t| t % 2 == 0).collect();
+    let short = shortlist_predictions(&head, &truth, &heldout, &even).expect("predictions");
+    let agree = |p: &[ExitPrediction]| p.iter().filter(|x| x.agrees).count();
+    assert!(agree(&short) < agree(&full), "{} vs {}", agree(&short), agree(&full));
+    assert!(agree(&short) > 0);
+    assert!(shortlist_predictions(&head, &truth, &heldout, &[V as u32]).is_err());
+}

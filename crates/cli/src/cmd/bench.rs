@@ -28,6 +28,12 @@ enum What {
     Load(super::load::LoadArgs),
     /// Propagate vs exact catch-up: answer agreement and cloud compute on ShareGPT prompts.
     CatchUp(super::catch_up::CatchUpArgs),
+    /// Answer quality free-running per mode against the full model: identical answers, first
+    /// difference, loops, the full model's likelihood of each answer.
+    Quality(super::quality::QualityArgs),
+    /// The paper's comparison: every mode over toxiproxy link profiles, edge and cloud pinned
+    /// to their own cores, time, CPU-seconds per request and answer quality.
+    Paper(super::paper::PaperArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +75,8 @@ pub fn run(a: Args) -> Result<()> {
         },
         What::Load(l) => super::load::run(l),
         What::CatchUp(c) => super::catch_up::run(c),
+        What::Quality(q) => super::quality::run(q),
+        What::Paper(p) => super::paper::run(p),
     }
 }
 

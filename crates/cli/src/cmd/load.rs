@@ -44,17 +44,20 @@ const PROMPTS: [&str; 4] = [
 ];
 
 /// One request's outcome.
-struct Outcome {
-    latency: Duration,
-    first_token: Option<Duration>,
-    tokens: u64,
-    edge_tokens: u64,
-    cloud_tokens: u64,
-    uploaded_bytes: u64,
-    rollbacks: u64,
-    drafted: u64,
-    accepted: u64,
-    error: Option<String>,
+#[derive(Default)]
+pub struct Outcome {
+    pub latency: Duration,
+    pub first_token: Option<Duration>,
+    pub tokens: u64,
+    /// The answer's token ids, as streamed.
+    pub ids: Vec<u32>,
+    pub edge_tokens: u64,
+    pub cloud_tokens: u64,
+    pub uploaded_bytes: u64,
+    pub rollbacks: u64,
+    pub drafted: u64,
+    pub accepted: u64,
+    pub error: Option<String>,
 }
 
 fn one(
@@ -65,24 +68,6 @@ fn one(
     max_tokens: usize,
     seed: usize,
 ) -> Outcome {
-    let started = Instant::now();
-    let mut outcome = Outcome {
-        latency: Duration::ZERO,
-        first_token: None,
-        tokens: 0,
-        edge_tokens: 0,
-        cloud_tokens: 0,
-        uploaded_bytes: 0,
-        rollbacks: 0,
-        drafted: 0,
-        accepted: 0,
-        error: None,
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(900)))
-        .build()
-        .into();
     let mut body = json!({
         "model": model, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens, "temperature": 0.7, "seed": seed, "stream": true,
@@ -90,6 +75,19 @@ fn one(
     if let Some(mode) = mode {
         body["mode"] = json!(mode);
     }
+    stream_chat(url, &body)
+}
+
+/// Sends one streaming chat completion `body` to the edge agent at `url` and reads its events
+/// to the end: what a user waits for, and what the agent says it cost.
+pub fn stream_chat(url: &str, body: &Value) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(900)))
+        .build()
+        .into();
     let result = (|| -> Result<()> {
         let resp = agent
             .post(&format!("{url}/v1/chat/completions"))
@@ -119,6 +117,9 @@ fn one(
             {
                 outcome.first_token = Some(started.elapsed());
             }
+            if let Some(ids) = ev["collm"]["tokens"].as_array() {
+                outcome.ids.extend(ids.iter().filter_map(|t| t.as_u64()).map(|t| t as u32));
+            }
             // The last chunk's `collm` says how the answer was made.
             if let Some(u) = ev.get("collm").filter(|c| !c["mode"].is_null()) {
                 let fallback = u["latency_fallback_tokens"].as_u64().unwrap_or(0);
@@ -141,7 +142,7 @@ fn one(
     outcome
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -1,11 +1,17 @@
 pub mod bench;
 pub mod bundle;
 pub mod calibrate;
+pub mod calibration_data;
 pub mod catch_up;
 pub mod chat;
 pub mod export;
+pub mod free_running;
 pub mod generate;
 pub mod load;
+pub mod operating_point;
+pub mod paper;
+pub mod prompts;
+pub mod quality;
 pub mod score;
 pub mod tiny;
 pub mod up;

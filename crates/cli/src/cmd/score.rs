@@ -32,6 +32,30 @@ pub fn run(a: Args) -> Result<()> {
     let positions =
         collm_runtime::score::score(&mut model.edge, cloud, &exits, &prompt_ids, &continuation)?;
     let _ = a.json;
-    println!("{}", serde_json::json!({ "prompt_ids": prompt_ids, "positions": positions }));
+    // Mean negative log-likelihood per token of the continuation, under the full model and
+    // under each exit head: how likely each finds the given text.
+    let mean_nll = |lp: &mut dyn Iterator<Item = f64>| {
+        let mut l = collm_calibrate::Likelihood::default();
+        lp.for_each(|x| l.add(x));
+        l.mean()
+    };
+    let full_nll = mean_nll(&mut positions.iter().map(|p| p.full.target_logprob));
+    let exit_nll: Vec<serde_json::Value> = exits
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let nll = mean_nll(&mut positions.iter().map(|p| p.exits[i].prediction.target_logprob));
+            serde_json::json!({ "layer": layer, "nll_per_token": nll })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "positions": positions,
+            "nll_per_token": full_nll,
+            "exit_nll_per_token": exit_nll,
+        })
+    );
     Ok(())
 }

@@ -109,23 +109,40 @@ pub fn manifest(bundle: &Path) -> serde_json::Value {
         .expect("manifest JSON")
 }
 
-/// Calibrates `bundle` on a small ShareGPT sample.
+/// Calibrates `bundle` on a small ShareGPT sample (the default operating point chosen on four
+/// short free-running answers).
 pub fn calibrate_small(bundle: &Path, prompts: usize, new_tokens: usize) {
-    let out = collm(&[
+    calibrate_small_with(bundle, prompts, new_tokens, &[]);
+}
+
+/// [`calibrate_small`] with extra `collm calibrate` flags.
+pub fn calibrate_small_with(bundle: &Path, prompts: usize, new_tokens: usize, extra: &[&str]) {
+    let (prompts, heldout, new_tokens) =
+        (prompts.to_string(), (prompts / 2).max(4).to_string(), new_tokens.to_string());
+    let data = sharegpt();
+    let mut args = vec![
         "calibrate",
         "--bundle",
         path_str(bundle),
         "--data",
-        path_str(&sharegpt()),
+        path_str(&data),
         "--prompts",
-        &prompts.to_string(),
+        &prompts,
         "--heldout",
-        &(prompts / 2).max(4).to_string(),
+        &heldout,
         "--new-tokens",
-        &new_tokens.to_string(),
+        &new_tokens,
         "--epochs",
         "2",
-    ]);
+        "--free-prompts",
+        "4",
+        "--free-tokens",
+        "16",
+        "--free-chatterbot",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let out = collm(&args);
     assert!(out.status.success(), "calibrate failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 

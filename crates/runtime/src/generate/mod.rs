@@ -183,12 +183,12 @@ pub fn generate(
                     let confident = if opts.mode == Mode::Full {
                         None
                     } else {
-                        let conf: Vec<(usize, f32)> = ready
+                        let heads: Vec<(usize, sampling::Pick)> = ready
                             .heads
                             .iter()
-                            .map(|(l, _)| (*l, sampling::top1(&head(*l)).prob))
+                            .map(|(l, _)| (*l, sampling::top1(&head(*l))))
                             .collect();
-                        opts.policy.decide(&conf)
+                        opts.policy.decide(&heads, &generation.tokens)
                     };
                     match (confident, cloud.as_deref_mut()) {
                         (Some(layer), _) => {
