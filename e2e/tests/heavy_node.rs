@@ -198,11 +198,21 @@ fn a_cloud_worker_pod_serves_a_bundle_behind_a_service_that_resolves_and_routes(
         let address = listener.local_addr().expect("a bound address");
         std::thread::spawn(move || {
             use std::io::{Read, Write};
-            if let Ok((mut stream, _)) = listener.accept() {
-                let mut request = [0u8; 1024];
-                let _ = stream.read(&mut request);
-                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello from the host\n");
+            let Ok((mut stream, _)) = listener.accept() else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            // The whole request is read before answering, and the client's end is read to
+            // EOF before closing: a socket closed with unread bytes sends a reset, and the
+            // pod would see "connection reset" instead of the answer.
+            let (mut request, mut buf) = (Vec::new(), [0u8; 1024]);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
             }
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello from the host\n");
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
         });
         address
     });
