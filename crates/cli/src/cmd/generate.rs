@@ -32,12 +32,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = GenerateMode::Collaborative)]
     mode: GenerateMode,
     /// Raw confidence threshold θ for every exit head (θ > 1 never exits). Default: the
-    /// calibrated θ for 95% agreement, or 0.9 for uncalibrated heads.
+    /// calibrated default operating point (or 98% target agreement when calibration chose
+    /// none), or 0.9 for uncalibrated heads.
     #[arg(long, conflicts_with = "target_agreement")]
     threshold: Option<f32>,
     /// Target top-1 agreement with the full model; each head uses its calibrated θ.
     #[arg(long)]
     target_agreement: Option<f32>,
+    /// Whether a confident exit head may still not answer a token that would extend a
+    /// repetition of the answer (the cloud answers it). Default: as calibration chose, else on.
+    #[arg(long, value_enum)]
+    repetition_guard: Option<GuardSetting>,
     /// How hidden states travel to the cloud: f32 | f16 | int8.
     #[arg(long, default_value = "f16")]
     encoding: Encoding,
@@ -93,7 +98,10 @@ pub fn run(a: Args) -> Result<()> {
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         mode: a.mode.into(),
-        policy: ExitPolicy::new(&model.manifest, point)?,
+        policy: match a.repetition_guard {
+            None => ExitPolicy::new(&model.manifest, point)?,
+            Some(g) => ExitPolicy::new(&model.manifest, point)?.with_guard(g.into()),
+        },
         sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
         seed: a.seed,
         encoding: a.encoding,
@@ -196,6 +204,22 @@ impl From<GenerateMode> for Mode {
             GenerateMode::Standalone => Mode::Standalone,
             GenerateMode::Collaborative => Mode::Collaborative,
             GenerateMode::Speculative => Mode::Speculative,
+        }
+    }
+}
+
+/// `--repetition-guard`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GuardSetting {
+    On,
+    Off,
+}
+
+impl From<GuardSetting> for collm_runtime::RepetitionGuard {
+    fn from(g: GuardSetting) -> Self {
+        match g {
+            GuardSetting::On => Self::ON,
+            GuardSetting::Off => Self::OFF,
         }
     }
 }

@@ -2,9 +2,11 @@
 //! picks thresholds position by position, but an answer is a sequence — one confident wrong
 //! token changes everything after it, and repetitive states where the exit head is confidently
 //! wrong end in loops. So the calibrated bundle answers held-out prompts collaboratively at
-//! every target agreement, and the lowest target whose answers keep quality (no more loops
-//! than the full model's, mean NLL under the full model within a ratio of its own) becomes the
-//! default.
+//! every target agreement, and the step above the lowest target whose answers keep quality (no
+//! more loops than the full model's, mean NLL under the full model within a ratio of its own)
+//! becomes the default. The step of margin is there because the choice is made on a few dozen
+//! answers: the lowest target that happens to pass on them is the one most likely to have
+//! passed by luck.
 
 use std::path::Path;
 
@@ -53,7 +55,8 @@ pub fn choose(
     let references = runner.references(&encoded)?;
     let target = QualityTarget { max_nll_ratio };
     let mut evaluated = vec![];
-    let mut chosen = None;
+    // The targets that kept quality, highest first.
+    let mut kept = vec![];
     for &a in AGREEMENT_TARGETS.iter().rev() {
         let policy =
             ExitPolicy::new(&manifest, OperatingPoint::TargetAgreement(a))?.with_guard(guard);
@@ -65,8 +68,9 @@ pub fn choose(
         if !keeps {
             break;
         }
-        chosen = Some(a);
+        kept.push(a);
     }
+    let chosen = with_margin(&kept);
     let full = references.tally.clone();
     let candidates = evaluated
         .iter()
@@ -96,9 +100,9 @@ pub fn choose(
     let mut report = format!(
         "## Default operating point (free-running)\n\n{described} ({} in all), {new_tokens} \
          greedy tokens, collaborative with the repetition guard and f16 uploads, against the full model \
-         (loops: {:.0}% of its answers). Kept: the lowest target agreement whose answers loop no more often \
-         and whose mean NLL under the full model is at most {max_nll_ratio:.2}× the full model's own, trying \
-         targets from the highest down.\n\n{}\n",
+         (loops: {:.0}% of its answers). Kept: one step above the lowest target agreement whose answers loop no \
+         more often and whose mean NLL under the full model is at most {max_nll_ratio:.2}× the full model's \
+         own, trying targets from the highest down (a margin for the few answers the choice rests on).\n\n{}\n",
         point.prompts,
         100.0 * point.full_loop_share,
         super::quality::table(&result, &detector),
@@ -111,4 +115,27 @@ pub fn choose(
         )),
     }
     Ok(Chosen { point, report })
+}
+
+/// Of the targets that kept quality (highest first, each lower one tried after a higher one
+/// passed), one step above the lowest; the only one when one passed.
+fn with_margin(kept: &[f32]) -> Option<f32> {
+    match kept {
+        [] => None,
+        [only] => Some(*only),
+        [.., above, _lowest] => Some(*above),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_margin;
+
+    #[test]
+    fn the_default_keeps_one_step_of_margin_above_the_lowest_passing_target() {
+        assert_eq!(with_margin(&[]), None);
+        assert_eq!(with_margin(&[0.98]), Some(0.98));
+        assert_eq!(with_margin(&[0.98, 0.97]), Some(0.98));
+        assert_eq!(with_margin(&[0.98, 0.97, 0.96]), Some(0.97));
+    }
 }
