@@ -373,6 +373,20 @@ impl<S: ContextStore> CloudWorker<S> {
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::UploadAck, Status>> + Send>>;
 type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GeneratedToken, Status>> + Send>>;
 
+impl<S: ContextStore> CloudWorker<S> {
+    /// Runs a unary RPC's `work`, recording its duration and status code under `rpc`.
+    async fn timed<T>(
+        &self,
+        rpc: Rpc,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<Response<T>, Status> {
+        let timer = self.metrics.start(rpc);
+        let result = work.await.map(Response::new).map_err(Status::from);
+        timer.finish_with(&result);
+        result
+    }
+}
+
 #[tonic::async_trait]
 impl<S: ContextStore> CloudService for CloudWorker<S> {
     type UploadStream = AckStream;
@@ -443,16 +457,12 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         &self,
         req: Request<pb::NextTokenRequest>,
     ) -> Result<Response<pb::NextTokenReply>, Status> {
-        let timer = self.metrics.start(Rpc::NextToken);
-        let result = async {
+        self.timed(Rpc::NextToken, async {
             let client = self.admit(&req)?;
             let req = ValidNextToken::parse(req.into_inner(), &self.limits)?;
-            Ok(Response::new(self.next(client, req).await?))
-        }
+            self.next(client, req).await
+        })
         .await
-        .map_err(|e: Error| Status::from(e));
-        timer.finish_with(&result);
-        result
     }
 
     #[instrument(skip_all, fields(client = tracing::field::Empty))]
@@ -460,16 +470,12 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         &self,
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyReply>, Status> {
-        let timer = self.metrics.start(Rpc::Verify);
-        let result = async {
+        self.timed(Rpc::Verify, async {
             let client = self.admit(&req)?;
             let req = ValidVerify::parse(req.into_inner(), &self.limits)?;
-            Ok(Response::new(self.verify(client, req).await?))
-        }
+            self.verify(client, req).await
+        })
         .await
-        .map_err(|e: Error| Status::from(e));
-        timer.finish_with(&result);
-        result
     }
 
     #[instrument(skip_all, fields(client = tracing::field::Empty))]
@@ -477,16 +483,12 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         &self,
         req: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionReply>, Status> {
-        let timer = self.metrics.start(Rpc::EndSession);
-        let result = async {
+        self.timed(Rpc::EndSession, async {
             let client = self.admit(&req)?;
             let session = SessionId::parse(&req.get_ref().session_id)?;
-            Ok(Response::new(self.end(client, session).await?))
-        }
+            self.end(client, session).await
+        })
         .await
-        .map_err(|e: Error| Status::from(e));
-        timer.finish_with(&result);
-        result
     }
 
     #[instrument(skip_all, fields(client = tracing::field::Empty))]
@@ -494,18 +496,13 @@ impl<S: ContextStore> CloudService for CloudWorker<S> {
         &self,
         req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthReply>, Status> {
-        let timer = self.metrics.start(Rpc::Health);
         // Authenticated too: an edge learns that its credentials are wrong before it uploads.
-        let result = self.admit(&req).map_err(Status::from).map(|_| {
+        self.timed(Rpc::Health, async {
+            self.admit(&req)?;
             let serving = self.readiness.is_ready();
-            Response::new(self.limits.health_reply(
-                serving,
-                self.model_id.clone(),
-                self.capabilities,
-            ))
-        });
-        timer.finish_with(&result);
-        result
+            Ok(self.limits.health_reply(serving, self.model_id.clone(), self.capabilities))
+        })
+        .await
     }
 
     type GenerateStream = GenerateStream;

