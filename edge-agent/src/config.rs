@@ -134,7 +134,7 @@ impl Settings {
             (None, Some(e)) => e
                 .parse()
                 .map_err(|e: collm_runtime::codec::CodecError| Error::Startup(e.to_string()))?,
-            (None, None) => Encoding::F16,
+            (None, None) => Encoding::F32,
         };
         let (cloud, cloud_discovery) = if flags.cloud.is_empty() {
             let cloud: Vec<String> = file

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     repetition_guard: Option<GuardSetting>,
     /// How hidden states travel to the cloud: f32 | f16 | int8.
-    #[arg(long, default_value = "f16")]
+    #[arg(long, default_value = "f32")]
     encoding: Encoding,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]

@@ -48,7 +48,7 @@ pub fn choose(
         model: &mut model,
         cloud: &mut cloud,
         new_tokens,
-        encoding: Encoding::F16,
+        encoding: Encoding::F32,
         detector,
         keep_answers: false,
     };
@@ -99,7 +99,7 @@ pub fn choose(
     };
     let mut report = format!(
         "## Default operating point (free-running)\n\n{described} ({} in all), {new_tokens} \
-         greedy tokens, collaborative with the repetition guard and f16 uploads, against the full model \
+         greedy tokens, collaborative with the repetition guard and f32 uploads, against the full model \
          (loops: {:.0}% of its answers). Kept: one step above the lowest target agreement whose answers loop no \
          more often and whose mean NLL under the full model is at most {max_nll_ratio:.2}× the full model's \
          own, trying targets from the highest down (a margin for the few answers the choice rests on).\n\n{}\n",

@@ -50,7 +50,7 @@ pub struct QualityArgs {
     )]
     modes: Vec<ModeSpec>,
     /// How hidden states travel to the (in-process) cloud: f32 | f16 | int8.
-    #[arg(long, default_value = "f16")]
+    #[arg(long, default_value = "f32")]
     encoding: Encoding,
     /// Write the Markdown report here.
     #[arg(long)]
