@@ -176,10 +176,8 @@ fn heavy_the_readme_example_answers_survives_a_lost_replica_scales_and_goes_away
     let bundle = check(export_smollm2(work.path()));
     let (url, sha256) = check(stage.bundles.pack(&bundle, "smollm2"));
 
-    let ns = check(admin.fresh_namespace("readme"));
-    check(admin.run(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]));
-    let mut model = check(example("collabmodel.yaml"));
-    let name = model["metadata"]["name"].as_str().expect("the example's name").to_string();
+    let ns = restricted_namespace(admin, "readme");
+    let (mut model, name) = named_example("collabmodel.yaml");
     merge(
         &mut model["spec"],
         json!({
@@ -462,8 +460,7 @@ fn heavy_a_wrong_sha256_says_why_and_the_right_one_recovers() {
     let work = check(tempfile::tempdir().map_err(Into::into));
     let (url, sha256) = check(stage.bundles.pack(&tiny_bundle(work.path()), "tiny-checked"));
     let wrong = format!("{}{}", if sha256.starts_with('0') { "1" } else { "0" }, &sha256[1..]);
-    let ns = check(admin.fresh_namespace("sha"));
-    check(admin.run(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]));
+    let ns = restricted_namespace(admin, "sha");
     check(admin.apply(
         &tiny_model(&ns, "tiny", json!({"bundle": {"url": url, "sha256": wrong}})).to_string(),
     ));
@@ -578,8 +575,7 @@ fn heavy_the_edge_only_example_serves_alone_on_its_host_port_and_says_its_cloud_
         &ns,
         &file("ca.crt", &tls.ca_cert),
     ]));
-    let mut model = check(example("edge-only.yaml"));
-    let name = model["metadata"]["name"].as_str().expect("the example's name").to_string();
+    let (mut model, name) = named_example("edge-only.yaml");
     // The device's bundle directory: this machine's, as the node is this machine.
     model["spec"]["bundle"]["hostPath"]["path"] = json!(bundle.display().to_string());
     check(admin.run_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&model.to_string())));
@@ -620,8 +616,7 @@ fn heavy_pvc_and_config_map_bundles_serve_from_pods() {
     let work = check(tempfile::tempdir().map_err(Into::into));
     let bundle = tiny_bundle(work.path());
     check(open_to_pods(work.path()));
-    let ns = check(admin.fresh_namespace("sources"));
-    check(admin.run(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]));
+    let ns = restricted_namespace(admin, "sources");
 
     // A PersistentVolume over the directory holding the bundle, claimed by name.
     let volume = format!("{ns}-bundles");
@@ -734,10 +729,8 @@ fn heavy_the_observability_example_reaches_ready_and_logs_json() {
     check(calibrate(&bundle));
     let (url, sha256) = check(stage.bundles.pack(&bundle, "smollm2-calibrated"));
 
-    let ns = check(admin.fresh_namespace("observed"));
-    check(admin.run(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]));
-    let mut model = check(example("observability.yaml"));
-    let name = model["metadata"]["name"].as_str().expect("the example's name").to_string();
+    let ns = restricted_namespace(admin, "observed");
+    let (mut model, name) = named_example("observability.yaml");
     merge(
         &mut model["spec"],
         json!({
@@ -765,4 +758,18 @@ fn heavy_the_observability_example_reaches_ready_and_logs_json() {
         );
     }
     check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
+}
+
+/// A fresh namespace enforcing the `restricted` Pod Security level (what NOTES.txt recommends).
+fn restricted_namespace(admin: &Kubectl, prefix: &str) -> String {
+    let ns = check(admin.fresh_namespace(prefix));
+    check(admin.run(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]));
+    ns
+}
+
+/// The chart's example `file` and the CollabModel name it declares.
+fn named_example(file: &str) -> (Value, String) {
+    let model = check(example(file));
+    let name = model["metadata"]["name"].as_str().expect("the example's name").to_string();
+    (model, name)
 }
