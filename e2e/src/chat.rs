@@ -13,18 +13,9 @@ const REQUEST_SECONDS: &str = "300";
 
 /// `GET /v1/models`: the ids the agent serves.
 pub fn model_ids(address: SocketAddr) -> Result<Vec<String>> {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--max-time", "30"])
-        .arg(format!("http://{address}/v1/models"))
-        .output()
-        .context("running curl")?;
-    ensure!(
-        out.status.success(),
-        "GET http://{address}/v1/models: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: Value = serde_json::from_slice(&out.stdout)?;
+    let url = format!("http://{address}/v1/models");
+    let body = curl(&["--max-time", "30", &url], &format!("GET {url}"))?;
+    let list: Value = serde_json::from_slice(&body)?;
     Ok(list["data"]
         .as_array()
         .into_iter()
@@ -35,20 +26,29 @@ pub fn model_ids(address: SocketAddr) -> Result<Vec<String>> {
 
 /// `POST /v1/chat/completions` of `request` (not streamed): the answer's JSON body.
 pub fn chat(address: SocketAddr, request: &Value) -> Result<Value> {
+    let url = format!("http://{address}/v1/chat/completions");
+    let data = request.to_string();
+    let json = "content-type: application/json";
+    let args = ["--max-time", REQUEST_SECONDS, "-H", json, "--data-binary", &data, &url];
+    let body = curl(&args, &format!("POST {url}"))?;
+    serde_json::from_slice(&body).context("the answer is not JSON")
+}
+
+/// `curl -sS --fail-with-body ARGS`: the response body, or an error naming `what` with curl's
+/// output.
+fn curl(args: &[&str], what: &str) -> Result<Vec<u8>> {
     let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--max-time", REQUEST_SECONDS])
-        .args(["-H", "content-type: application/json", "--data-binary"])
-        .arg(request.to_string())
-        .arg(format!("http://{address}/v1/chat/completions"))
+        .args(["-sS", "--fail-with-body"])
+        .args(args)
         .output()
         .context("running curl")?;
     ensure!(
         out.status.success(),
-        "POST http://{address}/v1/chat/completions: {} {}",
+        "{what}: {} {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).context("the answer is not JSON")
+    Ok(out.stdout)
 }
 
 /// A streamed chat being read.
