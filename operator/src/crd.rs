@@ -156,8 +156,9 @@ pub struct CollabModelSpec {
     #[serde(default)]
     pub catch_up: CatchUp,
 
-    /// Encoding of hidden states sent from edge to cloud: `f32`, `f16` (default) or `int8`
-    /// (per-row scale).
+    /// Encoding of hidden states sent from edge to cloud: `f32` (default: the cloud continues
+    /// from exactly the edge's hidden states), `f16` (half the bytes; moves some answers away
+    /// from the full model's) or `int8` (per-row scale).
     #[serde(default)]
     pub encoding: Encoding,
 
@@ -280,8 +281,8 @@ pub enum CatchUp {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
-    F32,
     #[default]
+    F32,
     F16,
     Int8,
 }

@@ -142,7 +142,7 @@ fn conditions_merge_by_type_under_server_side_apply() {
 #[test]
 fn defaults_are_in_the_schema_so_kubectl_get_shows_them() {
     assert_eq!(node(&["mode"])["default"], "collaborative");
-    assert_eq!(node(&["encoding"])["default"], "f16");
+    assert_eq!(node(&["encoding"])["default"], "f32");
     assert_eq!(node(&["catchUp"])["default"], "exact");
     assert_eq!(node(&["cloud", "minReplicas"])["default"], 1);
 }

@@ -109,7 +109,7 @@ fn rendered_objects_carry_the_spec_settings() {
     assert_eq!(edge["split_layer"], 12);
     assert_eq!(edge["exit_layers"], serde_json::json!([6, 12]));
     assert_eq!(edge["latency_budget_ms"], 250);
-    assert_eq!(edge["encoding"], "f16");
+    assert_eq!(edge["encoding"], "f32");
     assert_eq!(edge["cloud_endpoint"], "http://chat-cloud.models.svc:50051");
     assert_eq!(edge["cloud_discovery"], "chat-cloud-pods.models.svc");
     assert_eq!(edge["bundle"]["download"]["sha256"], "ab".repeat(32));
