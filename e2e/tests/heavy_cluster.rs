@@ -183,8 +183,9 @@ fn managed_redis_is_rendered_and_dropping_it_prunes_it() {
     check(get(&ns, "deployment", "chat-cloud"));
 }
 
-/// Marks every pod matching `selector` Running and Ready: there is no kubelet to do it.
-fn make_pods_ready(ns: &str, selector: &str) -> Result<usize> {
+/// Marks the pods matching `selector` Running and Ready once at least `want` are scheduled:
+/// there is no kubelet to do it.
+fn make_pods_ready(ns: &str, selector: &str, want: usize) -> Result<usize> {
     let pods: Value = serde_json::from_str(
         &env().admin.run(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?,
     )?;
@@ -195,7 +196,13 @@ fn make_pods_ready(ns: &str, selector: &str) -> Result<usize> {
         .filter(|p| p["spec"]["nodeName"].is_string())
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
         .collect();
-    ensure!(!names.is_empty(), "no scheduled pods match {selector} yet");
+    // A DaemonSet creates its pods one by one: marking the first alone would leave the other
+    // never ready.
+    ensure!(
+        names.len() >= want,
+        "{} of {want} pods matching {selector} scheduled yet",
+        names.len()
+    );
     let now = "2026-01-01T00:00:00Z";
     let patch = json!({"status": {
         "phase": "Running",
@@ -263,10 +270,10 @@ fn status_conditions_and_printer_columns_follow_the_children() {
         return; // Only the local cluster has pods that never start, which the test marks ready.
     }
     check(eventually("edge pods to be scheduled and marked ready", WAIT, || {
-        make_pods_ready(&ns, "app.kubernetes.io/instance=chat,app.kubernetes.io/component=edge")
+        make_pods_ready(&ns, "app.kubernetes.io/instance=chat,app.kubernetes.io/component=edge", 2)
     }));
     check(eventually("the cloud pod to be scheduled and marked ready", WAIT, || {
-        make_pods_ready(&ns, "app.kubernetes.io/instance=chat,app.kubernetes.io/component=cloud")
+        make_pods_ready(&ns, "app.kubernetes.io/instance=chat,app.kubernetes.io/component=cloud", 1)
     }));
     let model = check(eventually("Ready to flip to True", WAIT, || {
         let model = get(&ns, "collabmodel", "chat")?;

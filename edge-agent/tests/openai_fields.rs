@@ -108,6 +108,28 @@ fn logit_bias_and_penalties_mean_the_same_on_the_edge_and_in_the_cloud() {
     assert!(err["error"]["message"].as_str().expect("message").contains("vocabulary"), "{err}");
 }
 
+/// Two answers' logprob entries agree: the same tokens, bytes and alternatives in the same
+/// order, each probability to 1e-5. Not to the last bit: the cloud runs the positions between
+/// its answers in batches whose bounds depend on when the pipelined asks arrive, and a batched
+/// pass rounds differently from one-position passes (seen: 2e-7 apart).
+fn assert_same_logprobs(a: &[Value], b: &[Value]) {
+    fn close(x: &Value, y: &Value) -> bool {
+        let lp = |v: &Value| v["logprob"].as_f64().unwrap_or(f64::NAN);
+        x["token"] == y["token"] && x["bytes"] == y["bytes"] && (lp(x) - lp(y)).abs() < 1e-5
+    }
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        let (tx, ty) = (x["top_logprobs"].as_array(), y["top_logprobs"].as_array());
+        let tops = match (tx, ty) {
+            (Some(tx), Some(ty)) => {
+                tx.len() == ty.len() && tx.iter().zip(ty).all(|(p, q)| close(p, q))
+            }
+            (tx, ty) => tx == ty,
+        };
+        assert!(close(x, y) && tops, "{x} vs {y}");
+    }
+}
+
 #[test]
 fn logprobs_come_from_the_answering_partition_in_openais_shapes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -146,7 +168,7 @@ fn logprobs_come_from_the_answering_partition_in_openais_shapes() {
             entries.extend(c.iter().cloned());
         }
     });
-    assert_eq!(entries, content);
+    assert_same_logprobs(&entries, &content);
 
     // A cloud answer's probabilities are the full model's: all-cloud collaboration reports what
     // the cloud-only baseline does.
