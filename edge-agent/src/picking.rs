@@ -16,9 +16,7 @@ impl GenerationRequest {
         ready
             .heads
             .iter()
-            .map(|(layer, logits)| {
-                (*layer, sampling::top1(&self.adjustment.apply(logits, seen)))
-            })
+            .map(|(layer, logits)| (*layer, sampling::top1(&self.adjustment.apply(logits, seen))))
             .collect()
     }
 

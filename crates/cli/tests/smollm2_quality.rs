@@ -15,16 +15,10 @@ use common::*;
 fn calibrated() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        calibrated_with("smollm2-quality-default", &[
-            "--prompts",
-            "96",
-            "--heldout",
-            "24",
-            "--free-prompts",
-            "16",
-            "--free-tokens",
-            "64",
-        ])
+        calibrated_with(
+            "smollm2-quality-default",
+            &["--prompts", "96", "--heldout", "24", "--free-prompts", "16", "--free-tokens", "64"],
+        )
     })
 }
 
@@ -87,16 +81,10 @@ fn heavy_smollm2_default_operating_point_keeps_quality_free_running() {
 fn heavy_smollm2_shortlist_head_verifies_and_agrees_with_the_full_model_as_calibrated() {
     // The shortlist is opt-in (it did not win on this model, bench/results/quality.md); the
     // default operating point is not what this test is about.
-    let bundle = &calibrated_with("smollm2-quality-shortlist", &[
-        "--prompts",
-        "64",
-        "--heldout",
-        "16",
-        "--shortlist",
-        "8192",
-        "--free-prompts",
-        "0",
-    ]);
+    let bundle = &calibrated_with(
+        "smollm2-quality-shortlist",
+        &["--prompts", "64", "--heldout", "16", "--shortlist", "8192", "--free-prompts", "0"],
+    );
     let m = manifest(bundle);
     let cal = &m["exits"][0]["calibration"];
     let size = cal["shortlist"]["size"].as_u64().expect("calibration gives a shortlist head");

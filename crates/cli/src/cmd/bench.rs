@@ -7,9 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use collm_runtime::transport::CloudTransport;
-use collm_runtime::{
-    Encoding, ExitPolicy, GenerateOptions, Mode, OperatingPoint, SamplingParams, SplitModel,
-};
+use collm_runtime::{Encoding, ExitPolicy, GenerateOptions, Mode, OperatingPoint, SplitModel};
 
 /// The prompt both engines decode after (the same text as tools/reference/bench_decode.py).
 const PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nExplain in a few paragraphs how a bicycle stays upright while it is moving, and why it falls over when it stops.<|im_end|>\n<|im_start|>assistant\n";
@@ -83,20 +81,16 @@ pub fn run(a: Args) -> Result<()> {
 fn measure_one(d: &DecodeArgs, mode: Mode) -> Result<()> {
     let mut model = SplitModel::open(&d.bundle, mode != Mode::Standalone)?;
     let prompt = model.text.encode(PROMPT)?;
-    let opts = GenerateOptions {
-        max_tokens: d.new_tokens,
+    let opts = GenerateOptions::greedy(
+        d.new_tokens,
         mode,
-        policy: ExitPolicy::new(
+        ExitPolicy::new(
             &model.manifest,
             OperatingPoint::resolve(&model.manifest, d.threshold, d.target_agreement),
         )?,
-        sampling: SamplingParams::default(),
-        seed: 0,
-        encoding: Encoding::F16,
-        stop_ids: vec![],
-        adjustment: Default::default(),
-        top_k: 0,
-    };
+        Encoding::F16,
+        vec![],
+    );
     let exits = model.exit_layers();
     let mut cloud = model.take_in_process_cloud(collm_runtime::CatchUp::Exact)?;
     let mut speeds = vec![];

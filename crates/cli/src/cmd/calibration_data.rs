@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use collm_calibrate::{ShareGptReader, TokenCounts};
 use collm_runtime::features::sequence_features;
 use collm_runtime::transport::{CloudTransport, InProcessCloud};
-use collm_runtime::{Encoding, ExitPolicy, GenerateOptions, Mode, SamplingParams, SplitModel};
+use collm_runtime::{Encoding, ExitPolicy, GenerateOptions, Mode, SplitModel};
 
 use super::prompts::{PromptSource, encode_chats};
 
@@ -61,17 +61,13 @@ pub fn collect(
     new_tokens: usize,
     prompt_positions: usize,
 ) -> Result<Collected> {
-    let opts = GenerateOptions {
-        max_tokens: new_tokens,
-        mode: Mode::Full,
-        policy: ExitPolicy::never(&model.manifest),
-        sampling: SamplingParams::default(),
-        seed: 0,
-        encoding: Encoding::F32,
-        stop_ids: model.text.stop_ids().to_vec(),
-        adjustment: Default::default(),
-        top_k: 0,
-    };
+    let opts = GenerateOptions::greedy(
+        new_tokens,
+        Mode::Full,
+        ExitPolicy::never(&model.manifest),
+        Encoding::F32,
+        model.text.stop_ids().to_vec(),
+    );
     let eps = model.manifest.config.rms_eps;
     let context = model.manifest.config.max_position;
     let total = train.len() + heldout.iter().map(|s| s.prompts.len()).sum::<usize>();

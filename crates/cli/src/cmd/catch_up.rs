@@ -18,7 +18,7 @@ use collm_runtime::text::ChatMessage;
 use collm_runtime::transport::{CloudTransport, InProcessCloud};
 use collm_runtime::{
     CatchUp, EdgeAnswered, Encoding, ExitPolicy, GenerateOptions, Mode, OperatingPoint, Origin,
-    SamplingParams, SplitModel,
+    SplitModel,
 };
 
 #[derive(clap::Args)]
@@ -137,20 +137,16 @@ pub fn run(a: CatchUpArgs) -> Result<()> {
         .take_in_process_cloud(CatchUp::Propagate)?
         .context("the bundle's cloud partition did not load")?;
     let exits = model.exit_layers();
-    let opts = GenerateOptions {
-        max_tokens: a.new_tokens,
-        mode: Mode::Collaborative,
-        policy: ExitPolicy::new(
+    let opts = GenerateOptions::greedy(
+        a.new_tokens,
+        Mode::Collaborative,
+        ExitPolicy::new(
             &model.manifest,
             OperatingPoint::resolve(&model.manifest, a.threshold, a.target_agreement),
         )?,
-        sampling: SamplingParams::default(),
-        seed: 0,
-        encoding: Encoding::F32,
-        stop_ids: model.text.stop_ids().to_vec(),
-        adjustment: Default::default(),
-        top_k: 0,
-    };
+        Encoding::F32,
+        model.text.stop_ids().to_vec(),
+    );
     let mut tally = Tally::default();
     for (i, prompt) in prompts.iter().enumerate() {
         let chat = [ChatMessage { role: "user".into(), content: prompt.clone() }];

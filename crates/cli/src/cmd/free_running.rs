@@ -6,9 +6,7 @@ use anyhow::{Context, Result};
 use collm_calibrate::{Answer, QualityTally};
 use collm_runtime::repetition::LoopDetector;
 use collm_runtime::transport::{CloudTransport, InProcessCloud};
-use collm_runtime::{
-    Encoding, ExitPolicy, GenerateOptions, Generation, Mode, Origin, SamplingParams, SplitModel,
-};
+use collm_runtime::{Encoding, ExitPolicy, GenerateOptions, Generation, Mode, Origin, SplitModel};
 
 /// One way of answering: a mode and (for collaborative) its exit policy.
 #[derive(Debug, Clone)]
@@ -150,17 +148,13 @@ impl FreeRunning<'_> {
     }
 
     fn answer(&mut self, prompt: &[u32], run: &ModeRun) -> Result<Generation> {
-        let opts = GenerateOptions {
-            max_tokens: self.new_tokens,
-            mode: run.mode,
-            policy: run.policy.clone(),
-            sampling: SamplingParams::default(),
-            seed: 0,
-            encoding: self.encoding,
-            stop_ids: self.model.text.stop_ids().to_vec(),
-            adjustment: Default::default(),
-            top_k: 0,
-        };
+        let opts = GenerateOptions::greedy(
+            self.new_tokens,
+            run.mode,
+            run.policy.clone(),
+            self.encoding,
+            self.model.text.stop_ids().to_vec(),
+        );
         let exits = self.model.exit_layers();
         let cloud =
             (run.mode != Mode::Standalone).then_some(&mut *self.cloud as &mut dyn CloudTransport);

@@ -72,6 +72,30 @@ pub struct GenerateOptions {
     pub top_k: usize,
 }
 
+impl GenerateOptions {
+    /// Greedy decoding with no logit adjustment and no alternatives asked of the cloud: what
+    /// the measuring commands (calibration, quality, benchmarks) run.
+    pub fn greedy(
+        max_tokens: usize,
+        mode: Mode,
+        policy: ExitPolicy,
+        encoding: Encoding,
+        stop_ids: Vec<u32>,
+    ) -> Self {
+        Self {
+            max_tokens,
+            mode,
+            policy,
+            sampling: SamplingParams::default(),
+            seed: 0,
+            encoding,
+            stop_ids,
+            adjustment: LogitAdjustment::default(),
+            top_k: 0,
+        }
+    }
+}
+
 /// One generated token as it is produced.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent {
