@@ -24,9 +24,6 @@ pub struct WeightMapping {
     pub bundle_bytes: u64,
 }
 
-/// How the edge graph stores the token embedding: a dense table for `Gather`.
-pub const EMBEDDING_TABLE: &str = "float32 Gather table (token embedding)";
-
 fn stored_as(w: &Weight) -> String {
     match w {
         Weight::Dense { .. } => "float32 MatMul".to_string(),
@@ -66,13 +63,13 @@ pub fn weight_mappings(
         let tied = key == "lm_head" && ckpt.config.tied_embeddings;
         let Some(w) = stored.get(key) else { continue };
         let how = match key.as_str() {
-            "embedding" => EMBEDDING_TABLE.to_string(),
+            "embedding" => crate::graph::embedding::storage(w).describe(),
             "lm_head" if tied => format!("{} (LM head, tied to the embedding)", stored_as(w)),
             "lm_head" => format!("{} (LM head)", stored_as(w)),
             _ => stored_as(w),
         };
         let bundle_bytes = match key.as_str() {
-            "embedding" => (w.rows() * w.cols() * 4) as u64,
+            "embedding" => crate::graph::embedding::storage(w).bytes(w),
             _ => w.nbytes() as u64,
         };
         let conversion = requantized(key).unwrap_or("exact").to_string();

@@ -2,6 +2,7 @@
 //! edge and cloud partitions, and the cloud's K/V propagation graph for `propagate` catch-up),
 //! and the one rewrite of a built graph: an exit head over a vocabulary shortlist.
 
+pub mod embedding;
 mod layers;
 pub mod names;
 mod partition;

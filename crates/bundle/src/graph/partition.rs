@@ -1,7 +1,7 @@
 //! The two partition graphs. Edge: token ids → exit-head logits, the split hidden state and the
 //! KV cache of layers `[0, s)`. Cloud: split hidden state → logits and the KV cache of `[s, N)`.
 
-use collm_checkpoint::{Checkpoint, LlamaConfig, Weight};
+use collm_checkpoint::{Checkpoint, LlamaConfig};
 use collm_onnx::{Dim, GraphBuilder, ModelProto, TensorProto, TensorType};
 
 use super::layers::{
@@ -99,13 +99,6 @@ impl LmHead {
     }
 }
 
-fn embedding_table(w: &Weight) -> Vec<f32> {
-    match w {
-        Weight::Dense { data, .. } => data.clone(),
-        blocks => blocks.to_dense(),
-    }
-}
-
 /// Builds the edge partition: layers `[0, split)` with exit heads after each of `exits`.
 pub fn edge_graph(
     ckpt: &Checkpoint,
@@ -118,12 +111,7 @@ pub fn edge_graph(
     let ids = g.input(names::INPUT_IDS, TensorType::I64, &[1i64.into(), "seq".into()]);
     let (pos, bias, count) = common_inputs(&mut g);
     let (cos, sin) = rope_tables(&mut g, cfg);
-    let table = g.initializer(TensorProto::f32(
-        "embedding",
-        &[cfg.vocab_size as i64, cfg.hidden_size as i64],
-        &embedding_table(&ckpt.embedding),
-    ));
-    let x = g.op("Gather", &[&table, &ids], vec![("axis", collm_onnx::Attr::Int(0))]);
+    let x = super::embedding::lookup(&mut g, &ckpt.embedding, &ids);
     let unit = ones(&mut g, cfg);
     let head = LmHead::declare(&mut g, ckpt, opts);
     let io = LayerInputs {
