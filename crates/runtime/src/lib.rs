@@ -12,6 +12,7 @@ pub mod exit;
 pub mod features;
 pub mod generate;
 mod mask;
+pub mod memory;
 pub mod ort_env;
 pub mod partition;
 pub mod repetition;

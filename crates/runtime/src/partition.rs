@@ -121,6 +121,29 @@ pub struct Partition {
     takes_count: bool,
 }
 
+/// Session options of every partition: initializers are allocated outside the memory arena
+/// (else the arena keeps the memory their loading used), then `COLLM_ORT_CONFIG`
+/// (`key=value,key=value`, ONNX Runtime's session configuration keys) for experiments.
+fn session_config() -> Vec<(String, String)> {
+    let mut entries =
+        vec![("session.use_device_allocator_for_initializers".to_string(), "1".to_string())];
+    if let Ok(extra) = std::env::var("COLLM_ORT_CONFIG") {
+        entries.extend(extra.split(',').filter_map(|kv| {
+            kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        }));
+    }
+    entries
+}
+
+/// With `COLLM_ORT_PROFILE=DIR`, every partition records ONNX Runtime's per-node timings into
+/// `DIR/<graph file stem>_<timestamp>.json` (written when the partition is dropped); see
+/// `tools/profile/summarize.py`.
+fn profile_prefix(graph: &Path) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("COLLM_ORT_PROFILE")?;
+    let stem = graph.file_stem().map_or("partition".into(), |s| s.to_string_lossy());
+    Some(Path::new(&dir).join(stem.as_ref()))
+}
+
 fn ort_err(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::Runtime(format!("{context}: {e}"))
 }
@@ -128,14 +151,24 @@ fn ort_err(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
 impl Partition {
     pub fn load(path: &Path, shape: PartitionShape) -> Result<Self> {
         let env = environment()?;
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(ort_err("session builder"))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| Error::Runtime(format!("optimization level: {e}")))?
-            .commit_from_file(path)
-            .map_err(|e| {
-                Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
-            })?;
+            .map_err(|e| Error::Runtime(format!("optimization level: {e}")))?;
+        for (key, value) in session_config() {
+            builder = builder
+                .with_config_entry(&key, &value)
+                .map_err(|e| Error::Runtime(format!("session option {key}={value}: {e}")))?;
+        }
+        if let Some(prefix) = profile_prefix(path) {
+            builder = builder
+                .with_profiling(&prefix)
+                .map_err(|e| Error::Runtime(format!("profiling to {}: {e}", prefix.display())))?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| {
+            Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
+        })?;
+        crate::memory::release_freed_heap();
         let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
         let (takes_bias, takes_count) = (takes(names::ATTENTION_BIAS), takes(names::LOGITS_COUNT));
         Ok(Self { session, shape, takes_bias, takes_count })
