@@ -4,7 +4,12 @@
 Loads the GGUF with llama-cpp-python (n_threads 2), evaluates a fixed prompt, then decodes
 --new-tokens tokens greedily one at a time (ignoring eos so every run is the same length).
 Decode tokens/s counts only the single-token steps (prompt eval is timed separately) and is
-the median of --runs runs after one warm-up. Prints one JSON line on stdout.
+the median of --runs runs after one warm-up. Prints one JSON line on stdout, with llama.cpp's
+own report of the CPU features its kernels use (`llama_print_system_info`).
+
+--n-batch 1 evaluates the prompt one token per batch: on some AVX-512/AMX machines llama.cpp
+crashes in llama_decode on batches of more than one token, and `collm bench decode` retries
+with it when the default run dies.
 
     $COLLM_CACHE/ref-venv/bin/python tools/reference/bench_decode.py [--new-tokens 128]
 """
@@ -56,12 +61,16 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-batch", type=int, default=512,
+                    help="prompt tokens per llama_decode call (1 = one at a time)")
     args = ap.parse_args()
     if not os.path.isfile(args.model):
         sys.exit(f"bench_decode: model not found: {args.model} (run tools/fetch-artifacts)")
 
     llm = Llama(model_path=args.model, n_ctx=2048, n_threads=args.threads,
-                n_threads_batch=args.threads, seed=0, logits_all=False, verbose=False)
+                n_threads_batch=args.threads, n_batch=args.n_batch, n_ubatch=args.n_batch,
+                seed=0, logits_all=False, verbose=False)
+    system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
     n_vocab = llm.n_vocab()
     prompt_ids = llm.tokenize(PROMPT.encode("utf-8"), add_bos=False, special=True)
 
@@ -92,6 +101,9 @@ def main():
         "deterministic": all(o == outputs[0] for o in outputs),
         "model": MODEL_NAME,
         "generator": f"llama-cpp-python {llama_cpp.__version__}",
+        "n_batch": args.n_batch,
+        # which CPU features llama.cpp's kernels were built for and found (AVX2, AVX512, AMX...)
+        "system_info": system_info,
     }
     print(json.dumps(result))
 

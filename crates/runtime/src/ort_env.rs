@@ -8,6 +8,8 @@ use ort::environment::{Environment, GlobalThreadPoolOptions};
 
 use crate::{Error, Result};
 
+/// The ONNX Runtime release the partitions are built and tested for.
+pub const ORT_VERSION: &str = "1.32.0";
 /// File name of the library inside `$COLLM_CACHE/ort/`.
 pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.32.0";
 
@@ -59,6 +61,14 @@ pub fn environment() -> Result<&'static Environment> {
     })
     .as_ref()
     .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// ONNX Runtime's build description (release branch and commit) of the loaded library.
+pub fn build_info() -> String {
+    match environment() {
+        Ok(_) => ort::info().to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Whether idle pool threads spin waiting for work (`COLLM_SPIN=0` turns it off). Spinning

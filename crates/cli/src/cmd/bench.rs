@@ -63,6 +63,10 @@ struct DecodeArgs {
     /// Instead of --threshold: each head's calibrated θ for this top-1 agreement.
     #[arg(long)]
     target_agreement: Option<f32>,
+    /// Rounds of (full, collaborative, standalone, llama.cpp), interleaved so that a change in
+    /// the machine's load hits every engine alike; each engine's median over rounds is reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -88,12 +92,13 @@ fn measure_one(d: &DecodeArgs, mode: Mode) -> Result<()> {
             &model.manifest,
             OperatingPoint::resolve(&model.manifest, d.threshold, d.target_agreement),
         )?,
-        Encoding::F16,
+        Encoding::F32,
         vec![],
     );
     let exits = model.exit_layers();
     let mut cloud = model.take_in_process_cloud(collm_runtime::CatchUp::Exact)?;
     let mut speeds = vec![];
+    let mut prompt_speeds = vec![];
     let mut edge_share = 0.0;
     for run in 0..=d.runs {
         let generation = collm_runtime::generate(
@@ -107,22 +112,30 @@ fn measure_one(d: &DecodeArgs, mode: Mode) -> Result<()> {
         edge_share = generation.edge_share;
         if run > 0 {
             speeds.push(generation.timings.decode_tokens_per_s);
+            prompt_speeds.push(prompt.len() as f64 / (generation.timings.prefill_ms / 1e3));
         }
     }
-    speeds.sort_by(f64::total_cmp);
-    let median = speeds[speeds.len() / 2];
+    let median = median(&mut speeds);
     println!(
         "{}",
         serde_json::json!({
             "engine": format!("ce-collm {}", serde_json::to_value(mode)?.as_str().unwrap_or("?")),
             "decode_tokens_per_s": median,
+            "prompt_eval_tokens_per_s": self::median(&mut prompt_speeds),
+            "decode_runs_tokens_per_s": speeds,
             "prompt_tokens": prompt.len(),
+            "generator": collm_runtime::ort_env::build_info(),
             "new_tokens": d.new_tokens,
             "edge_share": edge_share,
             "peak_rss_mb": peak_rss_mb(),
         })
     );
     Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn peak_rss_mb() -> f64 {
@@ -136,32 +149,33 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn orchestrate(d: &DecodeArgs) -> Result<()> {
+/// One engine's process: ours in one mode.
+fn run_ours(d: &DecodeArgs, mode: &str) -> Result<serde_json::Value> {
     let exe = std::env::current_exe().context("own executable")?;
-    let mut rows: Vec<serde_json::Value> = vec![];
-    for mode in ["full", "collaborative", "standalone"] {
-        let out = Command::new(&exe)
-            .args(["bench", "decode", "--bundle"])
-            .arg(&d.bundle)
-            .args(["--new-tokens", &d.new_tokens.to_string(), "--runs", &d.runs.to_string()])
-            .args(
-                d.threshold
-                    .map(|t| vec!["--threshold".to_string(), t.to_string()])
-                    .unwrap_or_default(),
-            )
-            .args(
-                d.target_agreement
-                    .map(|t| vec!["--target-agreement".to_string(), t.to_string()])
-                    .unwrap_or_default(),
-            )
-            .args(["--only", mode])
-            .output()?;
-        if !out.status.success() {
-            bail!("bench of {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        rows.push(serde_json::from_slice(&out.stdout)?);
-        eprintln!("{}", rows.last().map(|r| r.to_string()).unwrap_or_default());
+    let out = Command::new(&exe)
+        .args(["bench", "decode", "--bundle"])
+        .arg(&d.bundle)
+        .args(["--new-tokens", &d.new_tokens.to_string(), "--runs", &d.runs.to_string()])
+        .args(
+            d.threshold.map(|t| vec!["--threshold".to_string(), t.to_string()]).unwrap_or_default(),
+        )
+        .args(
+            d.target_agreement
+                .map(|t| vec!["--target-agreement".to_string(), t.to_string()])
+                .unwrap_or_default(),
+        )
+        .args(["--only", mode])
+        .output()?;
+    if !out.status.success() {
+        bail!("bench of {mode} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// llama.cpp's run through tools/reference/bench_decode.py. Some AVX-512/AMX machines crash
+/// llama.cpp on batches of several tokens; then the run is repeated with one token per batch
+/// and the result says so.
+fn run_llama(d: &DecodeArgs, n_batch: Option<usize>) -> Result<serde_json::Value> {
     let cache = collm_runtime::ort_env::cache_dir();
     let python = d.llama_python.clone().unwrap_or_else(|| cache.join("ref-venv/bin/python"));
     let script =
@@ -176,6 +190,9 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
     if let Some(g) = &d.gguf {
         cmd.arg("--model").arg(g);
     }
+    if let Some(n) = n_batch {
+        cmd.args(["--n-batch", &n.to_string()]);
+    }
     let out = cmd.output().with_context(|| {
         format!(
             "cannot run llama.cpp through {} (run tools/reference/setup-venv)",
@@ -183,40 +200,110 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
         )
     })?;
     if !out.status.success() {
-        bail!("llama.cpp bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if n_batch.is_none() {
+            eprintln!(
+                "llama.cpp bench failed ({}), retrying with one token per batch: {}",
+                out.status,
+                stderr.trim()
+            );
+            let mut retried = run_llama(d, Some(1))?;
+            retried["note"] = serde_json::json!(format!(
+                "n_batch=1: with batches of 512 llama.cpp died ({})",
+                out.status
+            ));
+            return Ok(retried);
+        }
+        bail!("llama.cpp bench failed ({}): {}", out.status, stderr.trim());
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let reference: serde_json::Value =
-        serde_json::from_str(line.lines().last().unwrap_or_default())
-            .context("llama.cpp bench output")?;
-    eprintln!("{reference}");
+    serde_json::from_str(line.lines().last().unwrap_or_default()).context("llama.cpp bench output")
+}
+
+/// The median over rounds of one engine's rows: its numbers from the round with the median
+/// decode speed, and every round's speed.
+fn median_row(rows: &[serde_json::Value]) -> serde_json::Value {
+    let speed = |r: &serde_json::Value| r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    let mut sorted: Vec<&serde_json::Value> = rows.iter().collect();
+    sorted.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
+    let mut row = sorted.get(sorted.len() / 2).map(|r| (*r).clone()).unwrap_or_default();
+    row["rounds_tokens_per_s"] = rows.iter().map(speed).collect();
+    row
+}
+
+fn orchestrate(d: &DecodeArgs) -> Result<()> {
+    let modes = ["full", "collaborative", "standalone"];
+    let cpu = super::machine::cpu();
+    let load_before = super::machine::load_average();
+    let mut ours: Vec<Vec<serde_json::Value>> = vec![vec![]; modes.len()];
+    let mut llama = vec![];
+    let mut n_batch = None;
+    for round in 0..d.rounds.max(1) {
+        for (i, mode) in modes.iter().enumerate() {
+            let row = run_ours(d, mode)?;
+            eprintln!("round {round}: {row}");
+            ours[i].push(row);
+        }
+        let row = run_llama(d, n_batch)?;
+        if row["n_batch"].as_u64() == Some(1) {
+            n_batch = Some(1);
+        }
+        eprintln!("round {round}: {row}");
+        llama.push(row);
+    }
+    let load_after = super::machine::load_average();
+    let rows: Vec<serde_json::Value> = ours.iter().map(|r| median_row(r)).collect();
+    let reference = median_row(&llama);
     let ref_speed = reference["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    let ref_prompt = reference["prompt_eval_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
     let mut table = String::from(
-        "| engine | decode tokens/s | × llama.cpp | peak RSS MB | edge share |\n|---|---:|---:|---:|---:|\n",
+        "| engine | decode tokens/s | × llama.cpp | prompt eval tokens/s | × llama.cpp | peak RSS MB | edge share |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows.iter().chain(std::iter::once(&reference)) {
         let speed = r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let prompt = r["prompt_eval_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         table.push_str(&format!(
-            "| {} | {:.1} | {:.2} | {:.0} | {} |\n",
+            "| {} | {:.1} | {:.2} | {:.0} | {:.2} | {:.0} | {} |\n",
             r["engine"].as_str().unwrap_or("?"),
             speed,
             speed / ref_speed,
+            prompt,
+            prompt / ref_prompt,
             r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
             r["edge_share"].as_f64().map_or("–".to_string(), |s| format!("{:.0}%", s * 100.0)),
         ));
     }
-    println!("{table}");
+    let load = |l: Option<[f64; 3]>| {
+        l.map_or("unknown".to_string(), |[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+    };
+    let machine = format!(
+        "CPU: {} ({} logical cores), vector extensions: {}. Load average (1/5/15 min) {} before, {} after.\n\
+         ONNX Runtime: {}. llama.cpp: {}{}; its kernels: {}.\n",
+        cpu.model,
+        cpu.logical_cores,
+        cpu.vector_extensions.join(" "),
+        load(load_before),
+        load(load_after),
+        rows[0]["generator"].as_str().unwrap_or("?"),
+        reference["generator"].as_str().unwrap_or("?"),
+        reference["note"].as_str().map(|n| format!(" ({n})")).unwrap_or_default(),
+        reference["system_info"].as_str().unwrap_or("?"),
+    );
+    println!("{machine}\n{table}");
     if let Some(path) = &d.report {
         let md = format!(
-            "# Decode benchmark\n\nCommand: `collm bench decode --bundle {} --new-tokens {} --runs {}` \
+            "# Decode benchmark\n\nCommand: `collm bench decode --bundle {} --new-tokens {} --runs {} --rounds {}` \
              (greedy, {} new tokens after a {}-token chat prompt, median of {} runs after a warm-up, \
-             each engine in its own process; collaborative at {}, f16 uploads, in-process cloud).\n\n{table}",
+             each engine in its own process, {} interleaved round(s) of every engine, median round shown; \
+             collaborative at {}, f32 uploads (the default), in-process cloud).\n\n{machine}\n{table}",
             super::portable_path(&d.bundle),
             d.new_tokens,
             d.runs,
+            d.rounds,
             d.new_tokens,
             rows[0]["prompt_tokens"],
             d.runs,
+            d.rounds,
             match (d.threshold, d.target_agreement) {
                 (Some(t), _) => format!("θ = {t}"),
                 (None, Some(a)) => format!("target agreement {a}"),

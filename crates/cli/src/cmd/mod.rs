@@ -8,6 +8,7 @@ pub mod export;
 pub mod free_running;
 pub mod generate;
 pub mod load;
+pub mod machine;
 pub mod operating_point;
 pub mod paper;
 pub mod prompts;
