@@ -3,6 +3,7 @@
 //! [`GraphBuilder`] that keeps node and value names unique.
 
 mod builder;
+pub mod external;
 pub mod proto;
 
 pub use builder::{Attr, Dim, GraphBuilder, TensorType};
@@ -16,6 +17,10 @@ pub enum Error {
     MissingInitializer(String),
     #[error("initializer {name:?} has shape {actual:?}, expected {expected:?}")]
     ShapeMismatch { name: String, expected: Vec<i64>, actual: Vec<i64> },
+    #[error("external data of initializer {tensor:?}: {reason}")]
+    ExternalData { tensor: String, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

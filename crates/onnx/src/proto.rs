@@ -161,6 +161,18 @@ pub struct TensorProto {
     pub name: String,
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
+    /// Where the data lives when it is not in `raw_data` (`location`, `offset`, `length`).
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    /// [`data_location::EXTERNAL`] when `external_data` holds the tensor's bytes.
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
+}
+
+/// `TensorProto.DataLocation` values.
+pub mod data_location {
+    pub const DEFAULT: i32 = 0;
+    pub const EXTERNAL: i32 = 1;
 }
 
 impl TensorProto {
@@ -177,7 +189,14 @@ impl TensorProto {
     }
 
     pub fn raw(name: &str, dims: &[i64], data_type: i32, raw_data: Vec<u8>) -> Self {
-        Self { dims: dims.to_vec(), data_type, name: name.to_string(), raw_data }
+        Self {
+            dims: dims.to_vec(),
+            data_type,
+            name: name.to_string(),
+            raw_data,
+            external_data: Vec::new(),
+            data_location: data_location::DEFAULT,
+        }
     }
 
     /// The values of an f32 tensor stored as raw data.
