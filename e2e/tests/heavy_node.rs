@@ -79,8 +79,11 @@ fn bundle_config_map(ns: &str) -> Result<()> {
     let collm = workspace_binary("collm")?;
     let bundle = collm_testkit::tiny_bundle(&collm, dir.path(), "bundle");
     let mut args = vec!["create", "configmap", "bundle", "-n", ns];
-    let files: Vec<String> = ["manifest.json", "tokenizer.json", "cloud.onnx", "cloud_kv.onnx"]
-        .iter()
+    // The manifest and every file it records but the edge partition's (graphs and weights).
+    let manifest: Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json"))?)?;
+    let recorded = manifest["files"].as_object().map(|f| f.keys().cloned().collect::<Vec<_>>());
+    let files: Vec<String> = std::iter::once("manifest.json".to_string())
+        .chain(recorded.unwrap_or_default().into_iter().filter(|f| !f.starts_with("edge.")))
         .map(|f| format!("--from-file={}", bundle.join(f).display()))
         .collect();
     args.extend(files.iter().map(String::as_str));

@@ -46,7 +46,8 @@ struct Args {
     /// The operator's runtime configuration (`edge.json`); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Bundle directory (only manifest.json, tokenizer.json and edge.onnx are read).
+    /// Bundle directory (only manifest.json, tokenizer.json and the edge partition, edge.onnx and
+    /// edge.onnx.data, are read).
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// Address of the HTTP API [default: 127.0.0.1:8080, or 0.0.0.0:<api_port> from --config].

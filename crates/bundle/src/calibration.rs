@@ -6,7 +6,8 @@ use std::path::Path;
 use collm_onnx::{ModelProto, TensorProto};
 
 use crate::graph::names;
-use crate::manifest::{EDGE_FILE, ExitCalibration, Manifest};
+use crate::manifest::{ExitCalibration, Manifest};
+use crate::partition_file::{read_partition, write_partition};
 use crate::{Error, Result, export::write_manifest, verify::sha256_file};
 
 /// The final norm gain `[H]` and the LM head `[V, H]` as dense f32.
@@ -88,13 +89,11 @@ pub struct FittedExit {
     pub shortlist: Option<Vec<u32>>,
 }
 
-/// Writes the translators (and shortlist heads) into `edge.onnx`, re-hashes it and records the
-/// calibration in the manifest. The edge file is replaced atomically.
+/// Writes the translators (and shortlist heads) into the edge partition, re-hashes its files and
+/// records the calibration in the manifest. Each file is replaced atomically.
 pub fn store_exits(dir: &Path, manifest: &mut Manifest, fitted: Vec<FittedExit>) -> Result<()> {
-    let path = dir.join(EDGE_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-    let mut edge = collm_onnx::decode(&bytes).map_err(|e| Error::Manifest(e.to_string()))?;
-    drop(bytes);
+    let file = manifest.edge.file.clone();
+    let mut edge = read_partition(dir, &file)?;
     let h = manifest.config.hidden_size as i64;
     for f in fitted {
         let onnx_err = |e: collm_onnx::Error| Error::Manifest(e.to_string());
@@ -120,10 +119,15 @@ pub fn store_exits(dir: &Path, manifest: &mut Manifest, fitted: Vec<FittedExit>)
         })?;
         head.calibration = Some(f.calibration);
     }
-    let tmp = dir.join(format!(".{EDGE_FILE}.partial"));
-    std::fs::write(&tmp, collm_onnx::encode(&edge))
-        .map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-    manifest.files.insert(EDGE_FILE.to_string(), sha256_file(&path)?);
+    let data_file = write_partition(dir, &file, edge, &mut |_| {})?;
+    if let Some(old) = manifest.edge.data_file.take() {
+        manifest.files.remove(&old);
+    }
+    for f in std::iter::once(&file).chain(data_file.as_ref()) {
+        manifest.files.insert(f.clone(), sha256_file(&dir.join(f))?);
+    }
+    manifest.edge.data_file = data_file;
+    // A format-1 bundle calibrated now has a data file its old readers would not check.
+    manifest.format_version = crate::manifest::FORMAT_VERSION;
     write_manifest(dir, manifest)
 }

@@ -10,6 +10,7 @@ use crate::manifest::{
     CLOUD_FILE, CLOUD_KV_FILE, EDGE_FILE, ExitHead, FORMAT_VERSION, MANIFEST_FILE, Manifest,
     Partition, TOKENIZER_FILE, TokenizerInfo, WeightFormat,
 };
+use crate::partition_file::{write_file, write_partition};
 use crate::{Error, Result, verify, weight_report};
 
 /// What to export: where to split, where the exits sit and how to store weights.
@@ -128,22 +129,19 @@ pub fn export(
     progress("building edge partition");
     let edge = graph::edge_graph(&ckpt, plan.split_layer, &exits, &plan.graph);
     let (edge_in, edge_out) = graph::io_specs(&edge);
-    write(out, EDGE_FILE, &collm_onnx::encode(&edge), progress)?;
-    drop(edge);
+    let edge_data = write_partition(out, EDGE_FILE, edge, progress)?;
 
     progress("building cloud partition");
     let cloud = graph::cloud_graph(&ckpt, plan.split_layer, &plan.graph);
     let (cloud_in, cloud_out) = graph::io_specs(&cloud);
-    write(out, CLOUD_FILE, &collm_onnx::encode(&cloud), progress)?;
-    drop(cloud);
+    let cloud_data = write_partition(out, CLOUD_FILE, cloud, progress)?;
 
     progress("building cloud K/V propagation graph");
     let cloud_kv = graph::cloud_kv_graph(&ckpt, plan.split_layer, &plan.graph);
     let (cloud_kv_in, cloud_kv_out) = graph::io_specs(&cloud_kv);
-    write(out, CLOUD_KV_FILE, &collm_onnx::encode(&cloud_kv), progress)?;
-    drop(cloud_kv);
+    let cloud_kv_data = write_partition(out, CLOUD_KV_FILE, cloud_kv, progress)?;
 
-    write(out, TOKENIZER_FILE, ckpt.tokenizer_json.as_bytes(), progress)?;
+    write_file(out, TOKENIZER_FILE, ckpt.tokenizer_json.as_bytes(), progress)?;
 
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -154,6 +152,7 @@ pub fn export(
         weights: plan.weights,
         edge: Partition {
             file: EDGE_FILE.to_string(),
+            data_file: edge_data,
             first_layer: 0,
             end_layer: plan.split_layer,
             inputs: edge_in,
@@ -161,6 +160,7 @@ pub fn export(
         },
         cloud: Partition {
             file: CLOUD_FILE.to_string(),
+            data_file: cloud_data,
             first_layer: plan.split_layer,
             end_layer: cfg.num_layers,
             inputs: cloud_in,
@@ -168,6 +168,7 @@ pub fn export(
         },
         cloud_kv: Some(Partition {
             file: CLOUD_KV_FILE.to_string(),
+            data_file: cloud_kv_data,
             first_layer: plan.split_layer,
             end_layer: cfg.num_layers,
             inputs: cloud_kv_in,
@@ -185,23 +186,23 @@ pub fn export(
         weight_mappings,
     };
     progress("hashing files");
-    for f in [EDGE_FILE, CLOUD_FILE, CLOUD_KV_FILE, TOKENIZER_FILE] {
-        manifest.files.insert(f.to_string(), verify::sha256_file(&out.join(f))?);
+    let partitions =
+        [&manifest.edge, &manifest.cloud].into_iter().chain(manifest.cloud_kv.as_ref());
+    let mut files = vec![TOKENIZER_FILE.to_string()];
+    for p in partitions {
+        files.push(p.file.clone());
+        files.extend(p.data_file.clone());
+    }
+    for f in files {
+        let sha = verify::sha256_file(&out.join(&f))?;
+        manifest.files.insert(f, sha);
     }
     write_manifest(out, &manifest)?;
     Ok(manifest)
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8], progress: &mut dyn FnMut(&str)) -> Result<()> {
-    progress(&format!("writing {name} ({:.1} MB)", bytes.len() as f64 / 1e6));
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.partial"));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
-}
-
 /// Writes `manifest.json` (atomically).
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Manifest(e.to_string()))?;
-    write(dir, MANIFEST_FILE, &json, &mut |_| {})
+    write_file(dir, MANIFEST_FILE, &json, &mut |_| {})
 }

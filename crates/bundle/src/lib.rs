@@ -1,5 +1,5 @@
-//! The model bundle: `manifest.json`, `edge.onnx`, `cloud.onnx`, `cloud_kv.onnx`,
-//! `tokenizer.json`.
+//! The model bundle: `manifest.json`, `edge.onnx`, `cloud.onnx`, `cloud_kv.onnx` (each with its
+//! weights in a `.data` file next to it), `tokenizer.json`.
 //! [`export()`] writes one from a checkpoint; [`Bundle::open`] verifies one before use.
 
 pub mod archive;
@@ -7,9 +7,10 @@ pub mod calibration;
 mod export;
 pub mod graph;
 pub mod manifest;
+mod partition_file;
 /// The ONNX model type partitions are stored as.
 pub mod onnx {
-    pub use collm_onnx::{ModelProto as Model, decode};
+    pub use collm_onnx::{ModelProto as Model, decode, encode};
 }
 mod verify;
 pub mod weight_report;
@@ -20,6 +21,7 @@ pub use archive::{Packed, UnpackLimits, pack, unpack};
 pub use export::{Conversion, ExportPlan, convert_weights, export, write_manifest};
 pub use graph::GraphOptions;
 pub use manifest::{Manifest, WeightFormat};
+pub use partition_file::{data_file_name, read_partition, write_partition};
 pub use verify::{Bundle, Parts, read_manifest, sha256_file};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::weight_report::WeightMapping;
 
-/// Bumped whenever a reader of an older format would misread a newer bundle.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever a reader of an older format would misread a newer bundle. Version 2 keeps
+/// each partition's weights in a data file next to its graph (a version-1 reader would load
+/// them without checking their checksum).
+pub const FORMAT_VERSION: u32 = 2;
+/// The versions this build reads: version-1 bundles (weights inside the graphs) still load.
+pub const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT_VERSION;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const EDGE_FILE: &str = "edge.onnx";
@@ -83,6 +87,10 @@ impl std::str::FromStr for WeightFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
     pub file: String,
+    /// The partition's weights (ONNX external data) next to `file`; absent when the graph
+    /// holds them (format 1, or a graph without large initializers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_file: Option<String>,
     pub first_layer: usize,
     pub end_layer: usize,
     pub inputs: Vec<TensorSpec>,

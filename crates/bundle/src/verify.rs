@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{FORMAT_VERSION, MANIFEST_FILE, Manifest};
+use crate::manifest::{MANIFEST_FILE, Manifest, READABLE_FORMATS};
 use crate::{Error, Result};
 
 /// Which files of a bundle a process needs (edge nodes never fetch the cloud partition).
@@ -27,15 +27,7 @@ pub struct Bundle {
 impl Bundle {
     pub fn open(dir: &Path, parts: Parts) -> Result<Self> {
         let manifest = read_manifest(dir)?;
-        let mut needed = vec![manifest.tokenizer.file.clone()];
-        if parts != Parts::Cloud {
-            needed.push(manifest.edge.file.clone());
-        }
-        if parts != Parts::Edge {
-            needed.push(manifest.cloud.file.clone());
-            needed.extend(manifest.cloud_kv.as_ref().map(|p| p.file.clone()));
-        }
-        for file in needed {
+        for file in needed_files(&manifest, parts) {
             let expected = manifest.files.get(&file).ok_or_else(|| {
                 Error::Manifest(format!("{MANIFEST_FILE} records no checksum for {file}"))
             })?;
@@ -56,16 +48,36 @@ impl Bundle {
     }
 }
 
+/// The files of `parts`: the tokenizer, and each partition's graph and data file.
+fn needed_files(manifest: &Manifest, parts: Parts) -> Vec<String> {
+    let mut partitions = Vec::new();
+    if parts != Parts::Cloud {
+        partitions.push(&manifest.edge);
+    }
+    if parts != Parts::Edge {
+        partitions.push(&manifest.cloud);
+        partitions.extend(manifest.cloud_kv.as_ref());
+    }
+    let mut needed = vec![manifest.tokenizer.file.clone()];
+    for p in partitions {
+        needed.push(p.file.clone());
+        needed.extend(p.data_file.clone());
+    }
+    needed
+}
+
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let manifest: Manifest = serde_json::from_str(&text)
         .map_err(|e| Error::Manifest(format!("{}: {e}", path.display())))?;
-    if manifest.format_version != FORMAT_VERSION {
+    if !READABLE_FORMATS.contains(&manifest.format_version) {
         return Err(Error::Manifest(format!(
-            "{} has format version {}, this build reads version {FORMAT_VERSION}",
+            "{} has format version {}, this build reads versions {} to {}",
             path.display(),
-            manifest.format_version
+            manifest.format_version,
+            READABLE_FORMATS.start(),
+            READABLE_FORMATS.end()
         )));
     }
     Ok(manifest)

@@ -86,6 +86,24 @@ fn a_tampered_bundle_is_refused() {
 }
 
 #[test]
+fn a_tampered_or_missing_weight_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
+    let bundle = dir.path().join("bundle");
+    export(&gguf, &bundle, &["--split-layer", "2"]);
+    let data = bundle.join("edge.onnx.data");
+    let mut bytes = std::fs::read(&data).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, bytes).expect("write");
+    let standalone =
+        ["generate", "--bundle", path_str(&bundle), "--prompt", "hi", "--mode", "standalone"];
+    assert_clean_failure(&collm(&standalone), "does not match its manifest");
+    std::fs::remove_file(&data).expect("remove");
+    assert_clean_failure(&collm(&standalone), "edge.onnx.data");
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);

@@ -325,3 +325,64 @@ fn speculative_generation_in_process_gives_the_full_models_tokens() {
         assert!(drafted > 0 && rollbacks > 0, "drafted {drafted}, rollbacks {rollbacks}");
     }
 }
+
+/// Format 2 keeps each partition's weights in a data file next to its graph; a bundle written
+/// by format 1 (every weight inside its graph) still loads and scores byte for byte the same.
+#[test]
+fn weights_live_next_to_each_graph_and_format_1_bundles_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = tiny_gguf(dir.path(), GgmlType::Q8_0, 3);
+    let bundle = dir.path().join("v2");
+    export(&gguf, &bundle, &["--split-layer", "2"]);
+    let m = manifest(&bundle);
+    assert_eq!(m["format_version"], 2);
+    for part in ["edge", "cloud"] {
+        let graph = format!("{part}.onnx");
+        let data = format!("{graph}.data");
+        assert_eq!(m[part]["data_file"], data.as_str(), "{}", m[part]);
+        assert!(m["files"][&data].is_string(), "the data file's checksum is recorded");
+        let size = |f: &str| std::fs::metadata(bundle.join(f)).expect("exists").len();
+        assert!(size(&graph) * 4 < size(&data), "{graph}: the weights are in {data}");
+    }
+    let score = |b: &std::path::Path| {
+        collm_json(&[
+            "score",
+            "--bundle",
+            path_str(b),
+            "--prompt",
+            PROMPT,
+            "--continuation",
+            "5,17,42,9,3,77",
+        ])
+    };
+    let v2 = score(&bundle);
+
+    let old = dir.path().join("v1");
+    std::fs::create_dir(&old).expect("mkdir");
+    let mut man = collm_bundle::read_manifest(&bundle).expect("manifest");
+    man.format_version = 1;
+    std::fs::copy(bundle.join("tokenizer.json"), old.join("tokenizer.json")).expect("copy");
+    let mut parts = vec![&mut man.edge, &mut man.cloud];
+    parts.extend(man.cloud_kv.as_mut());
+    let mut graphs = Vec::new();
+    for p in parts {
+        let whole = collm_bundle::read_partition(&bundle, &p.file).expect("reads");
+        std::fs::write(old.join(&p.file), collm_bundle::onnx::encode(&whole)).expect("write");
+        p.data_file = None;
+        graphs.push(p.file.clone());
+    }
+    man.files.retain(|f, _| !f.ends_with(".data"));
+    for f in graphs {
+        let sha = collm_bundle::sha256_file(&old.join(&f)).expect("hash");
+        man.files.insert(f, sha);
+    }
+    collm_bundle::write_manifest(&old, &man).expect("manifest");
+    assert_eq!(score(&old), v2, "format 1 and format 2 bundles answer the same");
+
+    // A reader refuses formats it does not know, naming the ones it reads.
+    man.format_version = 3;
+    collm_bundle::write_manifest(&old, &man).expect("manifest");
+    let out =
+        collm(&["score", "--bundle", path_str(&old), "--prompt", "hi", "--continuation", "5"]);
+    assert_clean_failure(&out, "this build reads versions 1 to 2");
+}

@@ -40,3 +40,7 @@ pub fn translator_weight(layer: usize) -> String {
 pub fn translator_bias(layer: usize) -> String {
     format!("exit.{layer}.translator.bias")
 }
+/// Whether an initializer is an exit head's translator (what `collm calibrate` rewrites).
+pub fn is_translator(name: &str) -> bool {
+    name.starts_with("exit.") && name.contains(".translator.")
+}

@@ -176,7 +176,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .transpose()?;
 
-    let cloud_model = read_onnx(&a.bundle.join(&model.manifest.cloud.file))?;
+    let cloud_model = collm_bundle::read_partition(&a.bundle, &model.manifest.cloud.file)?;
     let head = read_head(&cloud_model, cfg.vocab_size, cfg.hidden_size)?;
     drop(cloud_model);
     let head = HeadWeights {
@@ -316,11 +316,6 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::write(a.bundle.join("calibration.md"), &text)?;
     println!("{text}");
     Ok(())
-}
-
-fn read_onnx(path: &std::path::Path) -> Result<collm_bundle::onnx::Model> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(collm_bundle::onnx::decode(&bytes)?)
 }
 
 fn manifest_rows(pred: &[ExitPrediction]) -> Vec<TradeoffRow> {
