@@ -186,14 +186,7 @@ pub fn export(
         weight_mappings,
     };
     progress("hashing files");
-    let partitions =
-        [&manifest.edge, &manifest.cloud].into_iter().chain(manifest.cloud_kv.as_ref());
-    let mut files = vec![TOKENIZER_FILE.to_string()];
-    for p in partitions {
-        files.push(p.file.clone());
-        files.extend(p.data_file.clone());
-    }
-    for f in files {
+    for f in verify::needed_files(&manifest, verify::Parts::All) {
         let sha = verify::sha256_file(&out.join(&f))?;
         manifest.files.insert(f, sha);
     }

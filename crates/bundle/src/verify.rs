@@ -49,7 +49,7 @@ impl Bundle {
 }
 
 /// The files of `parts`: the tokenizer, and each partition's graph and data file.
-fn needed_files(manifest: &Manifest, parts: Parts) -> Vec<String> {
+pub(crate) fn needed_files(manifest: &Manifest, parts: Parts) -> Vec<String> {
     let mut partitions = Vec::new();
     if parts != Parts::Cloud {
         partitions.push(&manifest.edge);

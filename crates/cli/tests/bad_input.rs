@@ -62,17 +62,21 @@ fn a_split_beyond_the_model_is_rejected_before_any_work() {
     assert_clean_failure(&out, "exit layer 3");
 }
 
+/// Corrupts one byte in the middle of `path`.
+fn flip_middle_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(path, bytes).expect("write");
+}
+
 #[test]
 fn a_tampered_bundle_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gguf = tiny_gguf(dir.path(), GgmlType::F32, 1);
     let bundle = dir.path().join("bundle");
     export(&gguf, &bundle, &["--split-layer", "2"]);
-    let edge = bundle.join("edge.onnx");
-    let mut bytes = std::fs::read(&edge).expect("read");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&edge, bytes).expect("write");
+    flip_middle_byte(&bundle.join("edge.onnx"));
     let out = collm(&[
         "generate",
         "--bundle",
@@ -92,10 +96,7 @@ fn a_tampered_or_missing_weight_file_is_refused() {
     let bundle = dir.path().join("bundle");
     export(&gguf, &bundle, &["--split-layer", "2"]);
     let data = bundle.join("edge.onnx.data");
-    let mut bytes = std::fs::read(&data).expect("read");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&data, bytes).expect("write");
+    flip_middle_byte(&data);
     let standalone =
         ["generate", "--bundle", path_str(&bundle), "--prompt", "hi", "--mode", "standalone"];
     assert_clean_failure(&collm(&standalone), "does not match its manifest");

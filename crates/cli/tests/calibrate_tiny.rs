@@ -99,17 +99,9 @@ fn shortlist_ids(bundle: &std::path::Path, layer: usize) -> Vec<u32> {
         .collect()
 }
 
-fn score(bundle: &std::path::Path, continuation: &[u32]) -> serde_json::Value {
+fn score_ids(bundle: &std::path::Path, continuation: &[u32]) -> serde_json::Value {
     let ids: Vec<String> = continuation.iter().map(u32::to_string).collect();
-    collm_json(&[
-        "score",
-        "--bundle",
-        path_str(bundle),
-        "--prompt",
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-        "--continuation",
-        &ids.join(","),
-    ])
+    score(bundle, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", &ids.join(","))
 }
 
 /// Every form an LM head is exported in: dense, 8-bit blocks (SmolLM2's tied head), 4-bit
@@ -140,7 +132,7 @@ fn check_shortlist_head(ty: GgmlType) {
     // Every token once: the shortlist head gives probability 0 exactly to the others, and its
     // top-1 is the full head's wherever the full head's top-1 is on the shortlist.
     let continuation: Vec<u32> = (3..200).collect();
-    let (s, f) = (score(&short, &continuation), score(&full, &continuation));
+    let (s, f) = (score_ids(&short, &continuation), score_ids(&full, &continuation));
     let (mut compared, mut same) = (0, 0);
     for (ps, pf) in s["positions"]
         .as_array()

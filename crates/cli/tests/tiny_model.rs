@@ -79,15 +79,7 @@ fn qwen2_biases_are_applied_from_both_sources() {
         let res =
             collm(&["export", flag, path_str(src), "--split-layer", "2", "--out", path_str(&out)]);
         assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-        let v = collm_json(&[
-            "score",
-            "--bundle",
-            path_str(&out),
-            "--prompt",
-            PROMPT,
-            "--continuation",
-            "40,41,42,43,44,45",
-        ]);
+        let v = score(&out, PROMPT, "40,41,42,43,44,45");
         let probs: Vec<f64> = v["positions"]
             .as_array()
             .expect("positions")
@@ -272,17 +264,7 @@ fn native_block_weights_compute_exactly_what_their_dequantized_values_compute() 
         let dense = dir.path().join(format!("dense-{ty}"));
         export(&gguf, &native, &["--split-layer", "2", "--accuracy-level", "0"]);
         export(&gguf, &dense, &["--split-layer", "2", "--weights", "f32"]);
-        let args = |b: &std::path::Path| {
-            collm_json(&[
-                "score",
-                "--bundle",
-                path_str(b),
-                "--prompt",
-                PROMPT,
-                "--continuation",
-                "40,41,42,43,44,45",
-            ])
-        };
+        let args = |b: &std::path::Path| score(b, PROMPT, "40,41,42,43,44,45");
         let (a, b) = (args(&native), args(&dense));
         for (p, q) in a["positions"]
             .as_array()
@@ -344,18 +326,8 @@ fn weights_live_next_to_each_graph_and_format_1_bundles_still_load() {
         let size = |f: &str| std::fs::metadata(bundle.join(f)).expect("exists").len();
         assert!(size(&graph) * 4 < size(&data), "{graph}: the weights are in {data}");
     }
-    let score = |b: &std::path::Path| {
-        collm_json(&[
-            "score",
-            "--bundle",
-            path_str(b),
-            "--prompt",
-            PROMPT,
-            "--continuation",
-            "5,17,42,9,3,77",
-        ])
-    };
-    let v2 = score(&bundle);
+    let scores = |b: &std::path::Path| score(b, PROMPT, "5,17,42,9,3,77");
+    let v2 = scores(&bundle);
 
     let old = dir.path().join("v1");
     std::fs::create_dir(&old).expect("mkdir");
@@ -377,7 +349,7 @@ fn weights_live_next_to_each_graph_and_format_1_bundles_still_load() {
         man.files.insert(f, sha);
     }
     collm_bundle::write_manifest(&old, &man).expect("manifest");
-    assert_eq!(score(&old), v2, "format 1 and format 2 bundles answer the same");
+    assert_eq!(scores(&old), v2, "format 1 and format 2 bundles answer the same");
 
     // A reader refuses formats it does not know, naming the ones it reads.
     man.format_version = 3;

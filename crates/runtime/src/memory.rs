@@ -1,9 +1,8 @@
 //! Giving memory back to the system after a partition loads.
 //!
-//! Loading a partition parses its graph, copies its initializers and lets ONNX Runtime prepack
+//! Loading a partition parses its graph, reads its initializers and lets ONNX Runtime prepack
 //! them; the intermediate buffers are freed, but glibc keeps freed heap pages that are not at the
-//! top of the heap. For SmolLM2's edge partition that is about 40 MB the process holds for its
-//! whole life (resident 270 MB while decoding, 230 MB after a trim).
+//! top of the heap, and the process would hold them for its whole life.
 
 /// Returns free heap pages to the system (glibc's `malloc_trim`); a no-op elsewhere.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

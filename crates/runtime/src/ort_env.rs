@@ -8,8 +8,6 @@ use ort::environment::{Environment, GlobalThreadPoolOptions};
 
 use crate::{Error, Result};
 
-/// The ONNX Runtime release the partitions are built and tested for.
-pub const ORT_VERSION: &str = "1.32.0";
 /// File name of the library inside `$COLLM_CACHE/ort/`.
 pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.32.0";
 

@@ -74,6 +74,20 @@ pub fn generate(bundle: &Path, prompt: &str, extra: &[&str]) -> serde_json::Valu
     collm_json(&args)
 }
 
+/// Teacher-forced scores of `continuation` (comma-separated ids) after `prompt`
+/// (`collm score`).
+pub fn score(bundle: &Path, prompt: &str, continuation: &str) -> serde_json::Value {
+    collm_json(&[
+        "score",
+        "--bundle",
+        path_str(bundle),
+        "--prompt",
+        prompt,
+        "--continuation",
+        continuation,
+    ])
+}
+
 pub fn tokens(v: &serde_json::Value) -> Vec<u64> {
     v["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id")).collect()
 }
