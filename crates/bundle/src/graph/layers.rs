@@ -104,22 +104,40 @@ impl Linear {
 
     /// Emits `x @ W^T` for `x` of shape `[1, seq, in]`.
     pub fn apply(&self, g: &mut GraphBuilder, x: &str) -> String {
+        let y = self.project(g, x);
+        match self.correction(g, x) {
+            None => y,
+            Some(c) => g.op("Add", &[&y, &c], vec![]),
+        }
+    }
+
+    /// The kernel's product, without the block-offset correction.
+    fn project(&self, g: &mut GraphBuilder, x: &str) -> String {
         let mut inputs = vec![x];
         inputs.extend(self.inputs.iter().map(String::as_str));
         let attrs = self.attrs.iter().map(|(n, v)| (*n, Attr::Int(*v))).collect();
         let domain = if self.op == "MatMulNBits" { MS_DOMAIN } else { "" };
-        let y =
-            g.op_multi(self.op, domain, &inputs, 1, attrs).into_iter().next().unwrap_or_default();
-        match &self.offsets {
-            None => y,
-            Some((offsets, n_blocks, block)) => {
-                let shape = g.const_i64(&[0, 0, *n_blocks as i64, *block as i64]);
-                let blocks = g.op("Reshape", &[x, &shape], vec![]);
-                let axes = g.const_i64(&[-1]);
-                let sums = g.op("ReduceSum", &[&blocks, &axes], vec![("keepdims", Attr::Int(0))]);
-                let correction = g.op("MatMul", &[&sums, offsets], vec![]);
-                g.op("Add", &[&y, &correction], vec![])
-            }
+        g.op_multi(self.op, domain, &inputs, 1, attrs).into_iter().next().unwrap_or_default()
+    }
+
+    /// `blocksum(x) @ offsetsᵀ` for blocks with float zero points (see [`Linear::declare`]).
+    fn correction(&self, g: &mut GraphBuilder, x: &str) -> Option<String> {
+        let (offsets, n_blocks, block) = self.offsets.as_ref()?;
+        let shape = g.const_i64(&[0, 0, *n_blocks as i64, *block as i64]);
+        let blocks = g.op("Reshape", &[x, &shape], vec![]);
+        let axes = g.const_i64(&[-1]);
+        let sums = g.op("ReduceSum", &[&blocks, &axes], vec![("keepdims", Attr::Int(0))]);
+        Some(g.op("MatMul", &[&sums, offsets], vec![]))
+    }
+
+    /// Emits `residual + x @ W^T`. With a block-offset correction `c` the three terms are one
+    /// `Sum(y, c, residual)` node, which adds in input order: `(y + c) + residual`, the same
+    /// floats as `residual + (y + c)` from two `Add` nodes, one node fewer.
+    pub fn apply_onto(&self, g: &mut GraphBuilder, x: &str, residual: &str) -> String {
+        let y = self.project(g, x);
+        match self.correction(g, x) {
+            None => g.op("Add", &[residual, &y], vec![]),
+            Some(c) => g.op("Sum", &[&y, &c, residual], vec![]),
         }
     }
 }
@@ -338,8 +356,7 @@ pub fn decoder_layer(
             ("scale", Attr::Float(1.0 / (cfg.head_dim as f32).sqrt())),
         ],
     );
-    let o = linear(g, &attn, &w.wo, &format!("{p}.wo"), opts);
-    let x = g.op("Add", &[x, &o], vec![]);
+    let x = Linear::declare(g, &w.wo, &format!("{p}.wo"), opts).apply_onto(g, &attn, x);
 
     let ffn_norm = g.initializer(TensorProto::f32(
         &format!("{p}.ffn_norm"),
@@ -357,8 +374,7 @@ pub fn decoder_layer(
     let sig = g.op("Sigmoid", &[gate], vec![]);
     let act = g.op("Mul", &[gate, &sig], vec![]);
     let act = g.op("Mul", &[&act, up], vec![]);
-    let down = linear(g, &act, &w.w_down, &format!("{p}.w_down"), opts);
-    let out = g.op("Add", &[&x, &down], vec![]);
+    let out = Linear::declare(g, &w.w_down, &format!("{p}.w_down"), opts).apply_onto(g, &act, &x);
     g.set_scope("");
     out
 }
