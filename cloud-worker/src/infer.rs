@@ -140,9 +140,13 @@ pub async fn extend<S: ContextStore>(
     for _ in 0..3 {
         let (client, session, branch, first) =
             (run.client.clone(), run.session.clone(), run.branch.clone(), run.first);
+        // A cache that already holds the asked position (asks overtook each other) is cut
+        // back to where the ask's piece of catch-up begins, to run that piece as every replica
+        // runs it.
         let from =
             with_engine(engine, move |e| Ok(e.usable_prefix(&client, &session, &branch, first)))
                 .await?
+                .min(run.edge_answered.run_start(first))
                 .min(run.from_at_most.unwrap_or(u64::MAX));
         let segments = store.rows(run.client, run.session, run.branch.epoch, from..run.end).await?;
         let rows: Vec<f32> = segments.iter().flat_map(ValidUpload::decode).collect();

@@ -165,7 +165,8 @@ impl<S: ContextStore> CloudWorker<S> {
         )
         .await?;
         let edge_answered = EdgeAnswered::from_flat(&req.edge_answered)
-            .map_err(ProtocolError::InvalidEdgeAnswers)?;
+            .map_err(ProtocolError::InvalidEdgeAnswers)?
+            .with_prompt_len(req.prompt_len);
         let run = Run {
             client: &client,
             session: &req.session,

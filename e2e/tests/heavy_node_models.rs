@@ -244,22 +244,12 @@ fn heavy_the_readme_example_answers_survives_a_lost_replica_scales_and_goes_away
     check(admin.run(&["delete", "namespace", &ns, "--wait=false"]));
 }
 
-/// How many tokens after losing its cloud replica a stream must go on exactly as it would have.
-const CARRIED_ON: usize = 32;
-
-/// How many leading tokens two answers share.
-fn first_difference(a: &[u64], b: &[u64]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// A long greedy answer, streamed: the cloud pod serving it is deleted after the first cloud
 /// token; the stream goes on on the other replica, which rebuilds the session from Redis, and
-/// carries on the same answer: token for token the uninterrupted one for at least
-/// [`CARRIED_ON`] tokens after the loss (a lost or wrong context differs at once), as long and
-/// ending the same way. The rebuilt replica computes the whole context in one batched pass
-/// where the lost one had run it a token at a time; with int8 activations (MatMulNBits
-/// accuracy level 4) the two round apart enough to swap two nearly tied tokens late in a long
-/// answer (seen once at token 87 of 96), so exact equality to the end is not promised.
+/// carries on the same answer: token for token the uninterrupted one, each from the same half,
+/// as long and ending the same way. (The rebuilt replica cuts the context where the edge's
+/// asks did, so it computes the lost replica's keys and values to the bit; one batched pass
+/// would round apart, with int8 activations, enough to swap nearly tied tokens.)
 fn the_cloud_pod_serving_a_stream_goes_and_the_stream_does_not_notice(
     admin: &Kubectl,
     ns: &str,
@@ -302,20 +292,11 @@ fn the_cloud_pod_serving_a_stream_goes_and_the_stream_does_not_notice(
     assert!(interrupted.pieces.len() > at + 8, "the stream went on after the deletion");
     assert!(!reference.tokens.is_empty(), "the stream lists its token ids");
     assert!(at < 16, "the replica went early in the answer, after {at} pieces");
-    let same = first_difference(&interrupted.tokens, &reference.tokens);
-    eprintln!("the answers agree on their first {same} of {} tokens", reference.tokens.len());
-    assert!(
-        same >= (at + CARRIED_ON).min(reference.tokens.len()),
-        "the stream carried on the same answer after the loss: {:?} vs {:?}",
-        interrupted.tokens,
-        reference.tokens
-    );
     assert_eq!(
-        interrupted.sources.get(..same),
-        reference.sources.get(..same),
-        "each from the same half"
+        interrupted.tokens, reference.tokens,
+        "the stream carried on the uninterrupted answer after the loss"
     );
-    assert_eq!(interrupted.tokens.len(), reference.tokens.len());
+    assert_eq!(interrupted.sources, reference.sources, "each from the same half");
     assert_eq!(interrupted.finish_reason, reference.finish_reason);
     assert_eq!(
         count(&interrupted.usage, "completion_tokens"),

@@ -242,7 +242,7 @@ impl Generator {
         // Positions whose token the edge picked without asking: a `propagate` cloud derives
         // their deeper K/V from the uploaded state. Positions the cloud was asked about stay
         // out even when it failed to answer, so every replica runs them exactly.
-        let mut edge_answered = EdgeAnswered::default();
+        let mut edge_answered = EdgeAnswered::after_prompt(req.prompt.len() as u64);
         // The tokens answered so far, in order: the request's penalties count them and the exit
         // policy keeps the edge from repeating them.
         let mut seen = Generated::default();

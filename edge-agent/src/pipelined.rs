@@ -66,7 +66,7 @@ impl Generator {
         let mut committed = 0;
         let mut queue: VecDeque<Decided> = VecDeque::new();
         let mut flights: VecDeque<InFlight> = VecDeque::new();
-        let mut edge_answered = EdgeAnswered::default();
+        let mut edge_answered = EdgeAnswered::after_prompt(prompt_len as u64);
         // Every decided token (committed or queued), in order: the answer so far, which the
         // request's penalties count and the exit policy keeps the edge from repeating.
         let mut seen = Generated::default();

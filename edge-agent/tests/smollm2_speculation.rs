@@ -2,7 +2,8 @@
 //! gRPC. Lossless speculation (f32 uploads, exact catch-up) answers 20 ShareGPT prompts with
 //! exactly the full model's tokens (the cloud-only baseline, served by the same worker), and a
 //! seeded sampled run with the seeded full model's; pipelined collaboration commits what
-//! waiting for every answer commits.
+//! waiting for every answer commits, and losing the cloud replica that serves an answer
+//! changes none of its tokens or log-probabilities.
 
 mod common;
 
@@ -140,4 +141,81 @@ fn heavy_smollm2_pipelined_collaboration_commits_what_waiting_commits() {
         rollbacks += ahead["collm"]["rollbacks"].as_u64().expect("rollbacks");
     }
     eprintln!("6 prompts: {rollbacks} rollbacks");
+}
+
+/// A streamed answer: its token ids, each token's source and log-probability, in order.
+#[derive(Debug, Default, PartialEq)]
+struct Streamed {
+    tokens: Vec<u64>,
+    sources: Vec<String>,
+    logprobs: Vec<f64>,
+}
+
+/// Streams `body`, calling `on_piece` with the number of pieces received so far.
+fn streamed(base: &str, body: &Value, mut on_piece: impl FnMut(usize)) -> Streamed {
+    let mut out = Streamed::default();
+    stream(base, "/v1/chat/completions", body, |i, ev| {
+        on_piece(i);
+        let strings = |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
+        out.tokens.extend(strings(&ev["collm"]["tokens"]).iter().filter_map(Value::as_u64));
+        out.sources.extend(
+            strings(&ev["collm"]["sources"]).iter().filter_map(|s| s.as_str().map(str::to_owned)),
+        );
+        out.logprobs.extend(
+            strings(&ev["choices"][0]["logprobs"]["content"])
+                .iter()
+                .filter_map(|c| c["logprob"].as_f64()),
+        );
+    });
+    out
+}
+
+/// The cloud replica serving an answer is killed (SIGKILL) a few pieces in; the answer goes on
+/// on the other replica, which rebuilds the session's cache from the rows in Redis. It must be
+/// the uninterrupted answer exactly: every token, its source and its log-probability. With
+/// SmolLM2's int8 activations a pass over many positions rounds up to a logit away from passes
+/// over few, so this holds only because every replica cuts a session's positions where the
+/// edge's asks did (the prompt's length and the edge's answers travel with every ask).
+#[test]
+fn heavy_smollm2_a_replica_lost_mid_answer_changes_no_token_or_probability() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = collm_testkit::RedisServer::start();
+    let shared = ["--redis-url", &redis.url()];
+    let mut serving = worker(bundle(), &dir.path().join("w1").tap_mkdir(), &shared);
+    let other = worker(bundle(), &dir.path().join("w2").tap_mkdir(), &shared);
+    // Endpoints in failover order: sessions go to the first while it lives.
+    let a = agent(
+        bundle(),
+        &[&serving.addr, &other.addr],
+        &["--encoding", "f32", "--threshold", "0.9"],
+    );
+    let base = format!("http://{}", a.addr);
+    let prompt = &prompts(1)[0];
+    let mut body = chat(prompt, "collaborative", 96, &json!({"logprobs": true}));
+    body["stream"] = json!(true);
+    let reference = streamed(&base, &body, |_| {});
+    let cloud = reference.sources.iter().filter(|s| *s == "cloud").count();
+    eprintln!("uninterrupted: {} tokens, {cloud} from the cloud", reference.tokens.len());
+    assert!(cloud > 8, "the cloud answers often enough to matter: {:?}", reference.sources);
+    assert_eq!(reference.logprobs.len(), reference.tokens.len(), "a log-probability per token");
+
+    const LOST_AFTER: usize = 4;
+    let mut pieces = 0;
+    let interrupted = streamed(&base, &body, |i| {
+        pieces = i + 1;
+        if i == LOST_AFTER {
+            serving.kill();
+        }
+    });
+    assert!(pieces > LOST_AFTER + 8, "the answer went on after the loss ({pieces} pieces)");
+    // A few pieces in, most of the answer was still to come: its second half is the other
+    // replica's.
+    let late = &interrupted.sources[interrupted.sources.len() / 2..];
+    assert!(
+        late.iter().any(|s| s == "cloud"),
+        "the other replica answered after the loss: {late:?}"
+    );
+    assert_eq!(interrupted.tokens, reference.tokens, "the same tokens");
+    assert_eq!(interrupted.sources, reference.sources, "each from the same side");
+    assert_eq!(interrupted.logprobs, reference.logprobs, "the same log-probabilities, to the bit");
 }

@@ -235,6 +235,7 @@ impl CloudSession {
             req.top_k as u32,
         );
         wire.edge_answered = req.edge_answered.to_flat();
+        wire.prompt_len = req.edge_answered.prompt_len();
         wire.adjustment = convert::adjustment(&req.adjustment, &req.seen);
         wire.epoch = self.epoch();
         wire.rollbacks = self.rollbacks.clone();
@@ -449,6 +450,7 @@ impl CloudSession {
             req.top_k as u32,
         );
         wire.edge_answered = req.edge_answered.to_flat();
+        wire.prompt_len = req.edge_answered.prompt_len();
         wire.adjustment = convert::adjustment(&req.adjustment, &req.seen);
         if id == &self.id {
             wire.epoch = self.epoch();

@@ -90,6 +90,11 @@ pub enum ProtocolError {
     )]
     TooManyEdgeAnswers { values: usize, max: u64 },
 
+    #[error(
+        "prompt_len {prompt_len} puts the asked position {after} inside the prompt: the edge asks about the prompt's last position or a later one"
+    )]
+    PromptPastAsk { prompt_len: u64, after: u64 },
+
     #[error("invalid rollbacks: {0}")]
     InvalidRollbacks(String),
 
@@ -152,6 +157,7 @@ impl ProtocolError {
             | InvalidTopP(_)
             | InvalidDraw(_)
             | InvalidEdgeAnswers(_)
+            | PromptPastAsk { .. }
             | InvalidRollbacks(_)
             | DraftLength { .. }
             | DrawCount { .. }

@@ -62,5 +62,6 @@ pub fn next_token_request(
         epoch: 0,
         rollbacks: vec![],
         adjustment: None,
+        prompt_len: 0,
     }
 }

@@ -340,6 +340,8 @@ pub struct ValidNextToken {
     /// Positions the edge answered, `[start, end)` pairs flattened (bounded in size here; the
     /// runtime's `EdgeAnswered::from_flat` checks their order).
     pub edge_answered: Vec<u64>,
+    /// Positions of the generation's prompt (0: the edge did not say), at most `after + 1`.
+    pub prompt_len: u64,
     /// Token ids are checked by the cloud, which knows the vocabulary.
     pub adjustment: Adjustment,
 }
@@ -369,6 +371,12 @@ impl ValidNextToken {
                 max: limits.max_context.saturating_mul(2),
             });
         }
+        if req.prompt_len > req.after + 1 {
+            return Err(ProtocolError::PromptPastAsk {
+                prompt_len: req.prompt_len,
+                after: req.after,
+            });
+        }
         Ok(Self {
             session,
             branch: Branch::parse(req.epoch, req.rollbacks, limits)?,
@@ -377,6 +385,7 @@ impl ValidNextToken {
             u: req.u,
             top_k: req.top_k,
             edge_answered: req.edge_answered,
+            prompt_len: req.prompt_len,
             adjustment: Adjustment::parse(req.adjustment, limits.max_context)?,
         })
     }

@@ -226,6 +226,7 @@ fn next(sampling: Option<pb::SamplingParams>, u: f64, top_k: u32) -> pb::NextTok
         epoch: 0,
         rollbacks: vec![],
         adjustment: None,
+        prompt_len: 0,
     }
 }
 
@@ -246,6 +247,7 @@ fn a_next_token_request_round_trips_and_defaults_to_greedy() {
         u: 0.25,
         top_k: 5,
         edge_answered: vec![],
+        prompt_len: 0,
         adjustment: Default::default(),
     };
     assert_eq!(valid, expected);
@@ -394,4 +396,19 @@ fn an_edge_sizes_its_chunks_from_the_advertised_limits() {
     let n = small.rows_per_chunk(Encoding::F32) as usize;
     ValidUpload::parse(chunk(0, n, Encoding::F32), &small).expect("a full chunk is accepted");
     assert!(ValidUpload::parse(chunk(0, n + 1, Encoding::F32), &small).is_err());
+}
+
+#[test]
+fn a_prompt_that_reaches_past_the_asked_position_is_refused() {
+    let mut req = next(None, 0.5, 0);
+    req.prompt_len = 4;
+    let ok = ValidNextToken::parse(req.clone(), &limits()).expect("the prompt's last position");
+    assert_eq!(ok.prompt_len, 4);
+    req.prompt_len = 5;
+    let err = ValidNextToken::parse(req, &limits()).expect_err("inside the prompt");
+    assert_status(
+        &tonic::Status::from(err),
+        Code::InvalidArgument,
+        "prompt_len 5 puts the asked position 3 inside the prompt",
+    );
 }

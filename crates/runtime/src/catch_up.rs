@@ -41,14 +41,63 @@ impl std::fmt::Display for CatchUp {
 }
 
 /// Positions whose next token the edge answered without asking the cloud, as sorted, disjoint,
-/// non-adjacent ranges. The edge sends them with every next-token request, so any replica, even
-/// one rebuilding a session from position 0, classifies every position the same way.
+/// non-adjacent ranges, and (when the edge says it) the prompt's length. The edge sends both
+/// with every next-token request, so any replica, even one rebuilding a session from position
+/// 0, classifies every position the same way: the prompt's, the edge's, or one the cloud was
+/// asked about (every position from the prompt's last on that the edge did not answer).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EdgeAnswered {
     ranges: Vec<Range<u64>>,
+    /// Positions of the prompt; `None` from an edge that does not send it.
+    prompt_len: Option<u64>,
 }
 
 impl EdgeAnswered {
+    /// Nothing answered yet in a generation whose prompt holds `prompt_len` positions.
+    pub fn after_prompt(prompt_len: u64) -> Self {
+        Self { ranges: Vec::new(), prompt_len: (prompt_len > 0).then_some(prompt_len) }
+    }
+
+    /// The same record, with the prompt's length (0: not known).
+    pub fn with_prompt_len(mut self, prompt_len: u64) -> Self {
+        self.prompt_len = (prompt_len > 0).then_some(prompt_len);
+        self
+    }
+
+    /// Positions of the prompt (0: not known).
+    pub fn prompt_len(&self) -> u64 {
+        self.prompt_len.unwrap_or(0)
+    }
+
+    /// Whether the cloud was asked for the token after `position`: it is the prompt's last
+    /// position or a later one, and the edge did not answer it. Always false when the prompt's
+    /// length is not known.
+    pub fn asked(&self, position: u64) -> bool {
+        self.prompt_len.is_some_and(|n| position + 1 >= n) && !self.contains(position)
+    }
+
+    /// Where the piece of catch-up that ends at the asked position `after` begins: just after
+    /// the previous position the cloud was asked about (0 if none). Every replica cuts a
+    /// session's positions into these pieces and runs each in one pass (see [`plan`]), so the
+    /// keys and values it computes do not depend on which replica ran them, or in which order
+    /// the asks arrived. Without the prompt's length the pieces are not known: `after` itself,
+    /// the least an answer must run.
+    pub fn run_start(&self, after: u64) -> u64 {
+        let Some(n) = self.prompt_len else { return after };
+        let floor = n.saturating_sub(1);
+        let mut p = after;
+        while p > floor {
+            p -= 1;
+            // Skip whole ranges the edge answered.
+            let i = self.ranges.partition_point(|r| r.end <= p);
+            match self.ranges.get(i) {
+                Some(r) if r.start <= p => p = r.start,
+                _ => return p + 1,
+            }
+        }
+        0
+    }
+
     /// Records that the edge answered the token after `position`. Positions arrive in
     /// increasing order; one at or below the last recorded is ignored.
     pub fn push(&mut self, position: u64) {
@@ -109,7 +158,7 @@ impl EdgeAnswered {
             }
             ranges.push(r);
         }
-        Ok(Self { ranges })
+        Ok(Self { ranges, prompt_len: None })
     }
 }
 
@@ -131,6 +180,12 @@ pub struct CatchUpRun {
 
 /// Splits positions `from..=after` into runs, in order. The last `answered` positions (at
 /// least the asked position `after`) are always exact: their logits are the answer.
+///
+/// A run also ends at every earlier position the cloud was asked about
+/// ([`EdgeAnswered::asked`]): that is where the replica that answered the ask ended its pass.
+/// A pass over several positions rounds differently from passes over fewer (with int8
+/// activations, by up to a logit), so a replica rebuilding a session's cache from position 0
+/// must cut it where the asks did to compute the very same keys and values.
 pub fn plan(
     mode: CatchUp,
     from: u64,
@@ -140,6 +195,7 @@ pub fn plan(
 ) -> Vec<CatchUpRun> {
     let exact_from = (after + 1).saturating_sub(answered.max(1));
     let mut runs: Vec<CatchUpRun> = Vec::new();
+    let mut cut = false;
     for p in from..=after {
         let kind = if mode == CatchUp::Propagate && p < exact_from && edge.contains(p) {
             RunKind::Propagated
@@ -147,9 +203,10 @@ pub fn plan(
             RunKind::Exact
         };
         match runs.last_mut() {
-            Some(run) if run.kind == kind => run.positions.end = p + 1,
+            Some(run) if run.kind == kind && !cut => run.positions.end = p + 1,
             _ => runs.push(CatchUpRun { positions: p..p + 1, kind }),
         }
+        cut = p < exact_from && edge.asked(p);
     }
     runs
 }
@@ -205,6 +262,53 @@ mod tests {
             assert!(err.contains(needle), "{flat:?}: {err}");
         }
         assert_eq!(EdgeAnswered::from_flat(&[]), Ok(EdgeAnswered::default()));
+    }
+
+    #[test]
+    fn asked_positions_and_where_their_pieces_start() {
+        // Prompt 0..5; the edge answered after 6, 7 and 10; the cloud was asked after 4, 5, 8, 9.
+        let mut e = EdgeAnswered::after_prompt(5);
+        for p in [6, 7, 10] {
+            e.push(p);
+        }
+        let asked: Vec<u64> = (0..12).filter(|&p| e.asked(p)).collect();
+        assert_eq!(asked, vec![4, 5, 8, 9, 11]);
+        let starts: Vec<u64> = [4, 5, 8, 9, 11].iter().map(|&a| e.run_start(a)).collect();
+        assert_eq!(starts, vec![0, 5, 6, 9, 10]);
+        // Without the prompt's length nothing counts as asked, and an answer runs its position.
+        let old = EdgeAnswered::from_flat(&e.to_flat()).unwrap();
+        assert!(!old.asked(8) && old.run_start(11) == 11);
+        assert_eq!(old.with_prompt_len(5), e);
+        // A rollback keeps the prompt.
+        let mut rolled = e.clone();
+        rolled.truncate(7);
+        assert_eq!(rolled.prompt_len(), 5);
+        assert!(rolled.asked(7), "taken back from the edge, asked again");
+    }
+
+    #[test]
+    fn runs_end_where_the_asks_did_so_a_rebuild_repeats_them() {
+        let mut e = EdgeAnswered::after_prompt(5);
+        for p in [6, 7, 10] {
+            e.push(p);
+        }
+        let exact = |r: std::ops::Range<u64>| CatchUpRun { positions: r, kind: RunKind::Exact };
+        // Rebuilding from 0 up to the ask after 11: the pieces the asks after 4, 5, 8, 9 ran.
+        let rebuilt = plan(CatchUp::Exact, 0, 11, 1, &e);
+        assert_eq!(
+            rebuilt,
+            vec![exact(0..5), exact(5..6), exact(6..9), exact(9..10), exact(10..12)]
+        );
+        // The same pieces from any cache length the asks left behind.
+        assert_eq!(plan(CatchUp::Exact, 6, 11, 1, &e), rebuilt[2..].to_vec());
+        // A verified draft's positions stay one pass.
+        assert_eq!(plan(CatchUp::Exact, 10, 11, 2, &e), vec![exact(10..12)]);
+        let mut through = e.clone();
+        through.push(11);
+        assert_eq!(
+            plan(CatchUp::Exact, 5, 11, 3, &through),
+            vec![exact(5..6), exact(6..9), exact(9..12)]
+        );
     }
 
     #[test]

@@ -214,8 +214,9 @@ impl CloudTransport for InProcessCloud {
                 s.uploaded(width)
             )));
         }
-        // Catch up on every uploaded position up to `after`, as the cloud's catch-up mode says.
-        let first = s.cache.len().min(req.after);
+        // Catch up on every uploaded position up to `after`, as the cloud's catch-up mode says
+        // (a cache already past the asked position is cut back to where its piece begins).
+        let first = s.cache.len().min(req.edge_answered.run_start(req.after as u64) as usize);
         s.cache.truncate(first)?;
         let rows = &s.rows[first * width..(req.after + 1) * width];
         let logits = self.layers.step(&mut s.cache, rows, &req.edge_answered, 1)?.logits;

@@ -179,7 +179,7 @@ pub fn generate(
     let start = Instant::now();
     let mut first_token_at = None;
     let max_new = opts.max_tokens.min(decoder.room());
-    let mut edge_answered = EdgeAnswered::default();
+    let mut edge_answered = EdgeAnswered::after_prompt(prompt.len() as u64);
     let mut seen = Generated::default();
     let result = (|| {
         let mut index = 0;
