@@ -756,6 +756,73 @@ fn the_operator_runs_with_only_the_charts_permissions() {
     assert!(!can("list", "secrets"), "the operator reads single Secrets, never lists them");
 }
 
+/// Every values file in the chart's `ci/` (the defaults, and every optional path at once) passes
+/// `helm lint --strict` and renders. With everything on, the monitoring objects come out as
+/// Prometheus and Grafana read them: a PodMonitor for the models' edge and cloud pods on the
+/// port they name, a ServiceMonitor for the operator, and the dashboard's JSON unchanged in a
+/// ConfigMap carrying Grafana's sidecar label.
+#[test]
+fn every_ci_values_file_lints_and_renders_the_monitoring_objects_it_asks_for() {
+    let env = env();
+    let chart = collm_e2e::chart::chart_dir();
+    let kubeconfig = &env.admin.kubeconfig;
+    let chart_str = chart.to_str().expect("path");
+    let mut files: Vec<_> = check(std::fs::read_dir(chart.join("ci")).map_err(Into::into))
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        let values = file.to_str().expect("path");
+        check(
+            collm_e2e::chart::helm(kubeconfig, &["lint", "--strict", chart_str, "-f", values])
+                .map(|_| ()),
+        );
+        check(
+            collm_e2e::chart::helm(kubeconfig, &["template", "ci", chart_str, "-f", values])
+                .map(|_| ()),
+        );
+    }
+    let full = chart.join("ci/full-values.yaml");
+    let rendered = check(collm_e2e::chart::helm(
+        kubeconfig,
+        &["template", "ci", chart_str, "-f", full.to_str().expect("path")],
+    ));
+    let docs: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let pod_monitors = of_kind("PodMonitor");
+    assert_eq!(pod_monitors.len(), 1, "{rendered}");
+    let spec = &pod_monitors[0]["spec"];
+    assert_eq!(spec["podMetricsEndpoints"][0]["port"], "http", "{spec}");
+    assert_eq!(
+        spec["selector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["edge", "cloud"])
+    );
+    assert_eq!(spec["namespaceSelector"]["matchNames"], serde_json::json!(["models"]), "{spec}");
+    assert_eq!(of_kind("ServiceMonitor").len(), 1, "{rendered}");
+    let dashboards: Vec<_> = of_kind("ConfigMap")
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(dashboards.len(), 1, "{rendered}");
+    assert_eq!(dashboards[0]["metadata"]["namespace"], "monitoring");
+    let shipped: serde_json::Value = serde_json::from_str(
+        dashboards[0]["data"]["collm.json"].as_str().expect("the dashboard's JSON"),
+    )
+    .expect("the ConfigMap holds valid JSON");
+    let source: serde_json::Value = serde_json::from_str(&check(
+        std::fs::read_to_string(chart.join("dashboards/collm.json")).map_err(Into::into),
+    ))
+    .expect("dashboards/collm.json");
+    assert_eq!(shipped, source, "the dashboard reaches Grafana as written");
+}
+
 #[test]
 fn the_chart_passes_helm_lint_and_a_server_side_dry_run() {
     let env = env();

@@ -202,6 +202,17 @@ fn logprobs_come_from_the_answering_partition_in_openais_shapes() {
     let (status, err) = post(&never_base, "/v1/completions", &body);
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["param"], "logprobs", "{err}");
+    // So are logit adjustments; the error names the field the request set.
+    for (field, value) in [
+        ("logit_bias", json!({"5": 1.0})),
+        ("presence_penalty", json!(0.5)),
+        ("frequency_penalty", json!(0.5)),
+    ] {
+        let body = completion(4, json!({"mode": "speculative", field: value}));
+        let (status, err) = post(&never_base, "/v1/completions", &body);
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["param"], field, "{err}");
+    }
 }
 
 fn request(

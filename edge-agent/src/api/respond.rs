@@ -193,8 +193,13 @@ pub async fn respond(
             return Err(ApiError::unsupported("`logprobs` in mode speculative", "logprobs", why));
         }
         if !v.adjustment.is_identity() {
-            let param =
-                if v.adjustment.bias.is_empty() { "presence_penalty" } else { "logit_bias" };
+            let param = if !v.adjustment.bias.is_empty() {
+                "logit_bias"
+            } else if v.adjustment.presence_penalty != 0.0 {
+                "presence_penalty"
+            } else {
+                "frequency_penalty"
+            };
             return Err(ApiError::unsupported(
                 "`logit_bias` and penalties in mode speculative",
                 param,
