@@ -55,7 +55,7 @@ pub struct EdgeAnswered {
 impl EdgeAnswered {
     /// Nothing answered yet in a generation whose prompt holds `prompt_len` positions.
     pub fn after_prompt(prompt_len: u64) -> Self {
-        Self { ranges: Vec::new(), prompt_len: (prompt_len > 0).then_some(prompt_len) }
+        Self::default().with_prompt_len(prompt_len)
     }
 
     /// The same record, with the prompt's length (0: not known).
@@ -84,18 +84,7 @@ impl EdgeAnswered {
     /// the least an answer must run.
     pub fn run_start(&self, after: u64) -> u64 {
         let Some(n) = self.prompt_len else { return after };
-        let floor = n.saturating_sub(1);
-        let mut p = after;
-        while p > floor {
-            p -= 1;
-            // Skip whole ranges the edge answered.
-            let i = self.ranges.partition_point(|r| r.end <= p);
-            match self.ranges.get(i) {
-                Some(r) if r.start <= p => p = r.start,
-                _ => return p + 1,
-            }
-        }
-        0
+        (n.saturating_sub(1)..after).rev().find(|&p| self.asked(p)).map_or(0, |p| p + 1)
     }
 
     /// Records that the edge answered the token after `position`. Positions arrive in
