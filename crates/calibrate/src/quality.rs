@@ -128,9 +128,37 @@ impl QualityTarget {
     }
 }
 
+/// How likely a mode that loops no more often than the reference would show this much excess
+/// or more, over paired answers to the same prompts: `only_mode` prompts where the mode's answer
+/// loops and the reference's does not, `only_reference` the reverse (prompts where both or
+/// neither loop say nothing about which loops more). The exact one-sided sign test: under
+/// "no more often", each discordant prompt is at most a fair coin. A small value is evidence the
+/// mode loops more; a single draw of a few loops is not.
+pub fn excess_loops_p_value(only_mode: usize, only_reference: usize) -> f64 {
+    let n = only_mode + only_reference;
+    // P(X >= only_mode) for X ~ Binomial(n, 1/2); each term in log space, so no n overflows.
+    let ln_choose =
+        |k: usize| -> f64 { (1..=k).map(|i| ((n - k + i) as f64).ln() - (i as f64).ln()).sum() };
+    (only_mode..=n).map(|k| (ln_choose(k) - n as f64 * std::f64::consts::LN_2).exp()).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excess_loops_are_judged_by_the_discordant_prompts() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(excess_loops_p_value(0, 0), 1.0), "no discordant prompt, no evidence");
+        assert!(close(excess_loops_p_value(0, 3), 1.0));
+        assert!(close(excess_loops_p_value(1, 0), 0.5), "one extra loop is a coin toss");
+        assert!(close(excess_loops_p_value(4, 0), 1.0 / 16.0));
+        assert!(close(excess_loops_p_value(5, 0), 1.0 / 32.0));
+        // 6 of 7 discordant prompts: (C(7,6) + C(7,7)) / 2^7.
+        assert!(close(excess_loops_p_value(6, 1), 8.0 / 128.0));
+        assert!(close(excess_loops_p_value(2, 3), 26.0 / 32.0));
+        assert!(excess_loops_p_value(60, 30) < 0.01, "large samples stay finite and exact enough");
+    }
 
     #[test]
     fn common_prefix_stops_at_the_first_difference() {

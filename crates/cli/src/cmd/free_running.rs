@@ -26,6 +26,8 @@ pub struct AnswerRecord {
     /// The full model's natural-log probability of each token.
     pub logprobs: Vec<f64>,
     pub identical: bool,
+    /// Whether the answer ends in a loop (the report's detector, trailing stop token aside).
+    pub looped: bool,
 }
 
 /// Per mode (in the order given, after the full model's own), what its answers were worth.
@@ -50,6 +52,7 @@ pub struct References {
     prompts: Vec<Vec<u32>>,
     answers: Vec<Generation>,
     logprobs: Vec<Vec<f64>>,
+    looped: Vec<bool>,
     pub tally: QualityTally,
 }
 
@@ -65,7 +68,8 @@ impl FreeRunning<'_> {
         }
         if self.keep_answers {
             for (i, (g, lp)) in references.answers.iter().zip(&references.logprobs).enumerate() {
-                out.answers.push(record(i, "full", g, lp.clone(), true));
+                let verdict = Verdict { identical: true, looped: references.looped[i] };
+                out.answers.push(record(i, "full", g, lp.clone(), verdict));
             }
         }
         Ok(out)
@@ -82,15 +86,17 @@ impl FreeRunning<'_> {
             prompts: prompts.to_vec(),
             answers: vec![],
             logprobs: vec![],
+            looped: vec![],
             tally: QualityTally::default(),
         };
         for (i, prompt) in prompts.iter().enumerate() {
             let g = self.answer(prompt, &full)?;
             let lp = self.score(prompt, &g.tokens)?;
-            self.tally(&g, &lp, &g.tokens, &mut r.tally);
+            let verdict = self.tally(&g, &lp, &g.tokens, &mut r.tally);
             eprintln!("prompt {}/{}: full model, {} tokens", i + 1, prompts.len(), g.tokens.len());
             r.answers.push(g);
             r.logprobs.push(lp);
+            r.looped.push(verdict.looped);
         }
         Ok(r)
     }
@@ -112,12 +118,12 @@ impl FreeRunning<'_> {
             } else {
                 self.score(prompt, &g.tokens)?
             };
-            let same = self.tally(&g, &logprobs, reference, &mut tally);
-            if !same {
+            let verdict = self.tally(&g, &logprobs, reference, &mut tally);
+            if !verdict.identical {
                 differing.push(collm_calibrate::quality::common_prefix(&g.tokens, reference));
             }
             if self.keep_answers {
-                records.push(record(i, &run.label, &g, logprobs, same));
+                records.push(record(i, &run.label, &g, logprobs, verdict));
             }
         }
         eprintln!(
@@ -136,7 +142,7 @@ impl FreeRunning<'_> {
         logprobs: &[f64],
         reference: &[u32],
         tally: &mut QualityTally,
-    ) -> bool {
+    ) -> Verdict {
         let stops = self.model.text.stop_ids();
         // Loops are looked for in the text: a trailing stop token is not part of it.
         let text_len = g.tokens.iter().rposition(|t| !stops.contains(t)).map_or(0, |i| i + 1);
@@ -144,7 +150,7 @@ impl FreeRunning<'_> {
         let looped = self.detector.find(&g.tokens[..text_len]).is_some();
         let answer = Answer { tokens: &g.tokens, looped, edge_tokens, logprobs };
         tally.add(&answer, reference);
-        g.tokens == reference
+        Verdict { identical: g.tokens == reference, looped }
     }
 
     fn answer(&mut self, prompt: &[u32], run: &ModeRun) -> Result<Generation> {
@@ -179,12 +185,18 @@ impl FreeRunning<'_> {
     }
 }
 
+/// What the tally found in one answer.
+struct Verdict {
+    identical: bool,
+    looped: bool,
+}
+
 fn record(
     prompt: usize,
     mode: &str,
     g: &Generation,
     logprobs: Vec<f64>,
-    identical: bool,
+    verdict: Verdict,
 ) -> AnswerRecord {
     AnswerRecord {
         prompt,
@@ -192,6 +204,7 @@ fn record(
         tokens: g.tokens.clone(),
         origins: g.origins.clone(),
         logprobs,
-        identical,
+        identical: verdict.identical,
+        looped: verdict.looped,
     }
 }

@@ -55,7 +55,8 @@ pub struct QualityArgs {
     /// Write the Markdown report here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Write every answer (tokens, origins, the full model's log-probabilities) as JSON lines.
+    /// Write every answer (tokens, origins, the full model's log-probabilities, whether it
+    /// loops) as JSON lines.
     #[arg(long)]
     answers: Option<PathBuf>,
     /// Write the figures as JSON: `{"modes": [{"mode", "prompts", "edge_share",
