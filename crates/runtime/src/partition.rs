@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
 
+use collm_bundle::data_file_name;
 use collm_bundle::graph::names;
 use collm_checkpoint::LlamaConfig;
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
@@ -169,6 +170,11 @@ impl Partition {
             Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
         })?;
         crate::memory::release_freed_heap();
+        if let Some(name) = path.file_name() {
+            let data = path.with_file_name(data_file_name(&name.to_string_lossy()));
+            let released = crate::memory::release_mapped_file(&data);
+            tracing::debug!(file = %data.display(), released, "weight file pages released");
+        }
         let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
         let (takes_bias, takes_count) = (takes(names::ATTENTION_BIAS), takes(names::LOGITS_COUNT));
         Ok(Self { session, shape, takes_bias, takes_count })
