@@ -84,11 +84,14 @@ fn heavy_smollm2_default_operating_point_keeps_quality_free_running() {
     assert!(f(collab, "nll_ratio") <= 1.15, "the full model finds the answers unlikely: {collab}");
 
     // Loops, prompt by prompt: where one mode's answer loops and the other's does not.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&answers)
+        .expect("answers")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("answer line"))
+        .collect();
     let looped = |mode: &str| -> Vec<bool> {
-        let lines = std::fs::read_to_string(&answers).expect("answers");
         let mut rows: Vec<(u64, bool)> = lines
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("answer line"))
+            .iter()
             .filter(|a| a["mode"] == mode)
             .map(|a| (a["prompt"].as_u64().expect("prompt"), a["looped"] == true))
             .collect();

@@ -29,54 +29,45 @@ pub fn release_freed_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_freed_heap() {}
 
-/// A mapping of a file, as `/proc/<pid>/smaps` describes it.
+/// A mapping's address range, as `/proc/<pid>/smaps` gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileMapping {
-    pub start: usize,
-    pub end: usize,
+struct FileMapping {
+    start: usize,
+    end: usize,
 }
 
 /// The private, readable mappings of `file` in a `/proc/<pid>/smaps` listing whose pages all
 /// still hold the file's bytes (no anonymous, copied-on-write page): dropping their pages loses
 /// nothing. ONNX Runtime maps each initializer private and writable but never writes to it;
 /// a shared mapping, or one that was written to, is left alone.
-pub fn releasable_mappings(smaps: &str, file: &Path) -> Vec<FileMapping> {
+fn releasable_mappings(smaps: &str, file: &Path) -> Vec<FileMapping> {
     let mut found = vec![];
+    // The mapping whose fields are being read, if it is one of `file`'s candidates.
     let mut current: Option<FileMapping> = None;
     for line in smaps.lines() {
-        if let Some(anon) = line.strip_prefix("Anonymous:") {
+        if let Some((range, perms, path)) = mapping_header(line) {
+            let private_readable = perms.starts_with('r') && perms.ends_with('p');
+            current = (private_readable && Path::new(path) == file).then_some(range);
+        } else if let Some(anon) = line.strip_prefix("Anonymous:") {
             let untouched = anon.trim().trim_end_matches("kB").trim() == "0";
             found.extend(current.take().filter(|_| untouched));
-        } else if let Some(m) = mapping_of(line, file) {
-            current = Some(m);
-        } else if is_mapping_header(line) {
-            current = None;
         }
     }
     found
 }
 
-/// `address perms offset dev inode pathname` (the pathname may contain spaces).
-fn header_fields(line: &str) -> Option<(&str, &str, &str)> {
+/// A mapping's first line, `start-end perms offset dev inode pathname` (the pathname may be
+/// empty or contain spaces): its range, permissions and pathname.
+fn mapping_header(line: &str) -> Option<(FileMapping, &str, &str)> {
     let mut fields = line.splitn(6, ' ');
     let (range, perms) = (fields.next()?, fields.next()?);
-    let path = fields.nth(3).unwrap_or("").trim_start();
-    (range.contains('-') && perms.len() == 4).then_some((range, perms, path))
-}
-
-fn is_mapping_header(line: &str) -> bool {
-    header_fields(line)
-        .is_some_and(|(range, _, _)| range.split('-').all(|h| usize::from_str_radix(h, 16).is_ok()))
-}
-
-fn mapping_of(line: &str, file: &Path) -> Option<FileMapping> {
-    let (range, perms, path) = header_fields(line)?;
     let (start, end) = range.split_once('-')?;
-    let private_readable = perms.starts_with('r') && perms.ends_with('p');
-    (private_readable && Path::new(path) == file).then_some(FileMapping {
+    let range = FileMapping {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
-    })
+    };
+    let path = fields.nth(3).unwrap_or("").trim_start();
+    (perms.len() == 4).then_some((range, perms, path))
 }
 
 /// Drops the resident pages of this process's unwritten private mappings of `file` and turns
