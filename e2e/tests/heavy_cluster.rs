@@ -189,19 +189,22 @@ fn make_pods_ready(ns: &str, selector: &str, want: usize) -> Result<usize> {
     let pods: Value = serde_json::from_str(
         &env().admin.run(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?,
     )?;
-    let names: Vec<String> = pods["items"]
+    let (scheduled, pending): (Vec<&Value>, Vec<&Value>) = pods["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["spec"]["nodeName"].is_string())
+        .partition(|p| p["spec"]["nodeName"].is_string());
+    let names: Vec<String> = scheduled
+        .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
         .collect();
     // A DaemonSet creates its pods one by one: marking the first alone would leave the other
     // never ready.
     ensure!(
         names.len() >= want,
-        "{} of {want} pods matching {selector} scheduled yet",
-        names.len()
+        "{} of {want} pods matching {selector} scheduled yet; pending: {}",
+        names.len(),
+        pending.iter().map(|p| why_pending(p)).collect::<Vec<_>>().join("; ")
     );
     let now = "2026-01-01T00:00:00Z";
     let patch = json!({"status": {
@@ -228,6 +231,20 @@ fn make_pods_ready(ns: &str, selector: &str, want: usize) -> Result<usize> {
         ])?;
     }
     Ok(names.len())
+}
+
+/// A pending pod's name and what the scheduler said about it.
+fn why_pending(pod: &Value) -> String {
+    let scheduled = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "PodScheduled");
+    format!(
+        "{} ({})",
+        pod["metadata"]["name"].as_str().unwrap_or("?"),
+        scheduled.and_then(|c| c["message"].as_str()).unwrap_or("no scheduling decision yet")
+    )
 }
 
 #[test]
