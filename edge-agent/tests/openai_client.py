@@ -78,6 +78,14 @@ extra = client.chat.completions.create(
 )
 assert extra.model_extra["collm"]["mode"] == "standalone", extra.model_extra
 
+# `seed` is OpenAI's int64: a negative one is a seed like any other, and reproducible.
+seeded = [
+    client.chat.completions.create(model=model, messages=hello, max_tokens=8, temperature=0.9, seed=-7)
+    .choices[0].message.content
+    for _ in range(2)
+]
+assert seeded[0] == seeded[1], seeded
+
 # What the server cannot do is an exception, not a plain answer.
 tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
 try:
@@ -90,6 +98,12 @@ try:
     raise AssertionError("JSON mode was accepted")
 except openai.BadRequestError as e:
     assert e.param == "response_format", e
+
+try:
+    client.chat.completions.create(model=model, messages=hello, stream_options={"include_usage": True})
+    raise AssertionError("stream_options without stream was accepted")
+except openai.BadRequestError as e:
+    assert e.param == "stream_options", e
 
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])

@@ -119,7 +119,7 @@ fn undocumented(
                 if own_words(&e.help).is_empty() {
                     found.push(format!("{name}: {}", e.spec));
                 }
-                if e.spec.contains("--mode ") {
+                if e.spec.contains("--mode ") || e.spec.contains("--method ") {
                     modes.push(format!("{name}: {} {}", e.spec, e.help));
                 }
             }
@@ -140,11 +140,11 @@ fn every_flag_of_every_command_has_help_and_modes_list_their_values() {
         "flags, arguments or subcommands without help:\n{}",
         found.join("\n")
     );
-    assert!(modes.len() >= 4, "the --mode flags were not all found: {modes:#?}");
+    assert!(modes.len() >= 5, "the --mode and --method flags were not all found: {modes:#?}");
     for mode in &modes {
         assert!(
             mode.to_lowercase().contains("possible values:"),
-            "a --mode that does not list its values: {mode}"
+            "a --mode or --method that does not list its values: {mode}"
         );
     }
 }

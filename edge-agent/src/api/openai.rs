@@ -31,7 +31,8 @@ pub struct Common {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
-    pub seed: Option<u64>,
+    /// OpenAI's type is int64; a negative seed is as good a seed as any (see [`sampling_seed`]).
+    pub seed: Option<i64>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -340,6 +341,12 @@ impl CompletionRequest {
     }
 }
 
+/// The sampler's seed for OpenAI's int64 `seed`: the same 64 bits, so every value, negative
+/// ones too, names its own reproducible stream.
+fn sampling_seed(seed: i64) -> u64 {
+    seed.cast_unsigned()
+}
+
 impl Common {
     fn validate(
         self,
@@ -375,6 +382,12 @@ impl Common {
                 "one choice is generated per request; send n requests",
             ));
         }
+        if self.stream_options.is_some() && !self.stream {
+            return Err(ApiError::invalid(
+                "`stream_options` is only allowed when `stream` is true",
+                "stream_options",
+            ));
+        }
         let adjustment =
             adjustment(self.logit_bias, self.presence_penalty, self.frequency_penalty)?;
         let stops = match self.stop {
@@ -406,7 +419,7 @@ impl Common {
             temperature,
             top_p,
             top_k: self.top_k.unwrap_or(0) as usize,
-            seed: self.seed,
+            seed: self.seed.map(sampling_seed),
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             stops,
@@ -540,6 +553,31 @@ mod tests {
             .expect("valid");
         assert!(v.stream && v.include_usage);
         assert_eq!(v.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn any_int64_seed_is_a_seed_and_stream_options_need_a_stream() {
+        let seed = |s: &str| {
+            chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"seed":{s}}}"#
+            ))
+            .map(|v| v.seed)
+        };
+        assert_eq!(seed("11").expect("valid"), Some(11));
+        let negative = seed("-1").expect("OpenAI's seed is an int64").expect("seeded");
+        let lowest = seed(&i64::MIN.to_string()).expect("valid").expect("seeded");
+        assert_ne!(negative, lowest, "distinct seeds name distinct streams");
+        assert_eq!(seed("-1").expect("valid"), Some(negative), "and the same one each time");
+        assert!(seed("9223372036854775808").is_err(), "beyond int64");
+
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#)
+            .expect_err("stream_options without stream");
+        let body = e.body();
+        assert_eq!(body["error"]["param"], "stream_options", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":false,"stream_options":null}"#)
+            .expect("a null stream_options is no stream_options");
+        assert!(!v.include_usage);
     }
 
     #[test]

@@ -53,9 +53,9 @@ pub struct Args {
     /// Longest prompt kept, in characters of the user message.
     #[arg(long, default_value_t = 400)]
     max_chars: usize,
-    /// least-squares | kl
-    #[arg(long, default_value = "kl")]
-    method: String,
+    /// How each exit head's translator is fitted.
+    #[arg(long, value_enum, default_value_t = FitMethod::Kl)]
+    method: FitMethod,
     /// Passes over the training data of the KL fit.
     #[arg(long, default_value_t = 6)]
     epochs: usize,
@@ -95,10 +95,27 @@ pub struct Args {
     max_nll_ratio: f64,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    if a.method != "kl" && a.method != "least-squares" {
-        bail!("unknown --method {:?} (expected kl or least-squares)", a.method);
+/// How `collm calibrate` fits an exit head's translator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FitMethod {
+    /// Least squares on the hidden states (closed form; also the KL fit's starting point).
+    LeastSquares,
+    /// Least squares, then gradient steps on the KL divergence to the full model's next-token
+    /// distribution (the better head).
+    Kl,
+}
+
+impl FitMethod {
+    /// The name the bundle's calibration records and the report prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LeastSquares => "least-squares",
+            Self::Kl => "kl",
+        }
     }
+}
+
+pub fn run(a: Args) -> Result<()> {
     let sharegpt = PromptSource::Sharegpt;
     let chatterbot = PromptSource::Chatterbot;
     let share = sharegpt.load(a.data.as_deref(), 0, a.prompts + a.heldout, a.max_chars)?;
@@ -204,7 +221,7 @@ pub fn run(a: Args) -> Result<()> {
         let identity = head_predictions(&head, &Translator::identity(h), ho)?;
         let ls = fit_least_squares(tr.input(), tr.target(), h, a.ridge)?;
         let ls_pred = head_predictions(&head, &ls, ho)?;
-        let (translator, method) = if a.method == "kl" {
+        let translator = if a.method == FitMethod::Kl {
             let opts = KlOptions { epochs: a.epochs, lr: a.lr, ..KlOptions::default() };
             let (t, kl) = fit_kl(&tr, ho, &head, ls, opts, &mut |p| {
                 if let KlProgress::Epoch(e) = p {
@@ -218,9 +235,9 @@ pub fn run(a: Args) -> Result<()> {
                 "exit {layer}: best epoch {} (held-out KL {:.3})",
                 kl.best_epoch, kl.best_heldout_kl
             );
-            (t, "kl")
+            t
         } else {
-            (ls, "least-squares")
+            ls
         };
         let predict = |f: &Features| match &shortlist {
             Some(ids) => shortlist_predictions(&head, &translator, f, ids),
@@ -250,7 +267,7 @@ pub fn run(a: Args) -> Result<()> {
             weight: translator.weight,
             bias: translator.bias,
             calibration: ExitCalibration {
-                method: method.to_string(),
+                method: a.method.name().to_string(),
                 train_positions: tr.rows(),
                 heldout_positions: all.len(),
                 agreement_logit_lens: agreement(&identity),
@@ -286,7 +303,7 @@ pub fn run(a: Args) -> Result<()> {
             .join(", "),
         a.new_tokens,
         a.prompt_positions,
-        a.method
+        a.method.name()
     );
     let mut text = format!("{header}{report}");
     if a.free_prompts > 0 {
