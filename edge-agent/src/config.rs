@@ -175,10 +175,10 @@ impl Settings {
                 (None, None) => None,
                 _ => return Err(Error::Startup("--tls-cert and --tls-key go together".into())),
             };
-        if let Some(t) = flags.threshold.or(file.threshold) {
-            if !(t > 0.0) {
-                return Err(Error::Startup(format!("threshold must be > 0, got {t}")));
-            }
+        if let Some(t) = flags.threshold.or(file.threshold)
+            && (t.is_nan() || t <= 0.0)
+        {
+            return Err(Error::Startup(format!("threshold must be > 0, got {t}")));
         }
         Ok(Self {
             bundle,

@@ -120,7 +120,7 @@ impl CloudSession {
     /// naive baseline ships them with each request instead.
     pub fn keep(&mut self, start: usize, payload: &[u8]) -> Result<()> {
         let row_bytes = self.row_bytes();
-        if payload.len() % row_bytes != 0 || start > self.rows() {
+        if !payload.len().is_multiple_of(row_bytes) || start > self.rows() {
             return Err(Error::Config(format!(
                 "rows must be whole and contiguous: {} bytes at position {start} after {} rows",
                 payload.len(),

@@ -142,20 +142,6 @@ pub fn init(service_name: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry
     Ok(Telemetry { provider, runtime, endpoint })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_format_is_text_unless_json_is_asked_and_nonsense_is_refused() {
-        assert_eq!(LogFormat::parse(None).ok(), Some(LogFormat::Text));
-        assert_eq!(LogFormat::parse(Some(" ")).ok(), Some(LogFormat::Text));
-        assert_eq!(LogFormat::parse(Some("json")).ok(), Some(LogFormat::Json));
-        let err = LogFormat::parse(Some("yaml")).expect_err("refused").to_string();
-        assert!(err.contains("COLLM_LOG_FORMAT \"yaml\"") && err.contains("text or json"), "{err}");
-    }
-}
-
 fn otlp_provider(
     service_name: &str,
     endpoint: &str,
@@ -189,4 +175,18 @@ fn is_transport(target: &str) -> bool {
             || target.starts_with(&format!("{t}::"))
             || target.starts_with(&format!("{t}_"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_and_nonsense_is_refused() {
+        assert_eq!(LogFormat::parse(None).ok(), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some(" ")).ok(), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("json")).ok(), Some(LogFormat::Json));
+        let err = LogFormat::parse(Some("yaml")).expect_err("refused").to_string();
+        assert!(err.contains("COLLM_LOG_FORMAT \"yaml\"") && err.contains("text or json"), "{err}");
+    }
 }

@@ -405,13 +405,13 @@ impl Common {
             None => None,
             Some(m) => Some(m.parse::<Mode>().map_err(|e| ApiError::invalid(e, "mode"))?),
         };
-        if let Some(t) = self.threshold {
-            if !(t > 0.0) || t.is_nan() {
-                return Err(ApiError::invalid(
-                    format!("`threshold` must be > 0, got {t}"),
-                    "threshold",
-                ));
-            }
+        if let Some(t) = self.threshold
+            && (t.is_nan() || t <= 0.0)
+        {
+            return Err(ApiError::invalid(
+                format!("`threshold` must be > 0, got {t}"),
+                "threshold",
+            ));
         }
         Ok(ValidRequest {
             input,
@@ -556,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn any_int64_seed_is_a_seed_and_stream_options_need_a_stream() {
+    fn any_int64_seed_is_a_seed_stream_options_need_a_stream_and_thresholds_are_positive() {
         let seed = |s: &str| {
             chat(&format!(
                 r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"seed":{s}}}"#
@@ -569,6 +569,11 @@ mod tests {
         assert_ne!(negative, lowest, "distinct seeds name distinct streams");
         assert_eq!(seed("-1").expect("valid"), Some(negative), "and the same one each time");
         assert!(seed("9223372036854775808").is_err(), "beyond int64");
+        for t in ["0", "-0.5"] {
+            let e = completion(&format!(r#"{{"model":"m","prompt":"x","threshold":{t}}}"#))
+                .expect_err("a threshold must be > 0");
+            assert_eq!(e.body()["error"]["param"], "threshold");
+        }
 
         let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#)
             .expect_err("stream_options without stream");

@@ -180,7 +180,7 @@ pub fn run(a: LoadArgs) -> Result<()> {
                             i,
                         ));
                         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        if n % every == 0 || n == total {
+                        if n.is_multiple_of(every) || n == total {
                             eprintln!(
                                 "bench load: {n}/{total} requests answered ({:.1} s)",
                                 started.elapsed().as_secs_f64()

@@ -326,6 +326,23 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// `text` with this machine's directories written as a reader's clone and cache have them:
+/// the cache as `$COLLM_CACHE`, the working directory as a relative path, the home as `~`.
+fn portable(text: &str) -> String {
+    let mut out = text.to_string();
+    let dirs = [
+        (std::env::var("COLLM_CACHE").ok(), "$COLLM_CACHE"),
+        (std::env::current_dir().ok().map(|d| d.display().to_string()), "."),
+        (std::env::var("HOME").ok(), "~"),
+    ];
+    for (dir, name) in dirs {
+        if let Some(dir) = dir.filter(|d| d.len() > 1) {
+            out = out.replace(&format!("{}/", dir.trim_end_matches('/')), &format!("{name}/"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,21 +367,4 @@ mod tests {
         assert_eq!(chosen_modes(Some(&some)).expect("some"), vec!["cloud", "naive", "speculative"]);
         assert!(chosen_modes(Some(&["fast".to_string()])).is_err());
     }
-}
-
-/// `text` with this machine's directories written as a reader's clone and cache have them:
-/// the cache as `$COLLM_CACHE`, the working directory as a relative path, the home as `~`.
-fn portable(text: &str) -> String {
-    let mut out = text.to_string();
-    let dirs = [
-        (std::env::var("COLLM_CACHE").ok(), "$COLLM_CACHE"),
-        (std::env::current_dir().ok().map(|d| d.display().to_string()), "."),
-        (std::env::var("HOME").ok(), "~"),
-    ];
-    for (dir, name) in dirs {
-        if let Some(dir) = dir.filter(|d| d.len() > 1) {
-            out = out.replace(&format!("{}/", dir.trim_end_matches('/')), &format!("{name}/"));
-        }
-    }
-    out
 }
