@@ -172,16 +172,18 @@ fn run_ours(d: &DecodeArgs, mode: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// tools/reference/bench_decode.py, carried in the binary: a `collm` installed or copied away
+/// from its source tree (or built in another checkout) still runs the reference.
+const LLAMA_BENCH_SCRIPT: &str = include_str!("../../../../tools/reference/bench_decode.py");
+
 /// llama.cpp's run through tools/reference/bench_decode.py. Some AVX-512/AMX machines crash
 /// llama.cpp on batches of several tokens; then the run is repeated with one token per batch
 /// and the result says so.
 fn run_llama(d: &DecodeArgs, n_batch: Option<usize>) -> Result<serde_json::Value> {
     let cache = collm_runtime::ort_env::cache_dir();
     let python = d.llama_python.clone().unwrap_or_else(|| cache.join("ref-venv/bin/python"));
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/bench_decode.py");
     let mut cmd = Command::new(&python);
-    cmd.arg(&script).args([
+    cmd.args(["-c", LLAMA_BENCH_SCRIPT]).args([
         "--new-tokens",
         &d.new_tokens.to_string(),
         "--runs",
