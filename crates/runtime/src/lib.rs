@@ -9,6 +9,7 @@ pub mod cpu_limit;
 pub mod decoder;
 pub mod draw;
 pub mod exit;
+mod exp_sum;
 pub mod features;
 pub mod generate;
 mod mask;

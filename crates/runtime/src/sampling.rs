@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::exp_sum::sum_exp_shifted;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
     /// 0 means greedy.
@@ -44,8 +46,7 @@ pub fn top1(logits: &[f32]) -> Pick {
             best_v = v;
         }
     }
-    let sum: f64 = logits.iter().map(|&v| ((v - best_v) as f64).exp()).sum();
-    Pick { token: best as u32, prob: (1.0 / sum) as f32 }
+    Pick { token: best as u32, prob: (1.0 / sum_exp_shifted(logits, best_v)) as f32 }
 }
 
 /// Natural-log probability of `token` under the softmax of `logits` (f64 accumulation, so a
@@ -204,8 +205,7 @@ pub fn stable(logits: &[f32], params: &SamplingParams, u: f64, eps: f32) -> bool
 /// The untempered softmax probability of token `i`.
 fn probability(logits: &[f32], i: usize) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f64 = logits.iter().map(|&v| f64::from(v - max).exp()).sum();
-    (f64::from(logits[i] - max).exp() / sum) as f32
+    (f64::from(logits[i] - max).exp() / sum_exp_shifted(logits, max)) as f32
 }
 
 /// Token ids in descending order of logit (ties: lower id first), sorted on demand in growing
