@@ -233,6 +233,23 @@ fn median_row(rows: &[serde_json::Value]) -> serde_json::Value {
     row
 }
 
+/// An engine's decode speed over llama.cpp's, within each round (the two ran minutes apart, so
+/// a change in the machine's speed hits both), and the median of those ratios. On a shared VM
+/// llama.cpp's own speed moves by a quarter from round to round; a ratio of medians taken from
+/// different rounds would carry that noise.
+fn round_ratios(engine: &[serde_json::Value], llama: &[serde_json::Value]) -> (f64, Vec<f64>) {
+    let speed = |r: &serde_json::Value| r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    let ratios: Vec<f64> = engine.iter().zip(llama).map(|(e, l)| speed(e) / speed(l)).collect();
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    (median, ratios)
+}
+
 fn orchestrate(d: &DecodeArgs) -> Result<()> {
     let modes = ["full", "collaborative", "standalone"];
     let cpu = super::machine::cpu();
@@ -256,19 +273,22 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
     let load_after = super::machine::load_average();
     let rows: Vec<serde_json::Value> = ours.iter().map(|r| median_row(r)).collect();
     let reference = median_row(&llama);
-    let ref_speed = reference["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
     let ref_prompt = reference["prompt_eval_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
     let mut table = String::from(
-        "| engine | decode tokens/s | × llama.cpp | prompt eval tokens/s | × llama.cpp | peak RSS MB | edge share |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| engine | decode tokens/s | × llama.cpp (median of rounds) | × llama.cpp, each round | prompt eval tokens/s | × llama.cpp | peak RSS MB | edge share |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
     );
-    for r in rows.iter().chain(std::iter::once(&reference)) {
+    let engines = ours.iter().map(Vec::as_slice).chain(std::iter::once(llama.as_slice()));
+    for (r, runs) in rows.iter().chain(std::iter::once(&reference)).zip(engines) {
         let speed = r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let prompt = r["prompt_eval_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let (ratio, each) = round_ratios(runs, &llama);
+        let each: Vec<String> = each.iter().map(|x| format!("{x:.2}")).collect();
         table.push_str(&format!(
-            "| {} | {:.1} | {:.2} | {:.0} | {:.2} | {:.0} | {} |\n",
+            "| {} | {:.1} | {:.2} | {} | {:.0} | {:.2} | {:.0} | {} |\n",
             r["engine"].as_str().unwrap_or("?"),
             speed,
-            speed / ref_speed,
+            ratio,
+            each.join(", "),
             prompt,
             prompt / ref_prompt,
             r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
@@ -315,4 +335,28 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
         std::fs::write(path, md)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speeds(v: &[f64]) -> Vec<serde_json::Value> {
+        v.iter().map(|s| serde_json::json!({ "decode_tokens_per_s": s })).collect()
+    }
+
+    #[test]
+    fn ratios_are_read_within_each_round() {
+        // llama.cpp ran slow in the second round; so did the engine. The ratio of medians
+        // would say 1.25; every round says 1.1 or 1.2.
+        let llama = speeds(&[100.0, 60.0, 90.0]);
+        let engine = speeds(&[110.0, 72.0, 99.0]);
+        let (median, each) = round_ratios(&engine, &llama);
+        let rounded: Vec<f64> = each.iter().map(|x| (x * 100.0).round() / 100.0).collect();
+        assert_eq!(rounded, vec![1.1, 1.2, 1.1]);
+        assert!((median - 1.1).abs() < 1e-9);
+        let (even, _) = round_ratios(&speeds(&[110.0, 72.0]), &llama[..2]);
+        assert!((even - 1.15).abs() < 1e-9);
+        assert!(round_ratios(&[], &[]).0.is_nan());
+    }
 }
