@@ -37,7 +37,7 @@ struct Loaded {
 #[derive(Debug)]
 pub enum Finished {
     /// Every token was streamed (a stop token, `max_tokens` or the end of the context).
-    Done(Generation),
+    Done(Box<Generation>),
     /// The caller stopped listening; decoding stopped at its next token.
     Abandoned,
 }
@@ -111,7 +111,7 @@ impl FullModel {
             });
         match generation {
             _ if abandoned.get() => Ok(Finished::Abandoned),
-            Ok(g) => Ok(Finished::Done(g)),
+            Ok(g) => Ok(Finished::Done(Box::new(g))),
             Err(e) => Err(e.into()),
         }
     }

@@ -45,19 +45,27 @@ impl RowsArrived {
     }
 }
 
-/// Waits until the session holds every position below `end` on `branch`'s epoch, at most
-/// `wait`. A session on a newer epoch refuses the request at once (it comes from a rolled-back
+/// The rows a request needs stored before it runs.
+pub struct RowsNeeded<'a> {
+    pub client: &'a ClientId,
+    pub session: &'a SessionId,
+    pub branch: &'a Branch,
+    /// Every position below this one.
+    pub end: u64,
+    /// The request, as its errors name it ("a next-token request").
+    pub what: &'static str,
+}
+
+/// Waits until the session holds every row `needed`, on its branch's epoch, at most `wait`.
+/// A session on a newer epoch refuses the request at once (it comes from a rolled-back
 /// branch); one that never gets there fails naming the first position it lacks.
 pub async fn wait_for_rows<S: ContextStore>(
     store: &S,
     arrived: &RowsArrived,
-    client: &ClientId,
-    session: &SessionId,
-    branch: &Branch,
-    end: u64,
+    needed: RowsNeeded<'_>,
     wait: Duration,
-    what: &'static str,
 ) -> Result<SessionInfo> {
+    let RowsNeeded { client, session, branch, end, what } = needed;
     let deadline = Instant::now() + wait;
     let mut wake = arrived.subscribe();
     loop {

@@ -153,17 +153,15 @@ impl<S: ContextStore> CloudWorker<S> {
 
     async fn next(&self, client: ClientId, req: ValidNextToken) -> Result<pb::NextTokenReply> {
         req.adjustment.check_vocab(u32::try_from(self.vocab_size).unwrap_or(u32::MAX))?;
-        let info = infer::wait_for_rows(
-            &*self.store,
-            &self.arrived,
-            &client,
-            &req.session,
-            &req.branch,
-            req.after + 1,
-            self.row_wait(),
-            "a next-token request",
-        )
-        .await?;
+        let needed = infer::RowsNeeded {
+            client: &client,
+            session: &req.session,
+            branch: &req.branch,
+            end: req.after + 1,
+            what: "a next-token request",
+        };
+        let info =
+            infer::wait_for_rows(&*self.store, &self.arrived, needed, self.row_wait()).await?;
         let edge_answered = EdgeAnswered::from_flat(&req.edge_answered)
             .map_err(ProtocolError::InvalidEdgeAnswers)?
             .with_prompt_len(req.prompt_len);
@@ -215,17 +213,15 @@ impl<S: ContextStore> CloudWorker<S> {
             .into());
         }
         let end = req.rows_end();
-        let info = infer::wait_for_rows(
-            &*self.store,
-            &self.arrived,
-            &client,
-            &req.session,
-            &req.branch,
+        let needed = infer::RowsNeeded {
+            client: &client,
+            session: &req.session,
+            branch: &req.branch,
             end,
-            self.row_wait(),
-            "a verify request",
-        )
-        .await?;
+            what: "a verify request",
+        };
+        let info =
+            infer::wait_for_rows(&*self.store, &self.arrived, needed, self.row_wait()).await?;
         let (accepted, pick) = self.judge(&client, &req, end).await?;
         self.metrics.verified(req.draft.len(), accepted);
         tracing::debug!(after = req.after, draft = ?req.draft, accepted, token = pick.token, "verified");

@@ -234,7 +234,7 @@ mod tests {
         rolled.truncate(10);
         assert_eq!(rolled.ranges(), &[3..6, 9..10]);
         rolled.truncate(4);
-        assert_eq!(rolled.ranges(), &[3..4]);
+        assert_eq!(rolled.ranges(), std::slice::from_ref(&(3..4)));
         rolled.push(7);
         assert_eq!(rolled.ranges(), &[3..4, 7..8]);
     }

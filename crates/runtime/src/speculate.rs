@@ -94,16 +94,16 @@ pub fn judge_checked(
     rounding: f32,
 ) -> Checked {
     let row = |i: usize| &logits[i * vocab..(i + 1) * vocab];
-    for i in 0..=draft.len() {
-        if !sampling::stable(row(i), params, u[i], rounding) {
+    for (i, &u) in u.iter().enumerate().take(draft.len() + 1) {
+        if !sampling::stable(row(i), params, u, rounding) {
             return Checked::Unsure(i);
         }
-        let pick = sampling::sample(row(i), params, u[i]);
+        let pick = sampling::sample(row(i), params, u);
         if draft.get(i) != Some(&pick.token) {
             return Checked::Verdict(i, pick);
         }
     }
-    unreachable!("the loop returns at the position after the draft at the latest")
+    unreachable!("the loop returns at the position after the draft at the latest (one draw each)")
 }
 
 /// Chooses the next draft's length from what the last ones cost and earned: each drafted
