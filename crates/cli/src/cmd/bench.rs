@@ -222,14 +222,18 @@ fn run_llama(d: &DecodeArgs, n_batch: Option<usize>) -> Result<serde_json::Value
     serde_json::from_str(line.lines().last().unwrap_or_default()).context("llama.cpp bench output")
 }
 
+/// A row's decode speed, tokens/s (NaN when the row has none).
+fn decode_speed(row: &serde_json::Value) -> f64 {
+    row["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+}
+
 /// The median over rounds of one engine's rows: its numbers from the round with the median
 /// decode speed, and every round's speed.
 fn median_row(rows: &[serde_json::Value]) -> serde_json::Value {
-    let speed = |r: &serde_json::Value| r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
     let mut sorted: Vec<&serde_json::Value> = rows.iter().collect();
-    sorted.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
+    sorted.sort_by(|a, b| decode_speed(a).total_cmp(&decode_speed(b)));
     let mut row = sorted.get(sorted.len() / 2).map(|r| (*r).clone()).unwrap_or_default();
-    row["rounds_tokens_per_s"] = rows.iter().map(speed).collect();
+    row["rounds_tokens_per_s"] = rows.iter().map(decode_speed).collect();
     row
 }
 
@@ -238,8 +242,8 @@ fn median_row(rows: &[serde_json::Value]) -> serde_json::Value {
 /// llama.cpp's own speed moves by a quarter from round to round; a ratio of medians taken from
 /// different rounds would carry that noise.
 fn round_ratios(engine: &[serde_json::Value], llama: &[serde_json::Value]) -> (f64, Vec<f64>) {
-    let speed = |r: &serde_json::Value| r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-    let ratios: Vec<f64> = engine.iter().zip(llama).map(|(e, l)| speed(e) / speed(l)).collect();
+    let ratios: Vec<f64> =
+        engine.iter().zip(llama).map(|(e, l)| decode_speed(e) / decode_speed(l)).collect();
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let median = match sorted.len() {
@@ -279,7 +283,7 @@ fn orchestrate(d: &DecodeArgs) -> Result<()> {
     );
     let engines = ours.iter().map(Vec::as_slice).chain(std::iter::once(llama.as_slice()));
     for (r, runs) in rows.iter().chain(std::iter::once(&reference)).zip(engines) {
-        let speed = r["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let speed = decode_speed(r);
         let prompt = r["prompt_eval_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let (ratio, each) = round_ratios(runs, &llama);
         let each: Vec<String> = each.iter().map(|x| format!("{x:.2}")).collect();
