@@ -122,9 +122,12 @@ pub fn export(
     progress("converting weights");
     let sources = weight_report::source_types(&ckpt);
     let changed = convert_weights(&mut ckpt, plan.weights);
-    let weight_mappings = weight_report::weight_mappings(&ckpt, &sources, &|key| {
-        changed.get(key).map(|c| c.describe())
-    });
+    let weight_mappings = weight_report::weight_mappings(
+        &ckpt,
+        &sources,
+        &|key| changed.get(key).map(|c| c.describe()),
+        &plan.graph,
+    );
 
     progress("building edge partition");
     let edge = graph::edge_graph(&ckpt, plan.split_layer, &exits, &plan.graph);

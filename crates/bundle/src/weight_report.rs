@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use collm_checkpoint::{Checkpoint, Weight};
 use serde::{Deserialize, Serialize};
 
+use crate::graph::{GraphOptions, q4_1};
+
 /// Every matrix of one source type that the bundle stores the same way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeightMapping {
@@ -24,7 +26,10 @@ pub struct WeightMapping {
     pub bundle_bytes: u64,
 }
 
-fn stored_as(w: &Weight) -> String {
+fn stored_as(w: &Weight, opts: &GraphOptions) -> String {
+    if q4_1::runs_on_kernel(w, opts) {
+        return format!("{}, llama.cpp's Q4_1 blocks", q4_1::OP);
+    }
     match w {
         Weight::Dense { .. } => "float32 MatMul".to_string(),
         Weight::Blocks { bits, block, zero_points, .. } => format!(
@@ -55,6 +60,7 @@ pub fn weight_mappings(
     ckpt: &Checkpoint,
     sources: &[(String, String, u64)],
     requantized: &dyn Fn(&str) -> Option<&'static str>,
+    opts: &GraphOptions,
 ) -> Vec<WeightMapping> {
     let stored: BTreeMap<String, &Weight> = ckpt.matrices().into_iter().collect();
     let mut rows: BTreeMap<(String, String, String), WeightMapping> = BTreeMap::new();
@@ -64,12 +70,17 @@ pub fn weight_mappings(
         let Some(w) = stored.get(key) else { continue };
         let how = match key.as_str() {
             "embedding" => crate::graph::embedding::storage(w).describe(),
-            "lm_head" if tied => format!("{} (LM head, tied to the embedding)", stored_as(w)),
-            "lm_head" => format!("{} (LM head)", stored_as(w)),
-            _ => stored_as(w),
+            "lm_head" if tied => {
+                format!("{} (LM head, tied to the embedding)", stored_as(w, opts))
+            }
+            "lm_head" => format!("{} (LM head)", stored_as(w, opts)),
+            _ => stored_as(w, opts),
         };
         let bundle_bytes = match key.as_str() {
             "embedding" => crate::graph::embedding::storage(w).bytes(w),
+            _ if q4_1::runs_on_kernel(w, opts) => {
+                (w.rows() * w.cols() / q4_1::BLOCK * q4_1::BLOCK_BYTES) as u64
+            }
             _ => w.nbytes() as u64,
         };
         let conversion = requantized(key).unwrap_or("exact").to_string();

@@ -270,9 +270,9 @@ fn batch_rounding(bundle: &Path) -> BatchRounding {
 /// What checked verification relies on, measured on real drafts: with float activations a
 /// batched pass of the cloud layers rounds each logit well within
 /// `speculate::BATCH_ROUNDING` of decoding's one-position passes, and the start-up probe
-/// lets verification batch; with int8 activations (the default export, MatMulNBits
-/// accuracy level 4) the one-position path computes differently by far more than rounding,
-/// the probe sees it and verification runs one position at a time.
+/// lets verification batch; with int8 activations (the default export: Q4_1 on our own
+/// operator, the LM head on MatMulNBits accuracy level 4) batched passes compute differently
+/// by far more than rounding, the worker sees those layers and verifies one position at a time.
 #[test]
 fn smollm2_batched_verification_rounds_within_the_near_tie_bound() {
     use collm_runtime::speculate::BATCH_ROUNDING;
@@ -288,5 +288,5 @@ fn smollm2_batched_verification_rounds_within_the_near_tie_bound() {
     let int8 = batch_rounding(bundle());
     eprintln!("int8 activations: {int8:?}");
     assert!(int8.batched > BATCH_ROUNDING, "{int8:?}");
-    assert_eq!(int8.passes, VerifyPasses::Singly, "the probe missed it: {int8:?}");
+    assert_eq!(int8.passes, VerifyPasses::Singly, "int8 layers verified in batches: {int8:?}");
 }

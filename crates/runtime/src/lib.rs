@@ -12,6 +12,7 @@ pub mod exit;
 mod exp_sum;
 pub mod features;
 pub mod generate;
+pub mod kernels;
 mod mask;
 pub mod memory;
 pub mod ort_env;

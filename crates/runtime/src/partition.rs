@@ -120,6 +120,9 @@ pub struct Partition {
     /// graph has neither attention nor heads).
     takes_bias: bool,
     takes_count: bool,
+    /// Whether the graph multiplies int8-quantized activations (see
+    /// [`collm_bundle::graph::int8_activations`]).
+    int8_activations: bool,
 }
 
 /// Session options of every partition: initializers are allocated outside the memory arena
@@ -155,7 +158,9 @@ impl Partition {
         let mut builder = Session::builder(env)
             .map_err(ort_err("session builder"))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| Error::Runtime(format!("optimization level: {e}")))?;
+            .map_err(|e| Error::Runtime(format!("optimization level: {e}")))?
+            .with_operators(crate::kernels::domain().map_err(ort_err("our operators"))?)
+            .map_err(|e| Error::Runtime(format!("registering our operators: {e}")))?;
         for (key, value) in session_config() {
             builder = builder
                 .with_config_entry(&key, &value)
@@ -177,7 +182,19 @@ impl Partition {
         }
         let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
         let (takes_bias, takes_count) = (takes(names::ATTENTION_BIAS), takes(names::LOGITS_COUNT));
-        Ok(Self { session, shape, takes_bias, takes_count })
+        // The graph file alone (its weights are in the data file): kilobytes.
+        let graph = std::fs::read(path)
+            .map_err(|e| Error::Runtime(format!("cannot read {}: {e}", path.display())))?;
+        let int8_activations = collm_bundle::onnx::decode(&graph)
+            .map(|m| collm_bundle::graph::int8_activations(&m))
+            .map_err(|e| Error::Runtime(format!("cannot decode {}: {e}", path.display())))?;
+        Ok(Self { session, shape, takes_bias, takes_count, int8_activations })
+    }
+
+    /// Whether the graph multiplies int8-quantized activations: its batched passes then
+    /// compute something else than its one-position passes, not a rounding of them.
+    pub fn int8_activations(&self) -> bool {
+        self.int8_activations
     }
 
     pub fn empty_cache(&self) -> Result<KvCache> {

@@ -4,12 +4,14 @@
 use collm_checkpoint::{LayerWeights, LlamaConfig, Weight};
 use collm_onnx::{Attr, GraphBuilder, TensorProto};
 
-use super::names;
+use super::{names, q4_1};
 
 /// Opset of the standard domain: 23 brings RMSNormalization, RotaryEmbedding and Attention.
 pub const ONNX_OPSET: i64 = 23;
 /// `com.microsoft` contrib ops (MatMulNBits).
 pub const MS_DOMAIN: &str = "com.microsoft";
+/// The operator sets every partition graph imports.
+pub const OPSETS: &[(&str, i64)] = &[("", ONNX_OPSET), (MS_DOMAIN, 1), (q4_1::DOMAIN, 1)];
 
 /// Options that shape the emitted graph but not its function.
 #[derive(Debug, Clone, Copy)]
@@ -17,12 +19,32 @@ pub struct GraphOptions {
     /// MatMulNBits `accuracy_level`: 0 = float compute, 4 = int8 activations (faster; what
     /// llama.cpp does for quantized weights).
     pub nbits_accuracy_level: i64,
+    /// Run GGUF Q4_1 weights through our own `ce_collm.Q4_1MatMul` over llama.cpp's blocks
+    /// (see [`super::q4_1`]) instead of `MatMulNBits` plus a block-offset correction.
+    pub q4_1_kernel: bool,
 }
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        Self { nbits_accuracy_level: 4 }
+        Self { nbits_accuracy_level: 4, q4_1_kernel: true }
     }
+}
+
+/// Whether `model` multiplies int8-quantized activations anywhere (`MatMulNBits` at accuracy
+/// level 4, or our Q4_1 operator). Such a graph rounds each activation to a step of its
+/// block's largest value, so differences at the level of float rounding upstream (a batched
+/// attention against a one-position one) can move a product by a whole step: its batched
+/// passes do not round like its one-position passes, they compute something else.
+pub fn int8_activations(model: &collm_onnx::ModelProto) -> bool {
+    model.graph.as_ref().is_some_and(|g| {
+        g.node.iter().any(|n| {
+            (n.domain == q4_1::DOMAIN && n.op_type == q4_1::OP)
+                || (n.op_type == "MatMulNBits"
+                    && n.attribute
+                        .iter()
+                        .any(|a| a.name == "accuracy_level" && a.i == q4_1::INT8_ACCURACY_LEVEL))
+        })
+    })
 }
 
 /// A weight matrix declared as initializers, ready to be applied any number of times.
@@ -54,6 +76,21 @@ impl Linear {
                 }
                 let init = g.initializer(TensorProto::f32(name, &[*cols as i64, *rows as i64], &t));
                 Self { op: "MatMul", inputs: vec![init], attrs: vec![], offsets: None }
+            }
+            Weight::Blocks { rows, cols, .. } if q4_1::runs_on_kernel(w, opts) => {
+                let blocks = q4_1::pack(w).unwrap_or_default();
+                let n_blocks = cols / q4_1::BLOCK;
+                let init = g.initializer(TensorProto::u8(
+                    &format!("{name}.q4_1"),
+                    &[*rows as i64, (n_blocks * q4_1::BLOCK_BYTES) as i64],
+                    &blocks,
+                ));
+                Self {
+                    op: q4_1::OP,
+                    inputs: vec![init],
+                    attrs: vec![("K", *cols as i64), ("N", *rows as i64)],
+                    offsets: None,
+                }
             }
             Weight::Blocks { rows, cols, bits, block, packed, scales, zero_points } => {
                 let n_blocks = cols.div_ceil(*block);
@@ -116,7 +153,11 @@ impl Linear {
         let mut inputs = vec![x];
         inputs.extend(self.inputs.iter().map(String::as_str));
         let attrs = self.attrs.iter().map(|(n, v)| (*n, Attr::Int(*v))).collect();
-        let domain = if self.op == "MatMulNBits" { MS_DOMAIN } else { "" };
+        let domain = match self.op {
+            "MatMulNBits" => MS_DOMAIN,
+            q4_1::OP => q4_1::DOMAIN,
+            _ => "",
+        };
         g.op_multi(self.op, domain, &inputs, 1, attrs).into_iter().next().unwrap_or_default()
     }
 

@@ -7,9 +7,10 @@ mod layers;
 pub mod names;
 mod partition;
 mod propagate;
+pub mod q4_1;
 mod shortlist;
 
-pub use layers::{GraphOptions, ONNX_OPSET};
+pub use layers::{GraphOptions, ONNX_OPSET, int8_activations};
 pub use partition::{cloud_graph, edge_graph, io_specs};
 pub use propagate::cloud_kv_graph;
 pub use shortlist::shortlist_exit;

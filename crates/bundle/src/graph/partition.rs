@@ -5,8 +5,8 @@ use collm_checkpoint::{Checkpoint, LlamaConfig};
 use collm_onnx::{Dim, GraphBuilder, ModelProto, TensorProto, TensorType};
 
 use super::layers::{
-    GraphOptions, LayerInputs, Linear, MS_DOMAIN, ONNX_OPSET, Rope, decoder_layer, last_positions,
-    rms_norm, rope_tables,
+    GraphOptions, LayerInputs, Linear, OPSETS, Rope, decoder_layer, last_positions, rms_norm,
+    rope_tables,
 };
 use super::names;
 use crate::manifest::TensorSpec;
@@ -124,7 +124,7 @@ pub fn edge_graph(
         }
     });
     g.output(&h, names::HIDDEN, TensorType::F32, &hidden_dims(cfg, "seq"));
-    g.finish(&[("", ONNX_OPSET), (MS_DOMAIN, 1)], &[])
+    g.finish(OPSETS, &[])
 }
 
 /// An exit head: RMS-normalise, affine translator (identity until calibrated), final norm and
@@ -180,7 +180,7 @@ pub fn cloud_graph(ckpt: &Checkpoint, split: usize, opts: &GraphOptions) -> Mode
     let last = last_positions(&mut g, &h, &count);
     let logits = head.apply(&mut g, &last);
     g.output(&logits, names::LOGITS, TensorType::F32, &logits_dims(cfg));
-    g.finish(&[("", ONNX_OPSET), (MS_DOMAIN, 1)], &[])
+    g.finish(OPSETS, &[])
 }
 
 /// The declared inputs and outputs of a built graph, for the manifest.

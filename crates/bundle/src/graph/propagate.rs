@@ -11,7 +11,7 @@ use collm_checkpoint::Checkpoint;
 use collm_onnx::{Attr, GraphBuilder, ModelProto, TensorType};
 
 use super::layers::{
-    GraphOptions, MS_DOMAIN, ONNX_OPSET, Rope, add_bias, attention_norm, linear_group, rope_tables,
+    GraphOptions, OPSETS, Rope, add_bias, attention_norm, linear_group, rope_tables,
 };
 use super::names;
 use super::partition::{hidden_dims, kv_dims};
@@ -54,5 +54,5 @@ pub fn cloud_kv_graph(ckpt: &Checkpoint, split: usize, opts: &GraphOptions) -> M
         }
     }
     g.set_scope("");
-    g.finish(&[("", ONNX_OPSET), (MS_DOMAIN, 1)], &[])
+    g.finish(OPSETS, &[])
 }

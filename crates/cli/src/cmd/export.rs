@@ -27,6 +27,11 @@ pub struct Args {
     /// MatMulNBits accuracy level (4 = int8 activations, 0 = float).
     #[arg(long, default_value_t = 4)]
     accuracy_level: i64,
+    /// Run GGUF Q4_1 weights as MatMulNBits plus a block-offset correction instead of our own
+    /// Q4_1 operator over llama.cpp's blocks (more bytes per weight, five nodes a matrix; what
+    /// `--accuracy-level 0` does too, the operator's activations being int8).
+    #[arg(long)]
+    no_q4_1_kernel: bool,
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
@@ -50,7 +55,10 @@ pub fn run(a: Args) -> Result<()> {
         split_layer: a.split_layer,
         exit_layers: a.exit_layers,
         weights: a.weights,
-        graph: GraphOptions { nbits_accuracy_level: a.accuracy_level },
+        graph: GraphOptions {
+            nbits_accuracy_level: a.accuracy_level,
+            q4_1_kernel: !a.no_q4_1_kernel,
+        },
     };
     let manifest = collm_bundle::export(ckpt, &plan, &a.out, &mut |step| {
         spinner.set_message(step.to_string())
