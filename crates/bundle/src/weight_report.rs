@@ -26,8 +26,8 @@ pub struct WeightMapping {
     pub bundle_bytes: u64,
 }
 
-fn stored_as(w: &Weight, opts: &GraphOptions) -> String {
-    if q4_1::runs_on_kernel(w, opts) {
+fn stored_as(w: &Weight, on_kernel: bool) -> String {
+    if on_kernel {
         return format!("{}, llama.cpp's Q4_1 blocks", q4_1::OP);
     }
     match w {
@@ -68,19 +68,18 @@ pub fn weight_mappings(
         // A tied LM head is the embedding: it adds no bytes of its own to the source.
         let tied = key == "lm_head" && ckpt.config.tied_embeddings;
         let Some(w) = stored.get(key) else { continue };
+        let on_kernel = q4_1::runs_on_kernel(w, opts);
         let how = match key.as_str() {
             "embedding" => crate::graph::embedding::storage(w).describe(),
             "lm_head" if tied => {
-                format!("{} (LM head, tied to the embedding)", stored_as(w, opts))
+                format!("{} (LM head, tied to the embedding)", stored_as(w, on_kernel))
             }
-            "lm_head" => format!("{} (LM head)", stored_as(w, opts)),
-            _ => stored_as(w, opts),
+            "lm_head" => format!("{} (LM head)", stored_as(w, on_kernel)),
+            _ => stored_as(w, on_kernel),
         };
         let bundle_bytes = match key.as_str() {
             "embedding" => crate::graph::embedding::storage(w).bytes(w),
-            _ if q4_1::runs_on_kernel(w, opts) => {
-                (w.rows() * w.cols() / q4_1::BLOCK * q4_1::BLOCK_BYTES) as u64
-            }
+            _ if on_kernel => (w.rows() * w.cols() / q4_1::BLOCK * q4_1::BLOCK_BYTES) as u64,
             _ => w.nbytes() as u64,
         };
         let conversion = requantized(key).unwrap_or("exact").to_string();

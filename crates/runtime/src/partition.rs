@@ -154,6 +154,15 @@ fn ort_err(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
 
 impl Partition {
     pub fn load(path: &Path, shape: PartitionShape) -> Result<Self> {
+        // Read before the session exists, so an old bundle whose weights sit inside the graph
+        // file does not hold them twice; a current graph file is kilobytes.
+        let int8_activations = {
+            let graph = std::fs::read(path)
+                .map_err(|e| Error::Runtime(format!("cannot read {}: {e}", path.display())))?;
+            collm_bundle::onnx::decode(&graph)
+                .map(|m| collm_bundle::graph::int8_activations(&m))
+                .map_err(|e| Error::Runtime(format!("cannot decode {}: {e}", path.display())))?
+        };
         let env = environment()?;
         let mut builder = Session::builder(env)
             .map_err(ort_err("session builder"))?
@@ -182,12 +191,6 @@ impl Partition {
         }
         let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
         let (takes_bias, takes_count) = (takes(names::ATTENTION_BIAS), takes(names::LOGITS_COUNT));
-        // The graph file alone (its weights are in the data file): kilobytes.
-        let graph = std::fs::read(path)
-            .map_err(|e| Error::Runtime(format!("cannot read {}: {e}", path.display())))?;
-        let int8_activations = collm_bundle::onnx::decode(&graph)
-            .map(|m| collm_bundle::graph::int8_activations(&m))
-            .map_err(|e| Error::Runtime(format!("cannot decode {}: {e}", path.display())))?;
         Ok(Self { session, shape, takes_bias, takes_count, int8_activations })
     }
 

@@ -10,6 +10,8 @@ use super::{names, q4_1};
 pub const ONNX_OPSET: i64 = 23;
 /// `com.microsoft` contrib ops (MatMulNBits).
 pub const MS_DOMAIN: &str = "com.microsoft";
+/// ONNX Runtime's block-quantized matmul, in [`MS_DOMAIN`].
+pub const NBITS_OP: &str = "MatMulNBits";
 /// The operator sets every partition graph imports.
 pub const OPSETS: &[(&str, i64)] = &[("", ONNX_OPSET), (MS_DOMAIN, 1), (q4_1::DOMAIN, 1)];
 
@@ -39,7 +41,7 @@ pub fn int8_activations(model: &collm_onnx::ModelProto) -> bool {
     model.graph.as_ref().is_some_and(|g| {
         g.node.iter().any(|n| {
             (n.domain == q4_1::DOMAIN && n.op_type == q4_1::OP)
-                || (n.op_type == "MatMulNBits"
+                || (n.op_type == NBITS_OP
                     && n.attribute
                         .iter()
                         .any(|a| a.name == "accuracy_level" && a.i == q4_1::INT8_ACCURACY_LEVEL))
@@ -66,8 +68,8 @@ impl Linear {
     /// `(q − z)·s = (q − z₀)·s + (z₀ − z)·s`, where the second term, constant per block, is
     /// applied as `blocksum(x) @ offsetsᵀ` — a matmul `block` times smaller than the weight.
     pub fn declare(g: &mut GraphBuilder, w: &Weight, name: &str, opts: &GraphOptions) -> Self {
-        match w {
-            Weight::Dense { rows, cols, data } => {
+        match (w, q4_1::kernel_blocks(w, opts)) {
+            (Weight::Dense { rows, cols, data }, _) => {
                 let mut t = vec![0f32; rows * cols];
                 for r in 0..*rows {
                     for c in 0..*cols {
@@ -77,22 +79,10 @@ impl Linear {
                 let init = g.initializer(TensorProto::f32(name, &[*cols as i64, *rows as i64], &t));
                 Self { op: "MatMul", inputs: vec![init], attrs: vec![], offsets: None }
             }
-            Weight::Blocks { rows, cols, .. } if q4_1::runs_on_kernel(w, opts) => {
-                let blocks = q4_1::pack(w).unwrap_or_default();
-                let n_blocks = cols / q4_1::BLOCK;
-                let init = g.initializer(TensorProto::u8(
-                    &format!("{name}.q4_1"),
-                    &[*rows as i64, (n_blocks * q4_1::BLOCK_BYTES) as i64],
-                    &blocks,
-                ));
-                Self {
-                    op: q4_1::OP,
-                    inputs: vec![init],
-                    attrs: vec![("K", *cols as i64), ("N", *rows as i64)],
-                    offsets: None,
-                }
+            (Weight::Blocks { rows, cols, .. }, Some(blocks)) => {
+                Self::q4_1(g, name, *rows, *cols, &blocks)
             }
-            Weight::Blocks { rows, cols, bits, block, packed, scales, zero_points } => {
+            (Weight::Blocks { rows, cols, bits, block, packed, scales, zero_points }, None) => {
                 let n_blocks = cols.div_ceil(*block);
                 let blob = block * *bits as usize / 8;
                 let inputs = vec![
@@ -124,7 +114,7 @@ impl Linear {
                     (init, n_blocks, *block)
                 });
                 Self {
-                    op: "MatMulNBits",
+                    op: NBITS_OP,
                     inputs,
                     attrs: vec![
                         ("K", *cols as i64),
@@ -136,6 +126,22 @@ impl Linear {
                     offsets,
                 }
             }
+        }
+    }
+
+    /// Our operator over llama.cpp's Q4_1 blocks, packed by [`q4_1::pack`].
+    fn q4_1(g: &mut GraphBuilder, name: &str, rows: usize, cols: usize, blocks: &[u8]) -> Self {
+        let row_bytes = cols / q4_1::BLOCK * q4_1::BLOCK_BYTES;
+        let init = g.initializer(TensorProto::u8(
+            &format!("{name}.q4_1"),
+            &[rows as i64, row_bytes as i64],
+            blocks,
+        ));
+        Self {
+            op: q4_1::OP,
+            inputs: vec![init],
+            attrs: vec![("K", cols as i64), ("N", rows as i64)],
+            offsets: None,
         }
     }
 
@@ -154,7 +160,7 @@ impl Linear {
         inputs.extend(self.inputs.iter().map(String::as_str));
         let attrs = self.attrs.iter().map(|(n, v)| (*n, Attr::Int(*v))).collect();
         let domain = match self.op {
-            "MatMulNBits" => MS_DOMAIN,
+            NBITS_OP => MS_DOMAIN,
             q4_1::OP => q4_1::DOMAIN,
             _ => "",
         };

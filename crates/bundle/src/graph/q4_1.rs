@@ -52,25 +52,64 @@ pub fn block_offsets(nb: usize, n: usize, b: usize) -> (usize, usize, usize) {
 /// only where `MatMulNBits` would quantize them too (accuracy level 4); `--accuracy-level 0`
 /// asks for float activations and gets `MatMulNBits` with its correction.
 pub fn runs_on_kernel(w: &Weight, opts: &super::GraphOptions) -> bool {
-    opts.q4_1_kernel && opts.nbits_accuracy_level == INT8_ACCURACY_LEVEL && representable(w)
+    chosen(opts) && representable(w)
+}
+
+/// `w` packed for this operator when a graph built with `opts` runs it here (see
+/// [`runs_on_kernel`]); `None` sends it the `MatMulNBits` way.
+pub fn kernel_blocks(w: &Weight, opts: &super::GraphOptions) -> Option<Vec<u8>> {
+    if chosen(opts) { pack(w) } else { None }
+}
+
+fn chosen(opts: &super::GraphOptions) -> bool {
+    opts.q4_1_kernel && opts.nbits_accuracy_level == INT8_ACCURACY_LEVEL
 }
 
 /// `MatMulNBits`' accuracy level for int8 activations, this operator's arithmetic.
 pub const INT8_ACCURACY_LEVEL: i64 = 4;
 
-/// Whether [`pack`] takes `w`, without packing it.
-pub fn representable(w: &Weight) -> bool {
+/// The fields of a Q4_1-shaped weight: 4-bit blocks of 32 with float zero points, whole
+/// blocks per row, rows in pairs.
+struct Fields<'w> {
+    rows: usize,
+    cols: usize,
+    packed: &'w [u8],
+    scales: &'w [f32],
+    zero_points: &'w [f32],
+}
+
+fn fields(w: &Weight) -> Option<Fields<'_>> {
     let Weight::Blocks {
-        rows, cols, bits: 4, block: BLOCK, scales, zero_points: Some(zps), ..
+        rows,
+        cols,
+        bits: 4,
+        block: BLOCK,
+        packed,
+        scales,
+        zero_points: Some(zps),
     } = w
     else {
-        return false;
+        return None;
     };
-    cols % BLOCK == 0
-        && rows % ROWS == 0
-        && scales.iter().zip(zps).all(|(&d, &zp)| {
-            exact_f16(d, 0.0).is_some() && exact_f16(-zp * d, MIN_TOLERANCE).is_some()
-        })
+    (cols % BLOCK == 0 && rows % ROWS == 0).then_some(Fields {
+        rows: *rows,
+        cols: *cols,
+        packed,
+        scales,
+        zero_points: zps,
+    })
+}
+
+/// Block `i`'s scale `d` and minimum `m` as f16 values, when both are exactly that:
+/// `(q − zp)·d = d·q + m`, and `m` was an f16 before the exporter divided it by `d`.
+fn block_f16(f: &Fields, i: usize) -> Option<(f16, f16)> {
+    let d = f.scales[i];
+    Some((exact_f16(d, 0.0)?, exact_f16(-f.zero_points[i] * d, MIN_TOLERANCE)?))
+}
+
+/// Whether [`pack`] takes `w`, without packing it.
+pub fn representable(w: &Weight) -> bool {
+    fields(w).is_some_and(|f| (0..f.scales.len()).all(|i| block_f16(&f, i).is_some()))
 }
 
 /// How far a minimum recomputed as `−zp · d` may sit from an f16: `zp = −m / d` in f32 moves
@@ -81,24 +120,17 @@ const MIN_TOLERANCE: f32 = 1.0 / 65536.0;
 /// 32 with float zero points whose scales and minimums are f16 values (weights converted from
 /// GGUF Q4_1 are; Q4_K's products of two scales usually are not). `None` otherwise.
 pub fn pack(w: &Weight) -> Option<Vec<u8>> {
-    if !representable(w) {
-        return None;
-    }
-    let Weight::Blocks { rows, cols, packed, scales, zero_points: Some(zps), .. } = w else {
-        return None;
-    };
-    let nb = cols / BLOCK;
-    let mut out = vec![0u8; rows * nb * BLOCK_BYTES];
-    for n in 0..*rows {
+    let f = fields(w)?;
+    let nb = f.cols / BLOCK;
+    let mut out = vec![0u8; f.rows * nb * BLOCK_BYTES];
+    for n in 0..f.rows {
         for b in 0..nb {
             let i = n * nb + b;
             let (d_at, m_at, codes_at) = block_offsets(nb, n, b);
-            let d = exact_f16(scales[i], 0.0)?;
-            // (q − zp)·d = d·q + m; m was an f16 before the exporter divided it by d.
-            let m = exact_f16(-zps[i] * scales[i], MIN_TOLERANCE)?;
+            let (d, m) = block_f16(&f, i)?;
             out[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
             out[m_at..m_at + 2].copy_from_slice(&m.to_le_bytes());
-            let codes = &packed[i * BLOCK / 2..][..BLOCK / 2];
+            let codes = &f.packed[i * BLOCK / 2..][..BLOCK / 2];
             let code = |k: usize| (codes[k / 2] >> (4 * (k % 2))) & 0x0f;
             for j in 0..BLOCK / 2 {
                 out[codes_at + j] = code(j) | (code(j + BLOCK / 2) << 4);

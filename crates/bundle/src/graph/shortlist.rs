@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use collm_onnx::proto::{AttributeProto, GraphProto, NodeProto, attribute_type};
 use collm_onnx::{ModelProto, TensorProto};
 
-use super::names;
+use super::{layers::NBITS_OP, names};
 use crate::{Error, Result};
 
 /// Names of the LM head's initializers as the exporter declares them.
@@ -94,7 +94,7 @@ pub fn shortlist_exit(
                 }
             }
             n.output.iter_mut().for_each(|o| o.push_str(suffix));
-            if n.op_type == "MatMulNBits" {
+            if n.op_type == NBITS_OP {
                 set_int_attr(&mut n, "N", ids.len() as i64);
             }
             n
@@ -357,7 +357,7 @@ mod tests {
             };
             assert_eq!(k_rows, 5, "{format:?}");
             if let Some(n) =
-                g.node.iter().find(|n| n.op_type == "MatMulNBits" && n.name.ends_with("/shortlist"))
+                g.node.iter().find(|n| n.op_type == NBITS_OP && n.name.ends_with("/shortlist"))
             {
                 let attr = n.attribute.iter().find(|a| a.name == "N").expect("N");
                 assert_eq!(attr.i, 5);

@@ -2,7 +2,7 @@
 //! quantizes the activations and splits the output rows over ONNX Runtime's own thread pool
 //! (the session's intra-op threads, so `--threads` holds for this kernel too).
 
-use collm_bundle::graph::q4_1::{BLOCK, BLOCK_BYTES, OP};
+use collm_bundle::graph::q4_1::{BLOCK, BLOCK_BYTES, OP, ROWS};
 use ort::{
     operator::{
         ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput,
@@ -47,6 +47,11 @@ impl Operator for Q4_1MatMul {
         let (k, n) = (attr("K")?, attr("N")?);
         if k % BLOCK != 0 {
             return Err(ort::Error::new(format!("{OP}: K = {k} is not a multiple of {BLOCK}")));
+        }
+        if n % ROWS != 0 {
+            return Err(ort::Error::new(format!(
+                "{OP}: N = {n} is odd, but rows are stored in pairs"
+            )));
         }
         let batches = crate::ort_env::intra_threads().max(1);
         Ok(Q4_1Kernel { k, n, batches, x: QuantizedRows::default() })
