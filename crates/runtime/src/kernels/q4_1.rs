@@ -128,7 +128,7 @@ pub fn matmul_rows(
 
 /// [`matmul_rows`] over every output row into `out` (rows of `n`).
 #[cfg(test)]
-fn matmul(weights: &[u8], x: &QuantizedRows, n: usize, out: &mut [f32]) {
+pub(super) fn matmul(weights: &[u8], x: &QuantizedRows, n: usize, out: &mut [f32]) {
     matmul_rows(weights, x, 0..n, |m, c, v| out[m * n + c] = v);
 }
 
@@ -302,35 +302,38 @@ mod avx2 {
     }
 }
 
+/// Blocks of `n` rows × `k` inputs with varied codes, scales and minimums.
+#[cfg(test)]
+pub(super) fn test_blocks(n: usize, k: usize) -> Vec<u8> {
+    let nb = k / BLOCK;
+    let mut out = vec![0u8; n * nb * BLOCK_BYTES];
+    for r in 0..n {
+        for b in 0..nb {
+            let i = r * nb + b;
+            let (d_at, m_at, codes_at) = block_offsets(nb, r, b);
+            let d = f16::from_f32(0.002 + (i % 11) as f32 * 3e-4);
+            let m = f16::from_f32(-0.01 * (i % 5) as f32);
+            out[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
+            out[m_at..m_at + 2].copy_from_slice(&m.to_le_bytes());
+            for j in 0..16 {
+                out[codes_at + j] = ((i * 13 + j * 7) % 256) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Activations of `m` rows × `k` inputs, every ninth one large.
+#[cfg(test)]
+pub(super) fn test_activations(m: usize, k: usize) -> Vec<f32> {
+    (0..m * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * if i % 9 == 0 { 7.0 } else { 1.0 })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Blocks of `n` rows × `k` inputs with varied codes, scales and minimums.
-    fn blocks(n: usize, k: usize) -> Vec<u8> {
-        let nb = k / BLOCK;
-        let mut out = vec![0u8; n * nb * BLOCK_BYTES];
-        for r in 0..n {
-            for b in 0..nb {
-                let i = r * nb + b;
-                let (d_at, m_at, codes_at) = block_offsets(nb, r, b);
-                let d = f16::from_f32(0.002 + (i % 11) as f32 * 3e-4);
-                let m = f16::from_f32(-0.01 * (i % 5) as f32);
-                out[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
-                out[m_at..m_at + 2].copy_from_slice(&m.to_le_bytes());
-                for j in 0..16 {
-                    out[codes_at + j] = ((i * 13 + j * 7) % 256) as u8;
-                }
-            }
-        }
-        out
-    }
-
-    fn activations(m: usize, k: usize) -> Vec<f32> {
-        (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * if i % 9 == 0 { 7.0 } else { 1.0 })
-            .collect()
-    }
 
     fn dense_product(w: &[u8], x: &[f32], n: usize, k: usize) -> Vec<f64> {
         let m = x.len() / k;
@@ -351,7 +354,7 @@ mod tests {
     #[test]
     fn products_match_dense_weights_within_int8_rounding() {
         let (n, k, m) = (6, 96, 3);
-        let (w, x) = (blocks(n, k), activations(m, k));
+        let (w, x) = (test_blocks(n, k), test_activations(m, k));
         let mut q = QuantizedRows::default();
         q.quantize(&x, k);
         let mut out = vec![0.0f32; m * n];
@@ -381,7 +384,7 @@ mod tests {
     fn the_simd_path_is_bit_identical_to_the_portable_one() {
         // Rows of 48, 18 and 3 blocks: whole groups of eight, and groups cut short.
         for (n, k, m) in [(8, 1536, 2), (6, 576, 1), (4, 96, 3)] {
-            let (w, x) = (blocks(n, k), activations(m, k));
+            let (w, x) = (test_blocks(n, k), test_activations(m, k));
             let mut q = QuantizedRows::default();
             q.quantize(&x, k);
             let mut out = vec![0.0f32; m * n];
@@ -398,7 +401,7 @@ mod tests {
     #[test]
     fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
         let (n, k) = (4, 64);
-        let (w, x) = (blocks(n, k), activations(4, k));
+        let (w, x) = (test_blocks(n, k), test_activations(4, k));
         let (mut batch, mut one) = (QuantizedRows::default(), QuantizedRows::default());
         batch.quantize(&x, k);
         one.quantize(&x[2 * k..3 * k], k);
@@ -414,7 +417,7 @@ mod tests {
         let mut q = QuantizedRows::default();
         q.quantize(&[0.0; 32], k);
         let mut out = vec![1.0f32; n];
-        matmul(&blocks(n, k), &q, n, &mut out);
+        matmul(&test_blocks(n, k), &q, n, &mut out);
         assert_eq!(out, vec![0.0, 0.0]);
     }
 }

@@ -152,3 +152,52 @@ impl Kernel for Q4_1Kernel {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use collm_bundle::graph::q4_1::{DOMAIN, OP};
+    use collm_onnx::{Attr, Dim, GraphBuilder, TensorProto, TensorType};
+    use ort::session::Session;
+    use ort::value::Tensor;
+
+    use super::super::q4_1::{QuantizedRows, matmul, test_activations, test_blocks};
+
+    /// A graph of one `Q4_1MatMul` node over `n` rows of weights, as ONNX Runtime loads it.
+    fn session(k: usize, n: usize) -> ort::Result<Session> {
+        let mut g = GraphBuilder::new("q4_1");
+        let x = g.input("x", TensorType::F32, &[Dim::from("m"), Dim::from(k)]);
+        let blocks = test_blocks(n.next_multiple_of(2), k);
+        let dims = [n as i64, (blocks.len() / n.next_multiple_of(2)) as i64];
+        let w = g.initializer(TensorProto::u8("w", &dims, &blocks[..n * dims[1] as usize]));
+        let attrs = vec![("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64))];
+        let y = g.op_multi(OP, DOMAIN, &[&x, &w], 1, attrs).remove(0);
+        g.output(&y, "y", TensorType::F32, &[Dim::from("m"), Dim::from(n)]);
+        let model = collm_bundle::onnx::encode(&g.finish(&[("", 23), (DOMAIN, 1)], &[]));
+        let env = crate::ort_env::environment().expect("ONNX Runtime");
+        let domain = super::super::domain()?;
+        Session::builder(env)?.with_operators(domain)?.commit_from_memory(&model)
+    }
+
+    #[test]
+    fn onnx_runtime_runs_the_node_as_the_kernel_computes() {
+        // 40 pairs of rows: three tasks of the pool, the last one short; rows of 18 blocks.
+        let (m, k, n) = (3, 576, 80);
+        let mut session = session(k, n).expect("a graph of our operator loads");
+        let x = test_activations(m, k);
+        let feed = Tensor::from_array((vec![m as i64, k as i64], x.clone())).expect("x");
+        let out = session.run(ort::inputs!["x" => feed]).expect("runs");
+        let (shape, y) = out["y"].try_extract_tensor::<f32>().expect("f32 output");
+        assert_eq!(&shape[..], &[m as i64, n as i64]);
+        let mut q = QuantizedRows::default();
+        q.quantize(&x, k);
+        let mut want = vec![0.0; m * n];
+        matmul(&test_blocks(n, k), &q, n, &mut want);
+        assert_eq!(y, &want[..]);
+    }
+
+    #[test]
+    fn a_graph_with_an_odd_row_count_is_refused_with_our_message() {
+        let err = session(64, 3).err().expect("an odd N is refused at load");
+        assert!(err.to_string().contains("N = 3 is odd"), "{err}");
+    }
+}
