@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_graph_with_an_odd_row_count_is_refused_with_our_message() {
-        let err = session(64, 3).err().expect("an odd N is refused at load");
+        let Err(err) = session(64, 3) else { panic!("an odd N is refused at load") };
         assert!(err.to_string().contains("N = 3 is odd"), "{err}");
     }
 }
