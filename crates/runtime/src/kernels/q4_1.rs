@@ -286,15 +286,15 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let d: [__m256; ROWS] = std::array::from_fn(|r| _mm256_cvtph_ps(dm[r].0));
         let m: [__m256; ROWS] = std::array::from_fn(|r| _mm256_cvtph_ps(dm[r].1));
-        let mut s = [[_mm256_setzero_ps(); ROWS]; XR];
+        let mut s = [[[0.0f32; LANES]; ROWS]; XR];
         for i in 0..XR {
             for r in 0..ROWS {
-                s[i][r] = _mm256_mul_ps(d[r], xs[i].0);
+                // SAFETY: eight floats into an array of eight.
+                unsafe { _mm256_storeu_ps(s[i][r].as_mut_ptr(), _mm256_mul_ps(d[r], xs[i].0)) };
                 mins[i][r] = _mm256_fmadd_ps(m[r], xs[i].1, mins[i][r]);
             }
         }
         for j in 0..count {
-            let lane = _mm256_set1_epi32(j as i32);
             let q: [__m256i; ROWS] = std::array::from_fn(|r| {
                 // SAFETY: `j < count` (the caller's contract).
                 let packed = unsafe { _mm_loadu_si128(codes[r].add(16 * j).cast()) };
@@ -307,7 +307,7 @@ mod avx2 {
                 let x = unsafe { _mm256_loadu_si256(qx[i].add(j * BLOCK).cast()) };
                 for r in 0..ROWS {
                     let isum = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], x), ones);
-                    let sj = _mm256_permutevar8x32_ps(s[i][r], lane);
+                    let sj = _mm256_broadcast_ss(&s[i][r][j]);
                     acc[i][r] = _mm256_fmadd_ps(sj, _mm256_cvtepi32_ps(isum), acc[i][r]);
                 }
             }
