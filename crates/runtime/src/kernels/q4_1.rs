@@ -294,6 +294,8 @@ mod avx2 {
                 mins[i][r] = _mm256_fmadd_ps(m[r], xs[i].1, mins[i][r]);
             }
         }
+        // `j` also offsets the raw pointers to the codes and inputs.
+        #[allow(clippy::needless_range_loop)]
         for j in 0..count {
             let q: [__m256i; ROWS] = std::array::from_fn(|r| {
                 // SAFETY: `j < count` (the caller's contract).
