@@ -220,7 +220,9 @@ mod avx2 {
     }
 
     /// [`super::quantize_block`], eight activations at a time: the same maximum, the same
-    /// division and product per activation, the same rounding (ties to even), so the same codes.
+    /// division and product per activation, the same rounding (ties to even), so the same codes
+    /// for finite activations whose block scale is a normal float (a scale near 1e-38 makes
+    /// `1/d` overflow, and NaN converts to -128 here, to 0 there; a norm's output is never there).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn quantize_block(x: &[f32], codes: &mut [i8]) -> (f32, i32) {
         assert!(x.len() == BLOCK && codes.len() == BLOCK);
