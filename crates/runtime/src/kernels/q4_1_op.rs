@@ -155,7 +155,8 @@ impl Kernel for Q4_1Kernel {
 
 #[cfg(test)]
 mod tests {
-    use collm_bundle::graph::q4_1::{DOMAIN, OP};
+    use collm_bundle::graph::ONNX_OPSET;
+    use collm_bundle::graph::q4_1::{BLOCK, BLOCK_BYTES, DOMAIN, OP};
     use collm_onnx::{Attr, Dim, GraphBuilder, TensorProto, TensorType};
     use ort::session::Session;
     use ort::value::Tensor;
@@ -166,13 +167,18 @@ mod tests {
     fn session(k: usize, n: usize) -> ort::Result<Session> {
         let mut g = GraphBuilder::new("q4_1");
         let x = g.input("x", TensorType::F32, &[Dim::from("m"), Dim::from(k)]);
+        // Whole pairs of rows are generated; an odd `n` keeps the first `n` rows' bytes.
+        let row_bytes = k / BLOCK * BLOCK_BYTES;
         let blocks = test_blocks(n.next_multiple_of(2), k);
-        let dims = [n as i64, (blocks.len() / n.next_multiple_of(2)) as i64];
-        let w = g.initializer(TensorProto::u8("w", &dims, &blocks[..n * dims[1] as usize]));
+        let w = g.initializer(TensorProto::u8(
+            "w",
+            &[n as i64, row_bytes as i64],
+            &blocks[..n * row_bytes],
+        ));
         let attrs = vec![("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64))];
         let y = g.op_multi(OP, DOMAIN, &[&x, &w], 1, attrs).remove(0);
         g.output(&y, "y", TensorType::F32, &[Dim::from("m"), Dim::from(n)]);
-        let model = collm_bundle::onnx::encode(&g.finish(&[("", 23), (DOMAIN, 1)], &[]));
+        let model = collm_bundle::onnx::encode(&g.finish(&[("", ONNX_OPSET), (DOMAIN, 1)], &[]));
         let env = crate::ort_env::environment().expect("ONNX Runtime");
         let domain = super::super::domain()?;
         Session::builder(env)?.with_operators(domain)?.commit_from_memory(&model)
