@@ -265,9 +265,9 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<0b01>(h, h)))
     }
 
-    /// One group of up to eight blocks starting at block `g`, for both rows of a pair and `XR`
-    /// rows of activations: `d`s and `m`s as eight f16 lanes (zeros past the row's end), each
-    /// activation row's `dx`s and block sums as eight lanes, codes and inputs read in place.
+    /// The integer products of one group of up to eight blocks starting at block `g`, for both
+    /// rows of a pair and `XR` rows of activations: `d`s as eight f16 lanes (zeros past the
+    /// row's end), each activation row's `dx`s as eight lanes, codes and inputs read in place.
     /// A block's codes are unpacked once for all `XR` activation rows; each (row, activation
     /// row) accumulates exactly as it would alone.
     ///
@@ -277,25 +277,25 @@ mod avx2 {
     #[inline]
     unsafe fn group<const XR: usize>(
         acc: &mut [[__m256; ROWS]; XR],
-        mins: &mut [[__m256; ROWS]; XR],
-        dm: [(__m128i, __m128i); ROWS],
-        xs: [(__m256, __m256); XR],
+        dw: [__m128i; ROWS],
+        dx: [__m256; XR],
         codes: [*const u8; ROWS],
         qx: [*const i8; XR],
         count: usize,
     ) {
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        let d: [__m256; ROWS] = std::array::from_fn(|r| _mm256_cvtph_ps(dm[r].0));
-        let m: [__m256; ROWS] = std::array::from_fn(|r| _mm256_cvtph_ps(dm[r].1));
+        let d: [__m256; ROWS] = std::array::from_fn(|r| _mm256_cvtph_ps(dw[r]));
         let mut s = [[[0.0f32; LANES]; ROWS]; XR];
         for i in 0..XR {
             for r in 0..ROWS {
                 // SAFETY: eight floats into an array of eight.
-                unsafe { _mm256_storeu_ps(s[i][r].as_mut_ptr(), _mm256_mul_ps(d[r], xs[i].0)) };
-                mins[i][r] = _mm256_fmadd_ps(m[r], xs[i].1, mins[i][r]);
+                unsafe { _mm256_storeu_ps(s[i][r].as_mut_ptr(), _mm256_mul_ps(d[r], dx[i])) };
             }
         }
+        // Opaque to the optimizer, so each block's scale is broadcast straight from memory (a
+        // load) rather than picked out of a register (two shuffles, on the busiest ports).
+        let s = std::hint::black_box(&s);
         // `j` also offsets the raw pointers to the codes and inputs.
         #[allow(clippy::needless_range_loop)]
         for j in 0..count {
@@ -329,35 +329,50 @@ mod avx2 {
             assert!(x.codes.len() >= nb * BLOCK);
             assert!(x.scales.len() >= padded && x.sums.len() >= padded);
         }
-        let mut acc = [[_mm256_setzero_ps(); ROWS]; XR];
-        let mut mins = [[_mm256_setzero_ps(); ROWS]; XR];
         let lane_index = _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7);
-        for g in (0..nb).step_by(LANES) {
+        // The layout of group `g` (SAFETY, for the unsafe blocks below): it is `20·ROWS·c`
+        // bytes at `g·20·ROWS`, inside `w`, for its `c` blocks; 16 bytes at a row's `d`s
+        // (`2c·r`) or `m`s (`2c·(ROWS + r)`) stay inside it for every `c ≥ 1`; its codes are
+        // `16c` bytes a row from `4c·ROWS`.
+        let group_at = |g: usize| {
             let c = (nb - g).min(LANES);
-            let start = g * ROWS * BLOCK_BYTES;
-            // A short group's halves are followed by the next field's bytes: zeroed.
+            // SAFETY: `g < nb`: see above.
+            (unsafe { w.as_ptr().add(g * ROWS * BLOCK_BYTES) }, c)
+        };
+        // Row `r`'s `d`s (`field` 0) or `m`s (1) in the group of `c` blocks at `p`, as eight f16
+        // lanes: a short group's are followed by the next field's bytes, zeroed.
+        let halves = |p: *const u8, c: usize, field: usize, r: usize| {
             let valid = _mm_cmpgt_epi16(_mm_set1_epi16(c as i16), lane_index);
-            // SAFETY: the group is `20·ROWS·c` bytes at `start`, inside `w`; 16 bytes at a
-            // row's `d`s (`2c·r`) or `m`s (`2c·(ROWS + r)`) stay inside it for every `c ≥ 1`,
-            // its codes are `16c` bytes a row from `4c·ROWS`. Each `x` holds its scales and
-            // sums padded to whole groups, and `c` blocks of inputs at `g`.
+            // SAFETY: see `group_at`.
+            let v = unsafe { _mm_loadu_si128(p.add(2 * c * (field * ROWS + r)).cast()) };
+            _mm_and_si128(v, valid)
+        };
+        // The integer products first, the minimums' terms in a second pass over the groups: each
+        // set of lanes accumulates in the same order either way, and the products' loop keeps
+        // its accumulators in registers.
+        let mut acc = [[_mm256_setzero_ps(); ROWS]; XR];
+        for g in (0..nb).step_by(LANES) {
+            let (p, c) = group_at(g);
+            // SAFETY: see `group_at`; each `x` holds its scales padded to whole groups, and `c`
+            // blocks of inputs at `g`.
             unsafe {
-                let p = w.as_ptr().add(start);
-                let dm = std::array::from_fn(|r| {
-                    (
-                        _mm_and_si128(_mm_loadu_si128(p.add(2 * c * r).cast()), valid),
-                        _mm_and_si128(_mm_loadu_si128(p.add(2 * c * (ROWS + r)).cast()), valid),
-                    )
-                });
-                let xs = std::array::from_fn(|i| {
-                    (
-                        _mm256_loadu_ps(x[i].scales.as_ptr().add(g)),
-                        _mm256_loadu_ps(x[i].sums.as_ptr().add(g)),
-                    )
-                });
+                let dw = std::array::from_fn(|r| halves(p, c, 0, r));
+                let dx = std::array::from_fn(|i| _mm256_loadu_ps(x[i].scales.as_ptr().add(g)));
                 let codes = std::array::from_fn(|r| p.add(4 * c * ROWS + 16 * c * r));
                 let qx = std::array::from_fn(|i| x[i].codes.as_ptr().add(g * BLOCK));
-                group(&mut acc, &mut mins, dm, xs, codes, qx, c);
+                group(&mut acc, dw, dx, codes, qx, c);
+            }
+        }
+        let mut mins = [[_mm256_setzero_ps(); ROWS]; XR];
+        for g in (0..nb).step_by(LANES) {
+            let (p, c) = group_at(g);
+            let m: [__m256; ROWS] = std::array::from_fn(|r| _mm256_cvtph_ps(halves(p, c, 1, r)));
+            for i in 0..XR {
+                // SAFETY: each `x` holds its sums padded to whole groups.
+                let sums = unsafe { _mm256_loadu_ps(x[i].sums.as_ptr().add(g)) };
+                for r in 0..ROWS {
+                    mins[i][r] = _mm256_fmadd_ps(m[r], sums, mins[i][r]);
+                }
             }
         }
         std::array::from_fn(|i| std::array::from_fn(|r| reduce(acc[i][r]) + reduce(mins[i][r])))
