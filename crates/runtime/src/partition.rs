@@ -180,9 +180,10 @@ impl Partition {
                 .with_profiling(&prefix)
                 .map_err(|e| Error::Runtime(format!("profiling to {}: {e}", prefix.display())))?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| {
-            Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
-        })?;
+        let session =
+            crate::kernels::one_at_a_time(|| builder.commit_from_file(path)).map_err(|e| {
+                Error::Runtime(format!("cannot load partition {}: {e}", path.display()))
+            })?;
         crate::memory::release_freed_heap();
         if let Some(name) = path.file_name() {
             let data = path.with_file_name(data_file_name(&name.to_string_lossy()));

@@ -181,7 +181,8 @@ mod tests {
         let model = collm_bundle::onnx::encode(&g.finish(&[("", ONNX_OPSET), (DOMAIN, 1)], &[]));
         let env = crate::ort_env::environment().expect("ONNX Runtime");
         let domain = super::super::domain()?;
-        Session::builder(env)?.with_operators(domain)?.commit_from_memory(&model)
+        let mut builder = Session::builder(env)?.with_operators(domain)?;
+        super::super::one_at_a_time(|| builder.commit_from_memory(&model))
     }
 
     #[test]
