@@ -12,7 +12,15 @@ ARG DEBIAN_RELEASE=trixie
 # Python of the Debian release.
 ARG PYTHON_VERSION=3.13
 
-FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+# Where the binary comes from. BINARIES=source (the default) compiles it in this build;
+# BINARIES=prebuilt copies it from the build context `bin` (`--build-context bin=DIR`), for a
+# builder that has just compiled the workspace: it saves compiling it twice. The binary in DIR
+# must come from the same checkout, built for the image's architecture against a glibc no newer
+# than the Debian release's; the stage runs it once, so one that cannot start here fails the
+# build rather than the pod.
+ARG BINARIES=source
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS source
 ARG TARGETARCH
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest, and Cargo.lock pins the build.
@@ -24,6 +32,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=collm-cargo-target-${TARGETARCH},target=/src/target,sharing=locked \
     cargo build --release --locked --bin cloud-worker \
     && install -D -m 0755 target/release/cloud-worker /out/cloud-worker
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS prebuilt
+COPY --from=bin --chmod=0755 cloud-worker /out/cloud-worker
+RUN /out/cloud-worker --version
+
+FROM ${BINARIES} AS builder
 
 # Only the shared library of the pinned wheel is kept; the Python bindings are not.
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS onnxruntime

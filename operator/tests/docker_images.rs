@@ -69,3 +69,42 @@ fn runtime_images_install_the_onnx_runtime_of_the_artifact_lock() {
         );
     }
 }
+
+/// The stage section between `FROM ... AS name` and the next `FROM`.
+fn stage<'a>(dockerfile: &'a str, name: &str) -> &'a str {
+    let header = dockerfile
+        .lines()
+        .find(|l| l.starts_with("FROM ") && l.ends_with(&format!(" AS {name}")))
+        .unwrap_or_else(|| panic!("a stage named {name}"));
+    let start = dockerfile.find(header).expect("header") + header.len();
+    let end = dockerfile[start..].find("\nFROM ").map_or(dockerfile.len(), |i| start + i);
+    &dockerfile[start..end]
+}
+
+/// CI builds the images with BINARIES=prebuilt (the workspace it has just compiled); a user's
+/// `docker build` compiles in the source stage. Both must leave the same binary where the
+/// shipped stage takes it from.
+#[test]
+fn the_compiled_and_the_prebuilt_binary_land_where_the_image_takes_it() {
+    for file in DOCKERFILES {
+        let dockerfile = repo_file(file);
+        assert!(dockerfile.contains("\nARG BINARIES=source\n"), "{file}: source is the default");
+        assert!(dockerfile.contains("\nFROM ${BINARIES} AS builder\n"), "{file}: builder stage");
+        let shipped = final_stage_instructions(&dockerfile, "COPY --from=builder /out/");
+        let [copy] = shipped.as_slice() else { panic!("{file}: one binary shipped: {shipped:?}") };
+        let out = copy.split_whitespace().nth(2).expect("a source path");
+        let binary = out.strip_prefix("/out/").expect("under /out");
+        let source = stage(&dockerfile, "source");
+        assert!(
+            source.contains(&format!("cargo build --release --locked --bin {binary} "))
+                && source.contains(&format!("install -D -m 0755 target/release/{binary} {out}\n")),
+            "{file}: the source stage must compile and install {out}"
+        );
+        let prebuilt = stage(&dockerfile, "prebuilt");
+        assert!(
+            prebuilt.contains(&format!("COPY --from=bin --chmod=0755 {binary} {out}\n"))
+                && prebuilt.contains(&format!("RUN {out} --version\n")),
+            "{file}: the prebuilt stage must take {binary} from the `bin` context and run it"
+        );
+    }
+}
