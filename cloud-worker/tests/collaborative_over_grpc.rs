@@ -140,10 +140,7 @@ fn an_unreachable_cloud_fails_in_one_line_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = tiny_bundle(dir.path());
     // A port nothing listens on any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = collm_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = generate(&bundle, &["--max-tokens", "4", "--cloud", &url, "--token", "tok-a"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
