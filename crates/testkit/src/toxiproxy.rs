@@ -72,9 +72,14 @@ impl Toxiproxy {
 
     /// A proxy named `name` from a fresh loopback port to `upstream` (`host:port`), enabled.
     pub fn proxy(&self, name: &str, upstream: &str) -> Proxy {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let body = json!({ "name": name, "listen": listen, "upstream": upstream, "enabled": true });
-        self.expect("POST", "/proxies", Some(body), 201);
+        // Port 0: toxiproxy binds a port of its choosing and answers with its address.
+        let body =
+            json!({ "name": name, "listen": "127.0.0.1:0", "upstream": upstream, "enabled": true });
+        let created = self.expect("POST", "/proxies", Some(body), 201);
+        let listen = created["listen"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a proxy without an address: {created}"))
+            .to_owned();
         Proxy { api: self.api.clone(), name: name.to_owned(), listen }
     }
 

@@ -68,13 +68,7 @@ impl Stack {
             .spawn()
             .context("starting the cloud worker")?;
         let worker_addr = announced(&mut worker, "cloud-worker listening on ", "the cloud worker")?;
-        let api_port = free_port()?;
-        let toxi = Command::new(toxiproxy)
-            .args(["-host", "127.0.0.1", "-port", &api_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log(scratch, "toxiproxy.log")?)
-            .spawn()
-            .with_context(|| format!("starting {}", toxiproxy.display()))?;
+        let (toxi, api_port) = start_toxiproxy(toxiproxy, scratch)?;
         let mut stack = Self {
             worker,
             // Replaced below; a placeholder child keeps Drop simple.
@@ -84,13 +78,15 @@ impl Stack {
             edge_url: String::new(),
             ticks_per_s: clock_ticks()?,
         };
-        stack.wait_for_toxiproxy()?;
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        stack.toxi(
-            "POST",
+        // Port 0: toxiproxy binds a port of its choosing and answers with its address.
+        let created = stack.toxi_json(
             "/proxies",
-            Some(json!({"name": "link", "listen": listen, "upstream": worker_addr})),
+            json!({"name": "link", "listen": "127.0.0.1:0", "upstream": worker_addr}),
         )?;
+        let listen = created["listen"]
+            .as_str()
+            .with_context(|| format!("toxiproxy created a proxy without an address: {created}"))?
+            .to_owned();
         let mut agent = pinned(at.edge_core, &bins.join("edge-agent"))
             .arg("--bundle")
             .arg(bundle)
@@ -154,14 +150,18 @@ impl Stack {
         })
     }
 
-    fn wait_for_toxiproxy(&self) -> Result<()> {
-        for _ in 0..200 {
-            if self.toxi("GET", "/version", None).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("toxiproxy did not answer on {}", self.toxiproxy_api)
+    /// POSTs `body` to toxiproxy's `path` and returns the JSON it answers.
+    fn toxi_json(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.toxiproxy_api);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .send_json(body)
+            .and_then(|mut r| r.body_mut().read_json())
+            .with_context(|| format!("toxiproxy POST {path}"))
     }
 
     fn toxi(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
@@ -236,8 +236,42 @@ fn announced(child: &mut Child, prefix: &str, what: &str) -> Result<String> {
         .with_context(|| format!("{what} did not start within 5 minutes (see its log)"))
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `toxiproxy-server` on a loopback port, and the port. It cannot announce a port it chose
+/// itself, so one is picked first; if another process takes it before toxiproxy binds it,
+/// toxiproxy logs so (and keeps running without its API), and is started again on another.
+fn start_toxiproxy(binary: &Path, scratch: &Path) -> Result<(Child, u16)> {
+    const ATTEMPTS: usize = 5;
+    let log_path = scratch.join("toxiproxy.log");
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1))).build().into();
+    for _ in 0..ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = Command::new(binary)
+            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log(scratch, "toxiproxy.log")?)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let version = format!("http://127.0.0.1:{port}/version");
+        for _ in 0..200 {
+            let lost = std::fs::read_to_string(&log_path)
+                .is_ok_and(|log| log.contains("address already in use"));
+            if lost || child.try_wait()?.is_some() {
+                break;
+            }
+            if agent.get(&version).call().is_ok() {
+                return Ok((child, port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    bail!(
+        "toxiproxy ({}) did not serve in {ATTEMPTS} attempts: see {}",
+        binary.display(),
+        log_path.display()
+    )
 }
 
 fn clock_ticks() -> Result<f64> {
