@@ -35,29 +35,32 @@ pub use toxiproxy::{Proxy, Toxiproxy};
 /// Kubernetes' NodePorts) only other pickers compete: ports are handed out in turn from a start
 /// that differs per process, and each is checked bindable before it is returned.
 pub fn free_port() -> u16 {
+    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    /// The window's lowest port and width, and the next offset to hand out; `None` when the
+    /// ephemeral range leaves no room below it.
+    static WINDOW: OnceLock<Option<(u32, u32, AtomicU32)>> = OnceLock::new();
 
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    // Below Kubernetes' NodePort range (30000-32767) too, and above the ports of well-known
-    // servers (a kubelet's 10250, ...) that a test may start after the pick.
-    let (low, high) = (20_000, ephemeral_low.min(30_000));
-    if low + 1_000 > high {
-        return ephemeral_port();
-    }
-    let span = high - low;
-    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+    let window = WINDOW.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        // Below Kubernetes' NodePort range (30000-32767) too, and above the ports of well-known
+        // servers (a kubelet's 10250, ...) that a test may start after the pick.
+        let (low, high) = (20_000, ephemeral_low.min(30_000));
+        let span = high.checked_sub(low).filter(|&span| span >= 1_000)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % span;
-        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    for _ in 0..span {
-        let port = low + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        Some((low, span, AtomicU32::new(start)))
+    });
+    let Some((low, span, next)) = window else {
+        return ephemeral_port();
+    };
+    for _ in 0..*span {
+        let port = low + next.fetch_add(1, Ordering::Relaxed) % span;
         let port = u16::try_from(port).expect("below the ephemeral range");
         if TcpListener::bind(("0.0.0.0", port)).is_ok() {
             return port;

@@ -153,10 +153,7 @@ impl Stack {
     /// POSTs `body` to toxiproxy's `path` and returns the JSON it answers.
     fn toxi_json(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.toxiproxy_api);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = http_agent(Duration::from_secs(10));
         agent
             .post(&url)
             .send_json(body)
@@ -166,10 +163,7 @@ impl Stack {
 
     fn toxi(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
         let url = format!("{}{path}", self.toxiproxy_api);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = http_agent(Duration::from_secs(10));
         let res = match (method, body) {
             ("POST", Some(b)) => agent.post(&url).send_json(b).map(drop),
             ("DELETE", _) => agent.delete(&url).call().map(drop),
@@ -242,8 +236,7 @@ fn announced(child: &mut Child, prefix: &str, what: &str) -> Result<String> {
 fn start_toxiproxy(binary: &Path, scratch: &Path) -> Result<(Child, u16)> {
     const ATTEMPTS: usize = 5;
     let log_path = scratch.join("toxiproxy.log");
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1))).build().into();
+    let agent = http_agent(Duration::from_secs(1));
     for _ in 0..ATTEMPTS {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut child = Command::new(binary)
@@ -272,6 +265,11 @@ fn start_toxiproxy(binary: &Path, scratch: &Path) -> Result<(Child, u16)> {
         binary.display(),
         log_path.display()
     )
+}
+
+/// An HTTP client whose every request gives up after `timeout`.
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().timeout_global(Some(timeout)).build().into()
 }
 
 fn clock_ticks() -> Result<f64> {
